@@ -1,0 +1,265 @@
+//! What subscribers see: events, batches and aggregates.
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::intern::EventKey;
+
+/// A borrowed pointer to an interned string.
+///
+/// Interned strings are `Arc<str>`s held by every interner snapshot; ids are
+/// never reused and every later snapshot holds the same `Arc`s, so the bytes
+/// stay put for as long as any snapshot lives. Events and aggregates are
+/// created and owned only by the flusher, which keeps its latest snapshot
+/// alive for longer than any event it holds (subscribers only ever get
+/// `&Event`), so dereferencing from `&self` is sound. This saves two atomic
+/// reference-count operations per event on the flusher.
+#[derive(Clone, Copy)]
+pub(crate) struct InternedStr(*const str);
+
+impl InternedStr {
+    pub(crate) fn new(s: &std::sync::Arc<str>) -> Self {
+        InternedStr(&**s as *const str)
+    }
+    #[inline]
+    pub(crate) fn get(&self) -> &str {
+        // SAFETY: see the type's documentation: the pointee is owned by an
+        // interner snapshot that outlives every holder of this pointer.
+        unsafe { &*self.0 }
+    }
+}
+
+// SAFETY: the pointee is immutable `str` data shared through `Arc`s.
+unsafe impl Send for InternedStr {}
+// SAFETY: as above.
+unsafe impl Sync for InternedStr {}
+
+/// One published event, as delivered to subscribers.
+///
+/// Timestamps: by default an event is stamped when the flusher takes it off
+/// its ring (one clock read per sweep, so the hot path reads no clock);
+/// with `EngineBuilder::precise_timestamps(true)` it is stamped at publish.
+pub struct Event<T> {
+    pub(crate) name: InternedStr,
+    pub(crate) prefix: InternedStr,
+    pub(crate) key: EventKey,
+    pub(crate) sub_key: u64,
+    pub(crate) timestamp: Instant,
+    pub(crate) payload: T,
+}
+
+impl<T> Event<T> {
+    /// The full event name, e.g. `data:users:created`.
+    pub fn name(&self) -> &str {
+        self.name.get()
+    }
+    /// The prefix, e.g. `data:users`.
+    pub fn prefix(&self) -> &str {
+        self.prefix.get()
+    }
+    /// The interned key.
+    pub fn key(&self) -> EventKey {
+        self.key
+    }
+    /// The caller's sub-key from `publish_keyed` (0 otherwise).
+    pub fn sub_key(&self) -> u64 {
+        self.sub_key
+    }
+    /// When the event was published (precise mode) or swept (default).
+    pub fn timestamp(&self) -> Instant {
+        self.timestamp
+    }
+    /// The payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Event<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("name", &self.name())
+            .field("sub_key", &self.sub_key)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+/// Why a batch was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchReason {
+    /// The prefix's window elapsed since its first pending event.
+    Interval,
+    /// The prefix's count threshold was reached.
+    Count,
+    /// An urgent event arrived; the batch ends with it.
+    Urgent,
+    /// A passthrough event (delivered on the sweep that took it).
+    Passthrough,
+    /// `Engine::flush` or `Engine::flush_prefix`.
+    Flush,
+    /// Shutdown drained the engine.
+    Shutdown,
+}
+
+/// Numeric summary of one event name within a window (`Policy::aggregate`).
+#[derive(Clone, Copy)]
+pub struct Aggregate {
+    pub(crate) name: InternedStr,
+    pub(crate) key: EventKey,
+    pub(crate) count: u64,
+    pub(crate) sum: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) first: (f64, Instant),
+    pub(crate) last: (f64, Instant),
+}
+
+impl Aggregate {
+    pub(crate) fn new(name: InternedStr, key: EventKey, v: f64, at: Instant) -> Self {
+        Aggregate {
+            name,
+            key,
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+            first: (v, at),
+            last: (v, at),
+        }
+    }
+    pub(crate) fn add(&mut self, v: f64, at: Instant) {
+        self.count += 1;
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.last = (v, at);
+    }
+    /// The event name aggregated.
+    pub fn name(&self) -> &str {
+        self.name.get()
+    }
+    /// Its key.
+    pub fn key(&self) -> EventKey {
+        self.key
+    }
+    /// Number of readings.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    /// Sum of readings.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+    /// Smallest reading.
+    pub fn min(&self) -> f64 {
+        self.min
+    }
+    /// Largest reading.
+    pub fn max(&self) -> f64 {
+        self.max
+    }
+    /// Arithmetic mean.
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+    /// First reading of the window and when it was stamped.
+    pub fn first(&self) -> (f64, Instant) {
+        self.first
+    }
+    /// Last reading of the window and when it was stamped.
+    pub fn last(&self) -> (f64, Instant) {
+        self.last
+    }
+}
+
+impl fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("name", &self.name())
+            .field("count", &self.count)
+            .field("min", &self.min)
+            .field("mean", &self.mean())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+/// One consolidated delivery for one prefix.
+pub struct Batch<'a, T> {
+    pub(crate) prefix: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) events: &'a [Event<T>],
+    pub(crate) aggregates: &'a [Aggregate],
+    pub(crate) reason: BatchReason,
+    pub(crate) dropped: u64,
+    pub(crate) folded: u64,
+}
+
+impl<'a, T> Batch<'a, T> {
+    /// A batch of one event, as the closure subscriber's `on_event` sees it.
+    pub(crate) fn single(event: &'a Event<T>) -> Self {
+        Batch {
+            prefix: event.prefix.get(),
+            name: "",
+            events: std::slice::from_ref(event),
+            aggregates: &[],
+            reason: BatchReason::Passthrough,
+            dropped: 0,
+            folded: 0,
+        }
+    }
+    /// The prefix, e.g. `data:users`.
+    pub fn prefix(&self) -> &'a str {
+        self.prefix
+    }
+    /// `"<prefix>:batch"`.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+    /// Number of events carried (aggregated readings are in `aggregates`).
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+    /// True if no events are carried.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+    /// The events, in publish order per producer (for `latest`: the
+    /// survivors, in the order of their first appearance in the window).
+    pub fn events(&self) -> &'a [Event<T>] {
+        self.events
+    }
+    /// Per-name numeric summaries (`Policy::aggregate`), in order of first
+    /// appearance.
+    pub fn aggregates(&self) -> &'a [Aggregate] {
+        self.aggregates
+    }
+    /// Why the batch was emitted.
+    pub fn reason(&self) -> BatchReason {
+        self.reason
+    }
+    /// Events of this prefix rejected (ring full, urgent timeout, not
+    /// numeric) since the previous batch of the prefix: loss, in band.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+    /// Events folded away in this window: replaced by a later value of the
+    /// same key (`latest`) or summarised into `aggregates`.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+}
+
+impl<T> fmt::Debug for Batch<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("prefix", &self.prefix)
+            .field("len", &self.events.len())
+            .field("aggregates", &self.aggregates.len())
+            .field("reason", &self.reason)
+            .field("dropped", &self.dropped)
+            .field("folded", &self.folded)
+            .finish()
+    }
+}

@@ -1,0 +1,565 @@
+//! The flusher thread: sweeps every producer ring, folds events into one
+//! accumulator per prefix, and emits a batch per prefix when its window
+//! elapses or its count threshold is reached, whichever comes first.
+//!
+//! Sleeping is adaptive, in the manner of kernel ring buffers: the flusher
+//! announces that it parks (PARKED: until its next tick or window deadline;
+//! DEEP: indefinitely, nothing pending anywhere), re-checks the rings, and
+//! only then parks. Producers look at the announcement after each publish
+//! (one Relaxed load) and wake it only when they cross their high-water mark
+//! (PARKED), publish the first event into an idle engine (DEEP), or publish
+//! something urgent. So there is never a syscall per event, and an idle
+//! engine costs no CPU.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+
+use crate::engine::{Shared, CLOSED, DEEP, PARKED};
+use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr};
+use crate::intern::Table;
+use crate::policy::{Pattern, Policy};
+use crate::producer::{Lane, Record, URGENT_BIT};
+use crate::ring::Consumer;
+use crate::stats::{PrefixStats, Stats};
+use crate::subscriber::Subscriber;
+use crate::sync::{self, fence, lock, Arc, JoinHandle, Ordering};
+
+/// How long a DEEP park lasts at most. Correctness does not depend on it
+/// (the first publish wakes the flusher); it only bounds the damage of a
+/// bug, and costs one wake-up per minute when idle.
+const DEEP_PARK: Duration = Duration::from_secs(60);
+
+/// The flusher's counters, published to `Shared::report` after each pass.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    pub(crate) delivered: u64,
+    pub(crate) folded: u64,
+    pub(crate) not_numeric: u64,
+    pub(crate) batches: u64,
+    pub(crate) panics: u64,
+    pub(crate) ticks: u64,
+    pub(crate) sweeps: u64,
+    /// Events held in accumulators (taken off rings, not yet emitted).
+    pub(crate) accumulated: u64,
+    /// By prefix id.
+    pub(crate) prefixes: Vec<PrefixStats>,
+}
+
+impl Report {
+    pub(crate) fn to_stats(&self, table: &Table) -> Stats {
+        let mut stats = Stats {
+            delivered: self.delivered,
+            folded: self.folded,
+            batches: self.batches,
+            subscriber_panics: self.panics,
+            ticks: self.ticks,
+            sweeps: self.sweeps,
+            ..Stats::default()
+        };
+        stats.dropped.not_numeric = self.not_numeric;
+        for (id, p) in self.prefixes.iter().enumerate() {
+            if let Some(info) = table.prefixes.get(id) {
+                stats.prefixes.insert(info.prefix.to_string(), *p);
+            }
+        }
+        stats
+    }
+}
+
+/// Spawns the flusher thread.
+pub(crate) fn spawn<T: Send + 'static>(
+    shared: Arc<Shared<T>>,
+    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    core: Option<core_affinity::CoreId>,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("ringfold-flusher-{}", shared.id);
+    let for_thread = shared.clone();
+    // The handle is registered before the thread runs its loop, so no
+    // producer can look for it and find nothing.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let join = sync::spawn_named(name, move || {
+        let _ = rx.recv();
+        if let Some(core) = core {
+            core_affinity::set_for_current(core);
+        }
+        Flusher::new(for_thread, subscribers).run();
+    })?;
+    *lock(&shared.flusher) = Some(join.thread().clone());
+    let _ = tx.send(());
+    Ok(join)
+}
+
+/// One producer's ring, as the flusher holds it.
+struct LaneSlot<T> {
+    lane: Arc<Lane<T>>,
+    consumer: Consumer<Record<T>>,
+    drops_seen: u64,
+}
+
+/// Pending events of one prefix. Buffers and maps are reused across
+/// windows, so steady-state folding allocates nothing.
+struct Acc<T> {
+    events: Vec<Event<T>>,
+    /// `latest`: (name id, sub-key) -> index in `events`.
+    latest: AHashMap<(u32, u64), usize>,
+    aggregates: Vec<Aggregate>,
+    /// `aggregate`: name id -> index in `aggregates`.
+    aggregate_index: AHashMap<u32, usize>,
+    /// Events taken into this window (including folded ones).
+    taken: usize,
+    /// Events held: taken minus those discarded as not numeric.
+    held: u64,
+    folded: u64,
+    dropped_since: u64,
+    deadline: Instant,
+    max_count: usize,
+    queued: bool,
+}
+
+impl<T> Acc<T> {
+    fn new(now: Instant) -> Self {
+        Acc {
+            events: Vec::new(),
+            latest: AHashMap::new(),
+            aggregates: Vec::new(),
+            aggregate_index: AHashMap::new(),
+            taken: 0,
+            held: 0,
+            folded: 0,
+            dropped_since: 0,
+            deadline: now,
+            max_count: usize::MAX,
+            queued: false,
+        }
+    }
+}
+
+/// Accumulators, subscribers and counters: everything a sweep folds into.
+struct Delivery<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
+    /// Latest interner snapshot; also keeps every `InternedStr` valid.
+    table: Arc<Table>,
+    accs: Vec<Acc<T>>,
+    /// Prefix ids with a non-empty window.
+    pending: Vec<u32>,
+    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    report: Report,
+    dirty: bool,
+    now: Instant,
+}
+
+impl<T: Send + 'static> Delivery<T> {
+    fn ensure_prefix(&mut self, pid: usize) {
+        if pid >= self.accs.len() {
+            let now = self.now;
+            self.accs.resize_with(pid + 1, || Acc::new(now));
+            self.report.prefixes.resize(pid + 1, PrefixStats::default());
+        }
+    }
+
+    /// Folds one record into its prefix's window, emitting if it triggers.
+    fn take(&mut self, record: Record<T>) {
+        let name_id = record.key.name_id() as usize;
+        if name_id >= self.table.names.len() {
+            self.table = self.shared.interner.snapshot();
+        }
+        // Producers only send keys below the snapshot length they saw, and
+        // snapshots only grow, so the lookup cannot miss.
+        let Some(info) = self.table.names.get(name_id) else {
+            debug_assert!(false, "unknown name id {name_id}");
+            return;
+        };
+        let (policy, urgent_rule) = (info.policy, info.urgent);
+        let pid = info.prefix as usize;
+        let name = InternedStr::new(&info.name);
+        let prefix = InternedStr::new(&self.table.prefixes[pid].prefix);
+        self.ensure_prefix(pid);
+        self.dirty = true;
+        let stamp = record.stamp & !URGENT_BIT;
+        let timestamp = if stamp == 0 {
+            self.now
+        } else {
+            self.shared.config.epoch + Duration::from_nanos(stamp - 1)
+        };
+        let (interval, max_count) = policy.effective_window();
+        let acc = &mut self.accs[pid];
+        if acc.taken == 0 {
+            acc.deadline = self.now + interval;
+            acc.max_count = max_count;
+            if !acc.queued {
+                acc.queued = true;
+                self.pending.push(pid as u32);
+            }
+        } else {
+            acc.deadline = acc.deadline.min(self.now + interval);
+            acc.max_count = acc.max_count.min(max_count);
+        }
+        acc.taken += 1;
+        self.report.prefixes[pid].received += 1;
+        let event = Event {
+            name,
+            prefix,
+            key: record.key,
+            sub_key: record.sub_key,
+            timestamp,
+            payload: record.payload,
+        };
+        match policy {
+            Policy::Latest { .. } => {
+                let slot = (record.key.name_id(), record.sub_key);
+                match acc.latest.get(&slot) {
+                    Some(&i) => {
+                        acc.events[i] = event;
+                        acc.folded += 1;
+                    }
+                    None => {
+                        acc.latest.insert(slot, acc.events.len());
+                        acc.events.push(event);
+                    }
+                }
+                acc.held += 1;
+                self.report.accumulated += 1;
+            }
+            Policy::Aggregate { .. } => {
+                match self.shared.sampler.and_then(|f| f(&event.payload)) {
+                    Some(v) => {
+                        let id = record.key.name_id();
+                        match acc.aggregate_index.get(&id) {
+                            Some(&i) => acc.aggregates[i].add(v, timestamp),
+                            None => {
+                                acc.aggregate_index.insert(id, acc.aggregates.len());
+                                acc.aggregates.push(Aggregate::new(name, record.key, v, timestamp));
+                            }
+                        }
+                        acc.folded += 1;
+                        acc.held += 1;
+                        self.report.accumulated += 1;
+                    }
+                    None => {
+                        acc.dropped_since += 1;
+                        self.report.not_numeric += 1;
+                        self.report.prefixes[pid].dropped += 1;
+                    }
+                }
+            }
+            Policy::Passthrough | Policy::Batch { .. } => {
+                acc.events.push(event);
+                acc.held += 1;
+                self.report.accumulated += 1;
+            }
+        }
+        if urgent_rule || record.stamp & URGENT_BIT != 0 {
+            self.emit(pid, BatchReason::Urgent);
+        } else if acc_full(&self.accs[pid]) {
+            let reason = if policy == Policy::Passthrough {
+                BatchReason::Passthrough
+            } else {
+                BatchReason::Count
+            };
+            self.emit(pid, reason);
+        }
+    }
+
+    /// Delivers prefix `pid`'s window to every subscriber and resets it.
+    fn emit(&mut self, pid: usize, reason: BatchReason) {
+        let Some(acc) = self.accs.get_mut(pid) else {
+            return;
+        };
+        if acc.taken == 0 {
+            return;
+        }
+        let stats = &mut self.report.prefixes[pid];
+        if !acc.events.is_empty() || !acc.aggregates.is_empty() {
+            let info = &self.table.prefixes[pid];
+            let batch = Batch {
+                prefix: &info.prefix,
+                name: &info.batch_name,
+                events: &acc.events,
+                aggregates: &acc.aggregates,
+                reason,
+                dropped: acc.dropped_since,
+                folded: acc.folded,
+            };
+            for subscriber in &mut self.subscribers {
+                // A panicking subscriber is counted and skipped for this
+                // batch; the others still get it, and so does it next time.
+                if catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err() {
+                    self.report.panics += 1;
+                }
+            }
+            self.report.batches += 1;
+            stats.batches += 1;
+            acc.dropped_since = 0;
+        }
+        let delivered = acc.events.len() as u64;
+        self.report.delivered += delivered;
+        self.report.folded += acc.folded;
+        self.report.accumulated -= acc.held;
+        stats.delivered += delivered;
+        stats.folded += acc.folded;
+        acc.events.clear();
+        acc.latest.clear();
+        acc.aggregates.clear();
+        acc.aggregate_index.clear();
+        acc.taken = 0;
+        acc.held = 0;
+        acc.folded = 0;
+        acc.max_count = usize::MAX;
+        self.dirty = true;
+    }
+
+    /// Emits every prefix whose window has elapsed.
+    fn emit_due(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let pid = self.pending[i] as usize;
+            if self.accs[pid].taken > 0 && self.now >= self.accs[pid].deadline {
+                self.emit(pid, BatchReason::Interval);
+            }
+            i += 1;
+        }
+        self.compact_pending();
+    }
+
+    /// Emits every pending prefix (flush, shutdown), optionally filtered.
+    fn emit_all(&mut self, reason: BatchReason, filter: Option<&[Pattern]>) {
+        for i in 0..self.pending.len() {
+            let pid = self.pending[i] as usize;
+            let selected = filter.is_none_or(|patterns| {
+                let prefix = &self.table.prefixes[pid].prefix;
+                patterns.iter().any(|p| p.matches(prefix))
+            });
+            if selected {
+                self.emit(pid, reason);
+            }
+        }
+        self.compact_pending();
+    }
+
+    fn compact_pending(&mut self) {
+        let accs = &mut self.accs;
+        self.pending.retain(|&pid| {
+            let acc = &mut accs[pid as usize];
+            acc.queued = acc.taken > 0;
+            acc.queued
+        });
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .map(|&pid| self.accs[pid as usize].deadline)
+            .min()
+    }
+
+    fn note_drops(&mut self, lane: &Lane<T>) {
+        let drained: Vec<(u32, u64)> = lock(&lane.drops_by_prefix).drain().collect();
+        for (pid, n) in drained {
+            self.ensure_prefix(pid as usize);
+            self.accs[pid as usize].dropped_since += n;
+            self.report.prefixes[pid as usize].dropped += n;
+        }
+        self.dirty = true;
+    }
+
+    fn publish_report(&mut self) {
+        if std::mem::take(&mut self.dirty) {
+            *lock(&self.shared.report) = self.report.clone();
+        }
+    }
+}
+
+fn acc_full<T>(acc: &Acc<T>) -> bool {
+    acc.taken >= acc.max_count
+}
+
+/// Outstanding flush requests, taken in one go.
+struct FlushRequest {
+    generation: u64,
+    full: bool,
+    patterns: Vec<Pattern>,
+}
+
+struct Flusher<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
+    lanes: Vec<LaneSlot<T>>,
+    delivery: Delivery<T>,
+}
+
+impl<T: Send + 'static> Flusher<T> {
+    fn new(shared: Arc<Shared<T>>, subscribers: Vec<Box<dyn Subscriber<T>>>) -> Self {
+        let table = shared.interner.snapshot();
+        Flusher {
+            lanes: Vec::new(),
+            delivery: Delivery {
+                shared: shared.clone(),
+                table,
+                accs: Vec::new(),
+                pending: Vec::new(),
+                subscribers,
+                report: Report::default(),
+                dirty: false,
+                now: Instant::now(),
+            },
+            shared,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let closing = self.shared.state.load(Ordering::Acquire) & CLOSED != 0;
+            if closing {
+                // Pairs with the producers' post-publish fence: a publish
+                // that did not see CLOSED has its tail visible to the final
+                // sweep below.
+                fence(Ordering::SeqCst);
+            }
+            let flush = self.take_flush_request();
+            self.shared.urgent_hint.store(false, Ordering::Relaxed);
+            self.adopt_lanes(closing);
+            self.delivery.now = Instant::now();
+            self.sweep();
+            self.delivery.emit_due();
+            if closing {
+                self.delivery.emit_all(BatchReason::Shutdown, None);
+                self.finish();
+                return;
+            }
+            if let Some(req) = flush {
+                let filter = (!req.full).then_some(req.patterns.as_slice());
+                self.delivery.emit_all(BatchReason::Flush, filter);
+                self.delivery.dirty = true;
+                self.delivery.publish_report();
+                let mut ctl = lock(&self.shared.control);
+                ctl.completed = ctl.completed.max(req.generation);
+                self.shared.control_cv.notify_all();
+                continue;
+            }
+            self.delivery.publish_report();
+            self.sleep();
+        }
+    }
+
+    fn take_flush_request(&self) -> Option<FlushRequest> {
+        if !self.shared.flush_pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let mut ctl = lock(&self.shared.control);
+        Some(FlushRequest {
+            generation: ctl.requested,
+            full: std::mem::take(&mut ctl.full),
+            patterns: std::mem::take(&mut ctl.patterns),
+        })
+    }
+
+    fn adopt_lanes(&mut self, force: bool) {
+        if !self.shared.registry_dirty.swap(false, Ordering::AcqRel) && !force {
+            return;
+        }
+        let mut reg = lock(&self.shared.registry);
+        for (lane, consumer) in reg.new.drain(..) {
+            self.lanes.push(LaneSlot {
+                lane,
+                consumer,
+                drops_seen: 0,
+            });
+        }
+    }
+
+    /// Takes everything off every ring; retires rings of dropped producers
+    /// once drained.
+    fn sweep(&mut self) {
+        self.delivery.report.sweeps += 1;
+        let mut i = 0;
+        while i < self.lanes.len() {
+            let slot = &mut self.lanes[i];
+            // Acquire pairs with the producer's Release in `Drop`: if it is
+            // gone, every record it pushed is visible to the drain below.
+            let gone = slot.lane.gone.load(Ordering::Acquire);
+            let drops = slot.lane.drops_total.load(Ordering::Acquire);
+            if drops != slot.drops_seen {
+                slot.drops_seen = drops;
+                self.delivery.note_drops(&slot.lane);
+            }
+            if gone || slot.consumer.maybe_ready() {
+                let delivery = &mut self.delivery;
+                let outcome = slot.consumer.drain(|record| delivery.take(record));
+                if outcome.producer_waiting {
+                    if let Some(t) = lock(&slot.lane.waiter).as_ref() {
+                        t.unpark();
+                    }
+                }
+            }
+            if gone {
+                self.retire(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn retire(&mut self, i: usize) {
+        let slot = self.lanes.swap_remove(i);
+        let lane = &slot.lane;
+        let mut reg = lock(&self.shared.registry);
+        reg.live.retain(|l| !Arc::ptr_eq(l, lane));
+        reg.retired_published +=
+            lane.ring.pushed() as u64 - lane.reclaimed.load(Ordering::Acquire);
+        reg.retired.full += lane.full.load(Ordering::Relaxed);
+        reg.retired.shut_down += lane.shut_down.load(Ordering::Relaxed);
+        reg.retired.invalid_name += lane.invalid_name.load(Ordering::Relaxed);
+        reg.retired.urgent_timeout += lane.urgent_timeout.load(Ordering::Relaxed);
+    }
+
+    /// Announces the park, re-checks for work, parks.
+    fn sleep(&mut self) {
+        let now = self.delivery.now;
+        let deadline = self.delivery.next_deadline();
+        let deep = deadline.is_none();
+        let timeout = match deadline {
+            None => DEEP_PARK,
+            Some(d) => d.saturating_duration_since(now).min(self.shared.config.tick),
+        };
+        let bit = if deep { DEEP } else { PARKED };
+        self.shared.state.fetch_or(bit, Ordering::SeqCst);
+        // Pairs with the producers' post-publish fence (see producer.rs).
+        fence(Ordering::SeqCst);
+        let threshold = if deep { 1 } else { self.shared.config.high_water };
+        // The re-check after announcing the park is what makes wake-ups
+        // impossible to lose; the `ringfold_mutation = "no_recheck"` cfg
+        // removes it so the loom model can demonstrate exactly that.
+        let recheck = !cfg!(ringfold_mutation = "no_recheck");
+        let work = recheck && self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
+            || self.shared.urgent_hint.load(Ordering::Relaxed)
+            || self.shared.flush_pending.load(Ordering::Relaxed)
+            || self.shared.registry_dirty.load(Ordering::Relaxed)
+            || self.lanes.iter().any(|l| {
+                l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed)
+            });
+        if !work && !timeout.is_zero() {
+            sync::park_timeout(timeout);
+            if !deep && Instant::now() >= now + timeout {
+                self.delivery.report.ticks += 1;
+                self.delivery.dirty = true;
+            }
+        }
+        self.shared.state.fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
+    }
+
+    /// Final step of shutdown: publish the last report, hand each ring's
+    /// reading end back to its lane (so a publish that raced the close can
+    /// take its record back), and release everyone waiting.
+    fn finish(mut self) {
+        self.delivery.dirty = true;
+        self.delivery.publish_report();
+        for slot in self.lanes.drain(..) {
+            *lock(&slot.lane.orphan) = Some(slot.consumer);
+        }
+        let mut ctl = lock(&self.shared.control);
+        ctl.stopped = true;
+        ctl.completed = ctl.requested;
+        self.shared.control_cv.notify_all();
+    }
+}

@@ -1,0 +1,245 @@
+//! Interning of event names into compact ids.
+//!
+//! `data:users:created` is interned once into an [`EventKey`]: a name id and
+//! the id of its prefix (`data:users`, the name minus its last `:` segment).
+//! Hot paths carry keys, never strings.
+//!
+//! Readers never take a lock: the table is an immutable snapshot published
+//! through an arc-swap cell, looked up with ahash. Writers (a name seen for
+//! the first time) serialise on a mutex, re-check, and publish a new
+//! snapshot (copy-on-write: O(names) per new name, which the configurable
+//! name limit bounds). Ids are dense and never reused, so a snapshot is a
+//! prefix of every later one.
+
+use std::sync::Arc as StdArc;
+
+use ahash::AHashMap;
+
+use crate::error::Error;
+use crate::policy::{Policy, PolicyTable};
+use crate::sync::{lock, Arc, Mutex, SnapshotCell};
+
+/// An interned event name: compact ids for the name and its prefix.
+///
+/// Obtain one with `Engine::key` and keep it on the hot path.
+///
+/// ```
+/// use ringfold::{Engine, Value};
+/// let engine = Engine::<Value>::builder().build()?;
+/// let a = engine.key("data:users:created")?;
+/// let b = engine.key("data:users:deleted")?;
+/// assert_eq!(a.prefix_id(), b.prefix_id());
+/// assert_ne!(a.name_id(), b.name_id());
+/// assert_eq!(engine.key("data:users:created")?, a);
+/// # Ok::<(), ringfold::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    name: u32,
+    prefix: u32,
+}
+
+impl EventKey {
+    /// Dense id of the full name within its engine.
+    pub fn name_id(&self) -> u32 {
+        self.name
+    }
+    /// Dense id of the prefix within its engine.
+    pub fn prefix_id(&self) -> u32 {
+        self.prefix
+    }
+}
+
+/// What the engine knows about one interned name.
+#[derive(Clone)]
+pub(crate) struct NameInfo {
+    pub(crate) name: StdArc<str>,
+    pub(crate) prefix: u32,
+    pub(crate) policy: Policy,
+    pub(crate) urgent: bool,
+}
+
+/// What the engine knows about one prefix.
+#[derive(Clone)]
+pub(crate) struct PrefixInfo {
+    pub(crate) prefix: StdArc<str>,
+    /// `"<prefix>:batch"`, built once.
+    pub(crate) batch_name: StdArc<str>,
+}
+
+/// One immutable snapshot of the interned names.
+#[derive(Clone, Default)]
+pub(crate) struct Table {
+    by_name: AHashMap<StdArc<str>, EventKey>,
+    by_prefix: AHashMap<StdArc<str>, u32>,
+    pub(crate) names: Vec<NameInfo>,
+    pub(crate) prefixes: Vec<PrefixInfo>,
+}
+
+impl Table {
+    pub(crate) fn get(&self, name: &str) -> Option<EventKey> {
+        self.by_name.get(name).copied()
+    }
+    pub(crate) fn prefix_id(&self, prefix: &str) -> Option<u32> {
+        self.by_prefix.get(prefix).copied()
+    }
+}
+
+/// The concurrent interner of one engine.
+pub(crate) struct Interner {
+    snapshot: SnapshotCell<Table>,
+    /// Serialises writers; readers never touch it.
+    writer: Mutex<()>,
+    policies: PolicyTable,
+    max_names: usize,
+    max_len: usize,
+}
+
+/// Splits `name` into its prefix after validating it.
+pub(crate) fn validate_name(name: &str, max_len: usize) -> Result<&str, Error> {
+    if name.is_empty() {
+        return Err(Error::EmptyName);
+    }
+    if name.len() > max_len {
+        return Err(Error::NameTooLong {
+            len: name.len(),
+            max: max_len,
+        });
+    }
+    if name.split(':').any(str::is_empty) {
+        return Err(Error::EmptySegment { name: name.into() });
+    }
+    if name.contains('*') {
+        return Err(Error::ReservedCharacter { name: name.into() });
+    }
+    // A single-segment name is its own prefix.
+    Ok(name.rsplit_once(':').map_or(name, |(prefix, _)| prefix))
+}
+
+impl Interner {
+    pub(crate) fn new(policies: PolicyTable, max_names: usize, max_len: usize) -> Self {
+        Interner {
+            snapshot: SnapshotCell::new(Arc::new(Table::default())),
+            writer: Mutex::new(()),
+            policies,
+            max_names,
+            max_len,
+        }
+    }
+
+    /// Interns `name`, returning the same key for the same name from any
+    /// thread.
+    pub(crate) fn key(&self, name: &str) -> Result<EventKey, Error> {
+        if let Some(key) = self.snapshot.load().get(name) {
+            return Ok(key);
+        }
+        self.insert(name)
+    }
+
+    #[cold]
+    fn insert(&self, name: &str) -> Result<EventKey, Error> {
+        let prefix = validate_name(name, self.max_len)?;
+        let _writer = lock(&self.writer);
+        // Re-check under the writer lock: another thread may have won.
+        let current = self.snapshot.load_full();
+        if let Some(key) = current.get(name) {
+            return Ok(key);
+        }
+        if current.names.len() >= self.max_names {
+            return Err(Error::TooManyNames {
+                limit: self.max_names,
+            });
+        }
+        let mut next = Table::clone(&current);
+        let prefix_id = match next.prefix_id(prefix) {
+            Some(id) => id,
+            None => {
+                let id = next.prefixes.len() as u32;
+                let prefix: StdArc<str> = prefix.into();
+                next.prefixes.push(PrefixInfo {
+                    batch_name: format!("{prefix}:batch").into(),
+                    prefix: prefix.clone(),
+                });
+                next.by_prefix.insert(prefix, id);
+                id
+            }
+        };
+        let key = EventKey {
+            name: next.names.len() as u32,
+            prefix: prefix_id,
+        };
+        let resolved = self.policies.resolve(name);
+        let name: StdArc<str> = name.into();
+        next.names.push(NameInfo {
+            name: name.clone(),
+            prefix: prefix_id,
+            policy: resolved.policy,
+            urgent: resolved.urgent,
+        });
+        next.by_name.insert(name, key);
+        self.snapshot.store(Arc::new(next));
+        Ok(key)
+    }
+
+    /// The current snapshot (never torn: either before or after an insert).
+    pub(crate) fn snapshot(&self) -> Arc<Table> {
+        self.snapshot.load_full()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn interner(max: usize) -> Interner {
+        Interner::new(PolicyTable::new(Policy::batch(Duration::from_millis(1), 1)), max, 64)
+    }
+
+    #[test]
+    fn prefix_is_name_minus_last_segment() {
+        let i = interner(16);
+        let k = i.key("data:users:created").unwrap();
+        let t = i.snapshot();
+        assert_eq!(&*t.prefixes[k.prefix_id() as usize].prefix, "data:users");
+        assert_eq!(&*t.prefixes[k.prefix_id() as usize].batch_name, "data:users:batch");
+        assert_eq!(&*t.names[k.name_id() as usize].name, "data:users:created");
+    }
+
+    #[test]
+    fn bad_names_are_typed_errors() {
+        let i = interner(16);
+        assert!(matches!(i.key(""), Err(Error::EmptyName)));
+        assert!(matches!(i.key("a::b"), Err(Error::EmptySegment { .. })));
+        assert!(matches!(i.key("a:*"), Err(Error::ReservedCharacter { .. })));
+        assert!(matches!(i.key(&"x".repeat(65)), Err(Error::NameTooLong { len: 65, max: 64 })));
+    }
+
+    #[test]
+    fn limit_is_enforced_and_existing_names_still_resolve() {
+        let i = interner(2);
+        let a = i.key("a:1").unwrap();
+        i.key("a:2").unwrap();
+        assert!(matches!(i.key("a:3"), Err(Error::TooManyNames { limit: 2 })));
+        assert_eq!(i.key("a:1").unwrap(), a);
+    }
+
+    #[test]
+    fn concurrent_interning_agrees() {
+        let i = std::sync::Arc::new(interner(10_000));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let i = i.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .map(|n| i.key(&format!("p{}:n{n}", n % 7)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(i.snapshot().names.len(), 500);
+        assert_eq!(i.snapshot().prefixes.len(), 7);
+    }
+}

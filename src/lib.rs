@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod engine;
+pub mod gpu;
+mod error;
+mod event;
+mod flusher;
+mod intern;
+mod policy;
+mod producer;
+mod ring;
+mod stats;
+mod subscriber;
+mod sync;
+mod value;
+
+pub use engine::{Engine, EngineBuilder, FullPolicy};
+pub use error::{Error, PublishError};
+pub use event::{Aggregate, Batch, BatchReason, Event};
+pub use intern::EventKey;
+pub use policy::{default_rules, Pattern, Policy};
+pub use producer::Producer;
+pub use stats::{DropStats, PrefixStats, Stats};
+pub use subscriber::Subscriber;
+pub use value::{Sample, ShortStr, Value, SHORT_STR_MAX};

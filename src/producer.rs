@@ -1,0 +1,402 @@
+//! Producer handles: the hot path.
+//!
+//! A `Producer` owns the writing end of its own SPSC ring. A publish is a
+//! slot write, one Release store of the tail, one SeqCst fence and one
+//! Relaxed load of the engine's state word; it touches no lock, allocates
+//! nothing and makes no syscall. The state word is non-zero only while the
+//! flusher is parked or the engine is closing, so the common case ends
+//! right there.
+//!
+//! The fence is the producer half of two store-load (Dekker) hand-offs with
+//! the flusher: "I published, are you asleep?" against "I am going to
+//! sleep, did anyone publish?", and "I published, are you closing?" against
+//! "I am closing, did anyone publish?". Without it, either side could miss
+//! the other's store and an event would wait for the next tick (lost
+//! wake-up) or be accepted after the final drain (lost at shutdown).
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+
+use crate::engine::{FullPolicy, Shared, CLOSED, DEEP, PARKED};
+use crate::error::{Error, PublishError};
+use crate::intern::EventKey;
+use crate::ring::{self, Consumer, Ring};
+use crate::sync::{self, fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Thread};
+
+/// Bit 63 of a record's stamp marks it urgent; the other bits hold
+/// nanoseconds since the engine's epoch plus one (0: not stamped).
+pub(crate) const URGENT_BIT: u64 = 1 << 63;
+
+/// What travels through a ring: ids and the payload, never strings.
+pub(crate) struct Record<T> {
+    pub(crate) key: EventKey,
+    pub(crate) sub_key: u64,
+    pub(crate) stamp: u64,
+    pub(crate) payload: T,
+}
+
+/// Per-producer state shared with the flusher and the stats.
+pub(crate) struct Lane<T> {
+    pub(crate) ring: Arc<Ring<Record<T>>>,
+    /// Rejections by reason, written by the producer on its slow paths.
+    pub(crate) full: AtomicU64,
+    pub(crate) shut_down: AtomicU64,
+    pub(crate) invalid_name: AtomicU64,
+    pub(crate) urgent_timeout: AtomicU64,
+    /// Records pushed but then taken back because the engine closed.
+    pub(crate) reclaimed: AtomicU64,
+    /// Per-prefix rejection counts, taken by the flusher for `Batch::dropped`.
+    /// Touched only when an event is rejected, never on the accepted path.
+    pub(crate) drops_total: AtomicU64,
+    pub(crate) drops_by_prefix: Mutex<AHashMap<u32, u64>>,
+    /// The producer handle was dropped (thread exit); drain, then retire.
+    pub(crate) gone: AtomicBool,
+    /// The thread to unpark when the producer waits for space.
+    pub(crate) waiter: Mutex<Option<Thread>>,
+    /// After the flusher stops it parks each ring's reading end here, so a
+    /// publish that raced shutdown can take its own record back.
+    pub(crate) orphan: Mutex<Option<Consumer<Record<T>>>>,
+}
+
+impl<T> Lane<T> {
+    fn count_drop(&self, counter: &AtomicU64, prefix: Option<u32>) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(prefix) = prefix {
+            *lock(&self.drops_by_prefix).entry(prefix).or_default() += 1;
+            self.drops_total.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// A publishing handle with its own lock-free ring to the flusher.
+///
+/// `Send` (move it to the thread that publishes) but not `Sync`: one ring
+/// has one writer. Dropping it (e.g. at thread exit) lets the flusher drain
+/// the ring completely before unregistering it.
+///
+/// ```
+/// use ringfold::{Engine, Value};
+/// let engine = Engine::<Value>::builder().build()?;
+/// let mut producer = engine.producer()?;
+/// let key = engine.key("data:users:created")?;
+/// std::thread::spawn(move || {
+///     for row in 0..1000u64 {
+///         producer.publish_key(key, Value::from(row)).unwrap();
+///     }
+/// })
+/// .join()
+/// .unwrap();
+/// engine.flush()?;
+/// assert_eq!(engine.stats().delivered, 1000);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Producer<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
+    lane: Arc<Lane<T>>,
+    ring: ring::Producer<Record<T>>,
+    /// Names known to exist when last checked: keys below this are valid.
+    known_names: u32,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl<T: Send + 'static> Producer<T> {
+    pub(crate) fn register(shared: Arc<Shared<T>>) -> Result<Producer<T>, Error> {
+        let (ring, consumer) = Ring::new(shared.config.ring_capacity);
+        let lane = Arc::new(Lane {
+            ring: ring.ring().clone(),
+            full: AtomicU64::new(0),
+            shut_down: AtomicU64::new(0),
+            invalid_name: AtomicU64::new(0),
+            urgent_timeout: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            drops_total: AtomicU64::new(0),
+            drops_by_prefix: Mutex::new(AHashMap::new()),
+            gone: AtomicBool::new(false),
+            waiter: Mutex::new(None),
+            orphan: Mutex::new(None),
+        });
+        shared.register_lane(lane.clone(), consumer)?;
+        Ok(Producer {
+            shared,
+            lane,
+            ring,
+            known_names: 0,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Publishes `payload` under `name`, interning the name if needed.
+    /// Prefer [`Producer::publish_key`] on hot paths.
+    pub fn publish(&mut self, name: &str, payload: T) -> Result<(), PublishError<T>> {
+        match self.shared.interner.key(name) {
+            Ok(key) => self.publish_key(key, payload),
+            Err(_) => {
+                self.lane.count_drop(&self.lane.invalid_name, None);
+                Err(PublishError::InvalidName(payload))
+            }
+        }
+    }
+
+    /// Publishes under an interned key: the hot path.
+    #[inline]
+    pub fn publish_key(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
+        self.publish_record(key, 0, 0, payload)
+    }
+
+    /// Publishes with a caller sub-key: under `Policy::latest`, events
+    /// coalesce per `(name, sub_key)` (e.g. per message id).
+    #[inline]
+    pub fn publish_keyed(
+        &mut self,
+        key: EventKey,
+        sub_key: u64,
+        payload: T,
+    ) -> Result<(), PublishError<T>> {
+        self.publish_record(key, sub_key, 0, payload)
+    }
+
+    /// Publishes an urgent event: the flusher is woken at once, and the
+    /// event is delivered right after every earlier pending event of its
+    /// prefix, in one batch with reason `Urgent`. On a full ring it waits up
+    /// to `EngineBuilder::urgent_wait` instead of being dropped.
+    pub fn publish_urgent(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
+        self.publish_record(key, 0, URGENT_BIT, payload)
+    }
+
+    /// Like [`Producer::publish_urgent`] with a sub-key.
+    pub fn publish_urgent_keyed(
+        &mut self,
+        key: EventKey,
+        sub_key: u64,
+        payload: T,
+    ) -> Result<(), PublishError<T>> {
+        self.publish_record(key, sub_key, URGENT_BIT, payload)
+    }
+
+    /// Publishes as many events from `events` as fit in the ring, with one
+    /// tail store, and returns how many it took; the rest stay in the
+    /// iterator (not counted as drops: the caller still holds them).
+    ///
+    /// ```
+    /// use ringfold::{Engine, Value};
+    /// let engine = Engine::<Value>::builder().build()?;
+    /// let key = engine.key("data:rows:inserted")?;
+    /// let mut producer = engine.producer()?;
+    /// let mut rows = (0..10u64).map(|i| (key, Value::from(i)));
+    /// assert_eq!(producer.publish_many(&mut rows)?, 10);
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub fn publish_many(
+        &mut self,
+        events: &mut impl Iterator<Item = (EventKey, T)>,
+    ) -> Result<usize, Error> {
+        if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
+            return Err(Error::ShutDown);
+        }
+        let stamp = self.stamp(0);
+        // One snapshot read per call: keys at or above it are not interned
+        // in this engine and are rejected (counted) rather than sent.
+        let known = self.shared.interner.snapshot().names.len() as u32;
+        let lane = &self.lane;
+        let mut records = events.filter_map(|(key, payload)| {
+            if key.name_id() < known {
+                Some(Record { key, sub_key: 0, stamp, payload })
+            } else {
+                lane.count_drop(&lane.invalid_name, None);
+                None
+            }
+        });
+        let n = self.ring.push_many(&mut records);
+        if n > 0 {
+            if let Err(taken_back) = self.after_push(false) {
+                // The engine closed under us and the records were not
+                // drained: they were never accepted.
+                self.lane.shut_down.fetch_add(taken_back.len() as u64, Ordering::Relaxed);
+                return Err(Error::ShutDown);
+            }
+        }
+        Ok(n)
+    }
+
+    /// True once the engine has begun shutting down.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
+    }
+
+    /// Keys below `known_names` are valid; refresh when a key is above it.
+    #[cold]
+    fn refresh_known(&mut self) -> bool {
+        let now = self.shared.interner.snapshot().names.len() as u32;
+        let grew = now > self.known_names;
+        self.known_names = now;
+        grew
+    }
+
+    #[inline]
+    fn stamp(&self, flags: u64) -> u64 {
+        if self.shared.config.precise_timestamps {
+            let nanos = self.shared.config.epoch.elapsed().as_nanos() as u64;
+            (nanos.saturating_add(1) & !URGENT_BIT) | flags
+        } else {
+            flags
+        }
+    }
+
+    #[inline]
+    fn publish_record(
+        &mut self,
+        key: EventKey,
+        sub_key: u64,
+        flags: u64,
+        payload: T,
+    ) -> Result<(), PublishError<T>> {
+        if key.name_id() >= self.known_names && !(self.refresh_known() && key.name_id() < self.known_names) {
+            self.lane.count_drop(&self.lane.invalid_name, None);
+            return Err(PublishError::InvalidName(payload));
+        }
+        // Cheap early out; the exact check is the one after the push.
+        if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
+            self.lane.count_drop(&self.lane.shut_down, None);
+            return Err(PublishError::ShutDown(payload));
+        }
+        let record = Record {
+            key,
+            sub_key,
+            stamp: self.stamp(flags),
+            payload,
+        };
+        let urgent = flags & URGENT_BIT != 0;
+        if let Err(record) = self.ring.push(record) {
+            self.push_when_full(record, urgent)?;
+        }
+        if urgent {
+            // Tell a flusher about to park that there is urgent work; the
+            // fence in `after_push` orders this before our state check.
+            self.shared.urgent_hint.store(true, Ordering::Relaxed);
+        }
+        match self.after_push(urgent) {
+            Ok(()) => Ok(()),
+            Err(mut taken_back) => {
+                self.lane.shut_down.fetch_add(1, Ordering::Relaxed);
+                match taken_back.pop() {
+                    Some(record) => Err(PublishError::ShutDown(record.payload)),
+                    // Unreachable by the protocol (our record is the one
+                    // taken back); nothing to return but the fact.
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The second half of every publish: the Dekker check against a parked
+    /// or closing flusher. Returns the records taken back if the engine
+    /// closed before draining them.
+    #[inline]
+    fn after_push(&mut self, urgent: bool) -> Result<(), Vec<Record<T>>> {
+        // SeqCst fence: orders our tail store (and urgent hint) before the
+        // load of the state word below; the flusher fences between setting
+        // PARKED/DEEP/CLOSED and re-reading the tails. At least one side
+        // sees the other's store.
+        fence(Ordering::SeqCst);
+        let state = self.shared.state.load(Ordering::Relaxed);
+        if state == 0 {
+            return Ok(());
+        }
+        self.after_push_slow(state, urgent)
+    }
+
+    #[cold]
+    fn after_push_slow(&mut self, state: usize, urgent: bool) -> Result<(), Vec<Record<T>>> {
+        if state & CLOSED != 0 {
+            return match self.take_back() {
+                taken if taken.is_empty() => Ok(()),
+                taken => Err(taken),
+            };
+        }
+        let wake = state & DEEP != 0
+            || urgent
+            || (state & PARKED != 0
+                && self.ring.len_upper_bound() >= self.shared.config.high_water
+                && self.ring.refresh_len() >= self.shared.config.high_water);
+        if wake && self.shared.wake_flusher() && !urgent && state & DEEP == 0 {
+            self.shared.high_water_wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The engine closed after our push: wait until the flusher has done its
+    /// final drain and handed the reading end back, then take back whatever
+    /// it did not drain (only records whose publish saw CLOSED, i.e. ours).
+    #[cold]
+    fn take_back(&mut self) -> Vec<Record<T>> {
+        self.shared.wait_stopped();
+        let mut taken = Vec::new();
+        if let Some(consumer) = lock(&self.lane.orphan).as_mut() {
+            consumer.drain(|r| taken.push(r));
+        }
+        self.lane.reclaimed.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        taken
+    }
+
+    /// Ring full: drop-newest, or wait (bounded) for space.
+    #[cold]
+    fn push_when_full(&mut self, record: Record<T>, urgent: bool) -> Result<(), PublishError<T>> {
+        let prefix = Some(record.key.prefix_id());
+        let wait = match (urgent, self.shared.config.on_full) {
+            // A subscriber publishing from the flusher thread must never
+            // wait for the flusher: that would be waiting for itself.
+            _ if self.shared.on_flusher_thread() => Duration::ZERO,
+            (true, _) => self.shared.config.urgent_wait,
+            (false, FullPolicy::Block(timeout)) => timeout,
+            (false, FullPolicy::DropNewest) => Duration::ZERO,
+        };
+        let counter = if urgent { &self.lane.urgent_timeout } else { &self.lane.full };
+        if wait.is_zero() {
+            self.lane.count_drop(counter, prefix);
+            return Err(PublishError::Full(record.payload));
+        }
+        let deadline = Instant::now() + wait;
+        *lock(&self.lane.waiter) = Some(sync::current());
+        let mut record = record;
+        let result = loop {
+            if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
+                self.lane.count_drop(&self.lane.shut_down, None);
+                break Err(PublishError::ShutDown(record.payload));
+            }
+            self.shared.wake_flusher();
+            self.ring.announce_waiting(true);
+            match self.ring.push(record) {
+                Ok(()) => break Ok(()),
+                Err(back) => record = back,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.lane.count_drop(counter, prefix);
+                break Err(PublishError::Full(record.payload));
+            }
+            sync::park_timeout(deadline - now);
+        };
+        self.ring.announce_waiting(false);
+        result
+    }
+}
+
+impl<T: Send + 'static> Drop for Producer<T> {
+    fn drop(&mut self) {
+        // Release: our last tail store happens-before the flusher's Acquire
+        // load of `gone`, so its drain after seeing `gone` sees everything.
+        self.lane.gone.store(true, Ordering::Release);
+    }
+}
+
+impl<T: Send + 'static> std::fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.ring.ring().capacity())
+            .field("len", &self.ring.len_upper_bound())
+            .finish()
+    }
+}

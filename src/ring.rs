@@ -1,0 +1,406 @@
+//! Bounded single-producer single-consumer ring.
+//!
+//! The algorithm is the classic Lamport queue with the two refinements that
+//! make it fast in practice (rigtorp's SPSCQueue, rtrb):
+//!
+//! * `head` (written by the consumer) and `tail` (written by the producer)
+//!   live on separate cache lines, so the two sides never false-share;
+//! * each side keeps a private copy of the *other* side's index and re-reads
+//!   the shared atomic only when that copy says "full" (producer) or
+//!   "empty" (consumer). In steady state a push touches only producer-owned
+//!   memory.
+//!
+//! Both ends are batched: [`Consumer::drain`] reads `tail` once, consumes the
+//! whole range and releases it with one `head` store; [`Producer::push_many`]
+//! writes a run of slots and publishes them with one `tail` store.
+//!
+//! Positions are free-running `usize` counters (never reduced modulo the
+//! capacity); the slot index is `pos & mask`. `tail - head` is the number of
+//! readable slots, which also makes `tail` the exact count of items ever
+//! accepted: the stats use it instead of a per-event counter.
+//!
+//! This module holds all of the crate's raw slot handling; every `unsafe`
+//! block carries the reason it is sound.
+
+use std::mem::MaybeUninit;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell};
+
+/// Memory ordering for publishing slots. The test-only `ringfold_mutation`
+/// cfg weakens it so the loom model can show that it then fails.
+#[cfg(not(ringfold_mutation = "ring_relaxed"))]
+const PUBLISH: Ordering = Ordering::Release;
+#[cfg(ringfold_mutation = "ring_relaxed")]
+const PUBLISH: Ordering = Ordering::Relaxed;
+
+/// Shared state of one ring.
+pub(crate) struct Ring<T> {
+    /// Next position the consumer will read. Written only by the consumer
+    /// (Release, after it has moved the items out), read by the producer
+    /// (Acquire) when its cached copy says the ring is full.
+    head: CachePadded<AtomicUsize>,
+    /// Next position the producer will write. Written only by the producer
+    /// (Release, after the slots are initialised), read by the consumer
+    /// (Acquire) once per drain.
+    tail: CachePadded<AtomicUsize>,
+    /// Set by the producer when it parks waiting for space; the consumer
+    /// checks it after releasing slots (see [`Consumer::drain`]).
+    producer_waiting: AtomicBool,
+    mask: usize,
+    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+}
+
+// SAFETY: the ring hands each `T` from exactly one producer thread to exactly
+// one consumer thread; slots are only accessed by the side that owns them
+// according to the head/tail protocol, so sharing the ring needs `T: Send`
+// only.
+unsafe impl<T: Send> Sync for Ring<T> {}
+// SAFETY: as above; the ring owns its `T`s.
+unsafe impl<T: Send> Send for Ring<T> {}
+
+impl<T> Ring<T> {
+    /// Creates a ring and its two ends. `capacity` must be a power of two
+    /// of at least 2 (the builder validates it).
+    pub(crate) fn new(capacity: usize) -> (Producer<T>, Consumer<T>) {
+        debug_assert!(capacity.is_power_of_two() && capacity >= 2);
+        let slots = (0..capacity)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect();
+        let ring = Arc::new(Ring {
+            head: CachePadded::new(AtomicUsize::new(0)),
+            tail: CachePadded::new(AtomicUsize::new(0)),
+            producer_waiting: AtomicBool::new(false),
+            mask: capacity - 1,
+            slots,
+        });
+        (
+            Producer {
+                ring: ring.clone(),
+                tail: 0,
+                cached_head: 0,
+            },
+            Consumer {
+                ring,
+                head: 0,
+                cached_tail: 0,
+            },
+        )
+    }
+
+    /// Capacity in slots.
+    pub(crate) fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Number of items ever pushed (exact once the producer is quiescent).
+    pub(crate) fn pushed(&self) -> usize {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Number of items ever consumed.
+    pub(crate) fn popped(&self) -> usize {
+        self.head.load(Ordering::Acquire)
+    }
+
+    #[inline(always)]
+    fn slot(&self, pos: usize) -> &UnsafeCell<MaybeUninit<T>> {
+        &self.slots[pos & self.mask]
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        // Both ends are gone (we are the last Arc), so nothing races; drop
+        // the items that were pushed but never consumed.
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        for pos in head..tail {
+            self.slot(pos).with_mut(|p| {
+                // SAFETY: slots in head..tail were initialised by the producer
+                // and not yet moved out by the consumer; we are the sole
+                // owner now, and each is dropped exactly once.
+                unsafe { (*p).assume_init_drop() }
+            });
+        }
+    }
+}
+
+/// The writing end. Owned by one producer thread at a time (`Send`, not
+/// `Sync`, because it is not `Clone` and all methods take `&mut self`).
+pub(crate) struct Producer<T> {
+    ring: Arc<Ring<T>>,
+    /// Private copy of `ring.tail` (we are its only writer).
+    tail: usize,
+    /// Last value of `ring.head` we read; refreshed only when it says full.
+    cached_head: usize,
+}
+
+impl<T> Producer<T> {
+    /// Pushes one item, or hands it back if the ring is full.
+    #[inline]
+    pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
+        if self.tail.wrapping_sub(self.cached_head) == self.ring.capacity() {
+            // Acquire pairs with the consumer's Release head store: once we
+            // see the new head, the consumer has finished moving those items
+            // out, so overwriting their slots is safe.
+            self.cached_head = self.ring.head.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.cached_head) == self.ring.capacity() {
+                return Err(item);
+            }
+        }
+        self.ring.slot(self.tail).with_mut(|p| {
+            // SAFETY: tail - head < capacity, so this slot is not in the
+            // consumer's readable range; only this producer writes it.
+            unsafe { (*p).write(item) };
+        });
+        self.tail = self.tail.wrapping_add(1);
+        // Release: the slot write above happens-before any consumer that
+        // observes this tail.
+        self.ring.tail.store(self.tail, PUBLISH);
+        Ok(())
+    }
+
+    /// Pushes up to the free space from `items` and publishes them with one
+    /// tail store. Items that do not fit stay in the iterator.
+    pub(crate) fn push_many(&mut self, items: &mut impl Iterator<Item = T>) -> usize {
+        let mut free = self.free_slots_cached();
+        if free == 0 {
+            self.cached_head = self.ring.head.load(Ordering::Acquire);
+            free = self.free_slots_cached();
+        }
+        let mut written = 0;
+        while written < free {
+            let Some(item) = items.next() else { break };
+            let pos = self.tail.wrapping_add(written);
+            self.ring.slot(pos).with_mut(|p| {
+                // SAFETY: pos - head < capacity (written < free), so the slot
+                // is outside the consumer's range and only we write it.
+                unsafe { (*p).write(item) };
+            });
+            written += 1;
+        }
+        if written > 0 {
+            self.tail = self.tail.wrapping_add(written);
+            self.ring.tail.store(self.tail, PUBLISH);
+        }
+        written
+    }
+
+    #[inline(always)]
+    fn free_slots_cached(&self) -> usize {
+        self.ring.capacity() - self.tail.wrapping_sub(self.cached_head)
+    }
+
+    /// Occupied slots as seen from the producer's cached head (an upper
+    /// bound of the true length).
+    #[inline(always)]
+    pub(crate) fn len_upper_bound(&self) -> usize {
+        self.tail.wrapping_sub(self.cached_head)
+    }
+
+    /// Re-reads the consumer's head and returns the exact occupancy at that
+    /// moment (it can only shrink afterwards).
+    pub(crate) fn refresh_len(&mut self) -> usize {
+        self.cached_head = self.ring.head.load(Ordering::Acquire);
+        self.tail.wrapping_sub(self.cached_head)
+    }
+
+    /// Announces that this producer is about to park for space.
+    ///
+    /// The SeqCst fence orders the flag store before the re-check of `head`
+    /// the caller makes next; the consumer fences between its head store and
+    /// its load of the flag. Of the two, at least one sees the other: either
+    /// we see the freed space, or the consumer sees the flag and unparks us.
+    pub(crate) fn announce_waiting(&self, waiting: bool) {
+        self.ring.producer_waiting.store(waiting, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// The shared ring (for stats and registration).
+    pub(crate) fn ring(&self) -> &Arc<Ring<T>> {
+        &self.ring
+    }
+}
+
+/// The reading end, owned by the flusher.
+pub(crate) struct Consumer<T> {
+    ring: Arc<Ring<T>>,
+    /// Private copy of `ring.head` (we are its only writer).
+    head: usize,
+    /// Last value of `ring.tail` we read.
+    cached_tail: usize,
+}
+
+impl<T> Consumer<T> {
+    /// True if the producer may have published something since the last
+    /// drain. One Relaxed load: the cheap idle check of a sweep.
+    #[inline]
+    pub(crate) fn maybe_ready(&self) -> bool {
+        self.ring.tail.load(Ordering::Relaxed) != self.head
+    }
+
+    /// Moves every item published so far (as of one read of `tail`) into
+    /// `f`, then releases the whole range with one head store. Returns
+    /// whether the producer had announced it was waiting for space, so the
+    /// caller can wake it.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(T)) -> DrainOutcome {
+        // Acquire pairs with the producer's Release tail store: every slot
+        // below `tail` is fully written.
+        self.cached_tail = self.ring.tail.load(Ordering::Acquire);
+        if self.head == self.cached_tail {
+            return DrainOutcome::default();
+        }
+        /// Releases what was consumed even if `f` unwinds, so no item is
+        /// ever read twice (the double-drop bug class of peers' `clear`).
+        struct Release<'a, T> {
+            ring: &'a Ring<T>,
+            head: &'a mut usize,
+        }
+        impl<T> Drop for Release<'_, T> {
+            fn drop(&mut self) {
+                // Release: our moves out of the slots happen-before the
+                // producer reusing them (it Acquire-loads head).
+                self.ring.head.store(*self.head, PUBLISH);
+            }
+        }
+        let end = self.cached_tail;
+        {
+            let guard = Release {
+                ring: &self.ring,
+                head: &mut self.head,
+            };
+            while *guard.head != end {
+                let item = guard.ring.slot(*guard.head).with(|p| {
+                    // SAFETY: head < tail (as loaded with Acquire), so the slot
+                    // was initialised by the producer and is not yet consumed;
+                    // advancing head right after reading ensures it is moved
+                    // out exactly once.
+                    unsafe { (*p).assume_init_read() }
+                });
+                *guard.head = guard.head.wrapping_add(1);
+                f(item);
+            }
+        }
+        // Pairs with `Producer::announce_waiting` (store-load Dekker).
+        fence(Ordering::SeqCst);
+        DrainOutcome {
+            producer_waiting: self.ring.producer_waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Items published and not yet drained, as of now.
+    pub(crate) fn pending(&self) -> usize {
+        self.ring.tail.load(Ordering::Acquire).wrapping_sub(self.head)
+    }
+}
+
+/// What one [`Consumer::drain`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DrainOutcome {
+    /// The producer had announced it is parked waiting for space.
+    pub(crate) producer_waiting: bool,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as StdAtomic;
+
+    #[test]
+    fn push_until_full_then_drain_wraps() {
+        let (mut p, mut c) = Ring::new(4);
+        for round in 0..5 {
+            for i in 0..4 {
+                p.push(round * 10 + i).unwrap();
+            }
+            assert_eq!(p.push(99), Err(99), "fifth push must report full");
+            let mut got = vec![];
+            c.drain(|v| got.push(v));
+            assert_eq!(got, (0..4).map(|i| round * 10 + i).collect::<Vec<_>>());
+        }
+        assert_eq!(p.ring().pushed(), 20);
+    }
+
+    #[test]
+    fn push_many_stops_at_capacity_and_keeps_the_rest() {
+        let (mut p, mut c) = Ring::new(8);
+        let mut it = 0..20;
+        assert_eq!(p.push_many(&mut it), 8);
+        assert_eq!(it.next(), Some(8), "unpushed items stay in the iterator");
+        let mut got = vec![];
+        c.drain(|v| got.push(v));
+        assert_eq!(got, (0..8).collect::<Vec<_>>());
+    }
+
+    static DROPS: StdAtomic = StdAtomic::new(0);
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn undrained_items_are_dropped_exactly_once() {
+        DROPS.store(0, std::sync::atomic::Ordering::SeqCst);
+        let (mut p, mut c) = Ring::new(8);
+        for _ in 0..6 {
+            assert!(p.push(Counted).is_ok());
+        }
+        let mut n = 0;
+        c.drain(|_v| n += 1); // drops 6 here
+        for _ in 0..3 {
+            assert!(p.push(Counted).is_ok());
+        }
+        drop(p);
+        drop(c); // ring drop drops the 3 pending ones
+        assert_eq!(n, 6);
+        assert_eq!(DROPS.load(std::sync::atomic::Ordering::SeqCst), 9);
+    }
+
+    #[test]
+    fn panicking_consumer_does_not_double_read() {
+        let (mut p, mut c) = Ring::new(8);
+        for i in 0..5 {
+            p.push(i).unwrap();
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.drain(|v| {
+                if v == 2 {
+                    panic!("boom")
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let mut rest = vec![];
+        c.drain(|v| rest.push(v));
+        assert_eq!(rest, vec![3, 4], "items up to the panic count as consumed");
+    }
+
+    #[test]
+    fn cross_thread_fifo() {
+        let (mut p, mut c) = Ring::new(16);
+        const N: u64 = 200_000;
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < N {
+                if p.push(i).is_ok() {
+                    i += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut expect = 0;
+        while expect < N {
+            c.drain(|v| {
+                assert_eq!(v, expect);
+                expect += 1;
+            });
+            std::thread::yield_now();
+        }
+        t.join().unwrap();
+    }
+}
