@@ -75,20 +75,17 @@ pub(crate) fn spawn<T: Send + 'static>(
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("ringfold-flusher-{}", shared.id);
-    let for_thread = shared.clone();
-    // The handle is registered before the thread runs its loop, so no
-    // producer can look for it and find nothing.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let join = sync::spawn_named(name, move || {
-        let _ = rx.recv();
+    sync::spawn_named(name, move || {
+        // Registered before the first sweep. A producer that looked for the
+        // handle earlier found none, but it only looks when the state word
+        // says the flusher is parked, which it has not done yet; a flush or
+        // shutdown request made earlier is seen by the first pass.
+        *lock(&shared.flusher) = Some(sync::current());
         if let Some(core) = core {
             core_affinity::set_for_current(core);
         }
-        Flusher::new(for_thread, subscribers).run();
-    })?;
-    *lock(&shared.flusher) = Some(join.thread().clone());
-    let _ = tx.send(());
-    Ok(join)
+        Flusher::new(shared, subscribers).run();
+    })
 }
 
 /// One producer's ring, as the flusher holds it.

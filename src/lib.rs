@@ -4,6 +4,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod engine;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api;
 pub mod gpu;
 mod error;
 mod event;

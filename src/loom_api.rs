@@ -1,0 +1,1 @@
+//! Internals exposed to the loom models only (cfg(loom)).
