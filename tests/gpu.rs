@@ -1,0 +1,475 @@
+//! GPU sampler tests with a scripted source: naming, units, slow period,
+//! unsupported metrics, device errors and back-off, failed readings, and
+//! aggregation through a real engine. Everything the sampler schedules is
+//! counted in passes, so no assertion depends on wall-clock time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringfold::gpu::{GpuError, GpuSampler, GpuStats, Metric, SamplerConfig, ScriptedSource, Step};
+use ringfold::{Batch, Engine, Policy, Value};
+
+type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// An engine delivering every gpu event as is, and what it delivered.
+fn passthrough_engine() -> (Engine<Value>, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let engine = Engine::<Value>::builder()
+        .policy("gpu:*", Policy::Passthrough)
+        .subscriber(move |b: &Batch<'_, Value>| {
+            let mut sink = sink.lock().unwrap();
+            for e in b.events() {
+                sink.push((
+                    e.name().to_owned(),
+                    e.prefix().to_owned(),
+                    e.payload().clone(),
+                ));
+            }
+        })
+        .build()
+        .unwrap();
+    (engine, seen)
+}
+
+/// Fast, quiet, fixed-length runs.
+fn config(passes: u64) -> SamplerConfig {
+    SamplerConfig {
+        interval: Duration::from_micros(200),
+        slow_interval: Duration::from_micros(800), // every 4th pass
+        max_backoff: Duration::from_secs(3600),
+        max_passes: Some(passes),
+        log: false,
+        ..SamplerConfig::default()
+    }
+}
+
+fn run(engine: &Engine<Value>, source: ScriptedSource, config: SamplerConfig) -> GpuStats {
+    let stats = GpuSampler::start_with_source(engine, source, config)
+        .unwrap()
+        .join();
+    engine.flush().unwrap();
+    stats
+}
+
+fn values_of(seen: &Seen, name: &str) -> Vec<f64> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, ..)| n == name)
+        .map(|(.., v)| v.as_f64().expect("numeric payload"))
+        .collect()
+}
+
+#[test]
+fn metric_names_carry_units_and_are_unique() {
+    let names: BTreeSet<_> = Metric::ALL.iter().map(|m| m.name()).collect();
+    assert_eq!(names.len(), Metric::COUNT);
+    for (i, m) in Metric::ALL.iter().enumerate() {
+        assert_eq!(m.index(), i);
+        let suffix = match m.unit() {
+            "%" => "_pct",
+            "bytes" => "_bytes",
+            "°C" => "_c",
+            "mW" => "_mw",
+            "mJ" => "_mj",
+            "MHz" => "_mhz",
+            "KB/s" => "_kbps",
+            "P-state" => "pstate",
+            "bitmask" => "_reasons",
+            other => panic!("unexpected unit {other}"),
+        };
+        assert!(m.name().ends_with(suffix), "{} lacks {suffix}", m.name());
+        assert_eq!(m.event_name(3), format!("gpu:3:{}", m.name()));
+    }
+}
+
+#[test]
+fn publishes_every_metric_per_device_under_gpu_index_prefix() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(2)
+        .values(0, Metric::PowerMw, [250_000.0])
+        .values(1, Metric::PowerMw, [90_000.0])
+        .values(1, Metric::MemUsedBytes, [8.0 * 1024.0 * 1024.0 * 1024.0])
+        .values(0, Metric::ThrottleReasons, [4.0]);
+    let stats = run(&engine, source, config(1));
+    assert_eq!(stats.passes, 1);
+    assert_eq!(stats.devices, 2);
+    assert_eq!(stats.published, 2 * Metric::COUNT as u64);
+    assert_eq!(stats.failed, 0);
+
+    let seen = seen.lock().unwrap();
+    let names: BTreeSet<_> = seen.iter().map(|(n, ..)| n.clone()).collect();
+    let expected: BTreeSet<_> = (0..2)
+        .flat_map(|d| {
+            Metric::ALL
+                .iter()
+                .map(move |m| format!("gpu:{d}:{}", m.name()))
+        })
+        .collect();
+    assert_eq!(names, expected);
+    for (name, prefix, _) in seen.iter() {
+        let dev = &name[..5];
+        assert_eq!(prefix, dev, "prefix of {name}");
+    }
+    let get = |n: &str| seen.iter().find(|(name, ..)| name == n).unwrap().2.clone();
+    assert_eq!(get("gpu:0:power_mw"), Value::F64(250_000.0));
+    assert_eq!(get("gpu:1:power_mw"), Value::F64(90_000.0));
+    // Integral metrics travel as U64.
+    assert_eq!(get("gpu:1:mem_used_bytes"), Value::U64(8 << 30));
+    assert_eq!(get("gpu:0:throttle_reasons"), Value::U64(4));
+    assert_eq!(engine.stats().published, stats.published);
+}
+
+#[test]
+fn slow_metrics_only_on_the_slow_period() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(1);
+    let log = source.log();
+    let stats = run(&engine, source, config(10));
+    assert_eq!(stats.passes, 10);
+    // slow_interval = 4 intervals: passes 0, 4, 8.
+    assert_eq!(stats.slow_passes, 3);
+    for m in Metric::ALL {
+        let want = if m.is_slow() { 3 } else { 10 };
+        assert_eq!(log.requests(0, m), want, "{m}");
+        assert_eq!(
+            values_of(&seen, &m.event_name(0)).len(),
+            want as usize,
+            "{m}"
+        );
+    }
+    assert!(Metric::PowerLimitMw.is_slow() && Metric::FanPct.is_slow());
+    assert!(Metric::ThrottleReasons.is_slow() && !Metric::PowerMw.is_slow());
+}
+
+#[test]
+fn unsupported_metrics_are_probed_once_then_skipped() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(2)
+        .script(0, Metric::FanPct, [Step::Unsupported])
+        .script(0, Metric::UtilEncPct, [Step::Unsupported])
+        .script(0, Metric::PowerMw, [Step::Unsupported]);
+    let log = source.log();
+    let stats = run(&engine, source, config(20));
+    assert_eq!(stats.unsupported, 3);
+    assert_eq!(stats.failed, 0);
+    for m in [Metric::FanPct, Metric::UtilEncPct, Metric::PowerMw] {
+        assert_eq!(log.requests(0, m), 1, "{m} asked again after the probe");
+        assert!(values_of(&seen, &m.event_name(0)).is_empty());
+    }
+    // Other devices and metrics are unaffected.
+    assert_eq!(log.requests(1, Metric::UtilEncPct), 20);
+    assert_eq!(log.requests(1, Metric::FanPct), 5); // passes 0, 4, 8, 12, 16
+    assert_eq!(log.requests(0, Metric::TempC), 20);
+    assert_eq!(values_of(&seen, "gpu:1:power_mw").len(), 20);
+}
+
+#[test]
+fn unsupported_discovered_later_is_also_skipped_from_then_on() {
+    let (engine, _seen) = passthrough_engine();
+    let source = ScriptedSource::new(1).script(
+        0,
+        Metric::TempC,
+        [
+            Step::Value(40.0),
+            Step::Value(41.0),
+            Step::Unsupported,
+            Step::Value(99.0),
+        ],
+    );
+    let log = source.log();
+    let stats = run(&engine, source, config(10));
+    assert_eq!(log.requests(0, Metric::TempC), 3);
+    assert_eq!(stats.unsupported, 1);
+}
+
+#[test]
+fn failed_readings_are_never_published_as_zero() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(1).script(
+        0,
+        Metric::TempC,
+        [
+            Step::Value(50.0),
+            Step::Fail,
+            Step::Missing,
+            Step::Value(f64::NAN),
+            Step::Value(f64::INFINITY),
+            Step::Value(52.0),
+        ],
+    );
+    let stats = run(&engine, source, config(8));
+    // Passes 1..=4 fail (error, missing, NaN, inf); 0 and 5..8 publish.
+    assert_eq!(values_of(&seen, "gpu:0:temp_c"), [50.0, 52.0, 52.0, 52.0]);
+    assert_eq!(stats.failed, 4);
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(.., v)| v.as_f64() != Some(0.0)));
+    let total_requests: u64 = 8 * 12 + 2 * 6; // 12 fast metrics each pass, 6 slow ones twice
+    assert_eq!(stats.published + stats.failed, total_requests);
+    assert_eq!(engine.stats().published, stats.published);
+}
+
+#[test]
+fn device_errors_back_off_exponentially_and_recover() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(2).device_error(0, 2..12);
+    let log = source.log();
+    let stats = run(&engine, source, config(16));
+    // Error at 2 -> skip 1 -> retry 4 (error) -> skip 2 -> retry 7 (error)
+    // -> skip 4 -> retry 12: recovered, sampled every pass again.
+    assert_eq!(log.calls(0), [0, 1, 2, 4, 7, 12, 13, 14, 15]);
+    assert_eq!(stats.device_errors, 3);
+    assert_eq!(stats.retries, 3);
+    assert_eq!(stats.backoff_skips, 7);
+    // The healthy device is untouched.
+    assert_eq!(log.calls(1), (0..16).collect::<Vec<_>>());
+    assert_eq!(values_of(&seen, "gpu:1:temp_c").len(), 16);
+    // Passes with a device error published nothing for it, not zeros.
+    assert_eq!(values_of(&seen, "gpu:0:temp_c").len(), 2 + 4);
+    assert_eq!(stats.failed, 0);
+}
+
+#[test]
+fn back_off_is_bounded() {
+    let (engine, _seen) = passthrough_engine();
+    let source = ScriptedSource::new(1).device_error(0, 0..u64::MAX);
+    let log = source.log();
+    let cfg = SamplerConfig {
+        max_backoff: Duration::from_micros(800), // 4 passes
+        ..config(40)
+    };
+    let stats = run(&engine, source, cfg);
+    let calls = log.calls(0);
+    assert_eq!(calls, [0, 2, 5, 10, 15, 20, 25, 30, 35]);
+    assert_eq!(stats.device_errors, calls.len() as u64);
+    assert_eq!(stats.retries, calls.len() as u64 - 1);
+    assert_eq!(stats.published, 0);
+    assert_eq!(stats.passes, 40);
+}
+
+#[test]
+fn a_panicking_source_is_a_device_error_not_a_crash() {
+    let (engine, seen) = passthrough_engine();
+    let source = ScriptedSource::new(1).panic_at(0, 1);
+    let log = source.log();
+    let stats = run(&engine, source, config(6));
+    assert_eq!(stats.passes, 6);
+    assert_eq!(stats.device_errors, 1);
+    assert_eq!(log.calls(0), [0, 1, 3, 4, 5]);
+    assert_eq!(values_of(&seen, "gpu:0:temp_c").len(), 4);
+    // The engine is still up.
+    engine.publish("data:after:panic", 1).unwrap();
+    engine.flush().unwrap();
+}
+
+#[test]
+fn readings_aggregate_through_default_rules() {
+    #[derive(Default, Debug, Clone, Copy)]
+    struct Agg {
+        count: u64,
+        sum: f64,
+        min: f64,
+        max: f64,
+    }
+    let aggs: Arc<Mutex<BTreeMap<String, Agg>>> = Arc::default();
+    let prefixes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (sink, psink) = (aggs.clone(), prefixes.clone());
+    let engine = Engine::<Value>::builder()
+        .default_rules()
+        .subscriber(move |b: &Batch<'_, Value>| {
+            assert!(b.events().is_empty(), "gpu:* aggregates, it does not batch");
+            psink.lock().unwrap().insert(b.prefix().to_owned());
+            let mut sink = sink.lock().unwrap();
+            // Windows may split the run: merge them.
+            for a in b.aggregates() {
+                let e = sink.entry(a.name().to_owned()).or_insert(Agg {
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    ..Agg::default()
+                });
+                e.count += a.count();
+                e.sum += a.sum();
+                e.min = e.min.min(a.min());
+                e.max = e.max.max(a.max());
+            }
+        })
+        .build()
+        .unwrap();
+    let source = ScriptedSource::new(2)
+        .values(
+            0,
+            Metric::PowerMw,
+            [100_000.0, 200_000.0, 300_000.0, 400_000.0],
+        )
+        .values(0, Metric::TempC, [60.0, 70.0])
+        .script(
+            0,
+            Metric::UtilGpuPct,
+            [Step::Value(10.0), Step::Fail, Step::Value(30.0)],
+        )
+        .values(1, Metric::PowerMw, [50_000.0]);
+    let stats = run(&engine, source, config(4));
+    assert_eq!(stats.failed, 1);
+    engine.flush().unwrap();
+    let aggs = aggs.lock().unwrap();
+    let power = aggs["gpu:0:power_mw"];
+    assert_eq!(power.count, 4);
+    assert_eq!((power.min, power.max), (100_000.0, 400_000.0));
+    assert_eq!(power.sum / power.count as f64, 250_000.0);
+    let temp = aggs["gpu:0:temp_c"];
+    assert_eq!((temp.count, temp.min, temp.max), (4, 60.0, 70.0));
+    assert_eq!(temp.sum / temp.count as f64, 67.5);
+    // The failed utilisation reading is absent, not averaged in as 0.
+    let util = aggs["gpu:0:util_gpu_pct"];
+    assert_eq!((util.count, util.min, util.max), (3, 10.0, 30.0));
+    assert!((util.sum / util.count as f64 - 70.0 / 3.0).abs() < 1e-9);
+    let other = aggs["gpu:1:power_mw"];
+    assert_eq!((other.count, other.min, other.max), (4, 50_000.0, 50_000.0));
+    // Slow metrics: pass 0 only (slow period is 4 passes).
+    assert_eq!(aggs["gpu:0:fan_pct"].count, 1);
+    assert_eq!(
+        *prefixes.lock().unwrap(),
+        BTreeSet::from(["gpu:0".to_owned(), "gpu:1".to_owned()])
+    );
+    let es = engine.shutdown().unwrap();
+    assert_eq!(es.published, stats.published);
+    assert!(es.is_conserved());
+}
+
+#[test]
+fn stop_is_prompt_even_with_a_long_interval() {
+    let (engine, _seen) = passthrough_engine();
+    let cfg = SamplerConfig {
+        interval: Duration::from_secs(3600),
+        max_passes: None,
+        ..config(0)
+    };
+    let sampler = GpuSampler::start_with_source(&engine, ScriptedSource::new(1), cfg).unwrap();
+    while sampler.stats().passes == 0 {
+        std::thread::yield_now();
+    }
+    let stats = sampler.stop();
+    assert_eq!(stats.passes, 1);
+    assert!(stats.finished);
+}
+
+#[test]
+fn sampler_ends_when_the_engine_shuts_down() {
+    let (engine, _seen) = passthrough_engine();
+    let cfg = SamplerConfig {
+        max_passes: None,
+        ..config(0)
+    };
+    let sampler = GpuSampler::start_with_source(&engine, ScriptedSource::new(1), cfg).unwrap();
+    while sampler.stats().passes < 3 {
+        std::thread::yield_now();
+    }
+    let es = engine.shutdown().unwrap();
+    let stats = sampler.join(); // returns: the sampler saw the engine close
+    assert!(stats.finished);
+    assert!(stats.published >= es.published);
+}
+
+#[test]
+fn full_ring_drops_are_counted_not_retried() {
+    let engine = Engine::<Value>::builder()
+        .policy("gpu:*", Policy::batch(Duration::from_secs(60), 1 << 20))
+        .ring_capacity(4)
+        .build()
+        .unwrap();
+    let stats = run(&engine, ScriptedSource::new(4), config(5));
+    let requested = 5 * 4 * 12 + 2 * 4 * 6;
+    assert_eq!(stats.published + stats.publish_dropped, requested);
+    assert_eq!(engine.stats().published, stats.published);
+    assert_eq!(engine.stats().dropped.full, stats.publish_dropped);
+}
+
+#[test]
+fn start_errors_are_typed() {
+    let (engine, _seen) = passthrough_engine();
+    let err =
+        GpuSampler::start_with_source(&engine, ScriptedSource::new(0), config(1)).unwrap_err();
+    assert!(matches!(err, GpuError::NoDevices), "{err}");
+    let src = ScriptedSource::new(1).fail_device_count("driver wedged");
+    let err = GpuSampler::start_with_source(&engine, src, config(1)).unwrap_err();
+    assert!(matches!(err, GpuError::Source(_)), "{err}");
+    assert!(err.to_string().contains("driver wedged"));
+    engine.shutdown().unwrap();
+    let err =
+        GpuSampler::start_with_source(&engine, ScriptedSource::new(1), config(1)).unwrap_err();
+    assert!(matches!(err, GpuError::Engine(_)), "{err}");
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn start_without_nvml_is_a_quick_typed_not_found_error() {
+    let (engine, _seen) = passthrough_engine();
+    let cfg = SamplerConfig {
+        lib_path: Some("/nonexistent/ringfold-test/libnvidia-ml.so.1".into()),
+        ..config(1)
+    };
+    let t = std::time::Instant::now();
+    let err = GpuSampler::start(&engine, cfg).unwrap_err();
+    let took = t.elapsed();
+    let msg = err.to_string();
+    println!("NVML-missing start (explicit path): {took:?}: {msg}");
+    assert!(matches!(err, GpuError::NvmlNotFound { .. }), "{msg}");
+    for needle in [
+        "NVML",
+        "libnvidia-ml.so.1",
+        "not found",
+        "SamplerConfig::lib_path",
+        "RINGFOLD_NVML_PATH",
+    ] {
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    }
+    assert!(!msg.contains('\n'), "one line");
+    // Generous bound: a failed dlopen, not a hang.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // The default library: on a machine without NVML, the same error.
+    let t = std::time::Instant::now();
+    match GpuSampler::start(&engine, config(1)) {
+        Ok(sampler) => println!("NVML present: {:?}", sampler.join()),
+        Err(e @ GpuError::NvmlNotFound { .. }) => {
+            println!("NVML-missing start (default path): {:?}: {e}", t.elapsed())
+        }
+        Err(e) => println!("NVML present but unusable: {e}"),
+    }
+}
+
+#[test]
+fn pass_cost_with_scripted_source() {
+    // A measurement, printed (run with --nocapture); no time is asserted.
+    for devices in [1u32, 8] {
+        let engine = Engine::<Value>::builder()
+            .default_rules()
+            .ring_capacity(1 << 16)
+            .build()
+            .unwrap();
+        let cfg = SamplerConfig {
+            interval: Duration::ZERO,
+            max_passes: Some(20_000),
+            log: false,
+            ..SamplerConfig::default()
+        };
+        let stats = GpuSampler::start_with_source(&engine, ScriptedSource::new(devices), cfg)
+            .unwrap()
+            .join();
+        assert_eq!(stats.passes, 20_000);
+        println!(
+            "scripted pass, {devices} device(s), {} readings/pass: mean {:?}, max {:?}, published {}, dropped {}",
+            Metric::COUNT as u32 * devices,
+            stats.mean_pass(),
+            Duration::from_nanos(stats.max_pass_ns),
+            stats.published,
+            stats.publish_dropped
+        );
+        engine.shutdown().unwrap();
+    }
+}
