@@ -1,0 +1,892 @@
+//! The tower: ringfold on real work, for a fixed duration.
+//!
+//! ```text
+//! cargo run --release --example tower [-- --seconds N] [--index PATH]...
+//! ```
+//!
+//! Every hot path below publishes into one engine built with the design's
+//! default policy table (`default_rules`):
+//!
+//! * a **code indexer** walks real source trees (this checkout plus the
+//!   toolchain's `rust-src` if installed, or `--index PATH`), reads every
+//!   file and publishes `code_index:<lang>:indexed` (its size) and
+//!   `code_index:<lang>:lines` (its line count); when a pass ends early it
+//!   starts over, like a background re-indexer;
+//! * a **data layer** runs real transactions (inserts, updates, deletes)
+//!   against an embedded SQLite database and publishes `data:<table>:<op>`
+//!   for every row after each commit, as an ORM's after-commit hook would;
+//! * a **chat stream** of four sessions publishes `chat:<session>:delta`
+//!   tokens (passthrough) and an urgent `chat:<session>:finished`;
+//! * the **GPU sampler** publishes `gpu:*` readings when NVML is present.
+//!
+//! A subscriber measures each event's publish-to-delivery delay (the engine
+//! stamps events at publish: `precise_timestamps(true)`). Once per second
+//! the tower prints, per family, the events taken in, the batches handed
+//! to subscribers, their ratio (the reduction factor), the drops and the
+//! p99 delay; at the end, totals and the flusher thread's CPU time.
+
+mod common;
+
+use std::error::Error;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource};
+use ringfold::{Batch, BatchReason, Engine, Stats, Value};
+
+use common::{bytes, count, duration, reduction, Histogram, IndexKeys, Rng};
+
+/// The families shown in the live table, in this order; others follow.
+const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
+
+/// A background indexer's throttle: a pause after each file, so it
+/// shares the machine with the rest of the tower.
+const INDEX_PAUSE: Duration = Duration::from_micros(200);
+
+/// The data layer's think time between transactions.
+const DATA_PAUSE: Duration = Duration::from_millis(4);
+
+struct Args {
+    seconds: u64,
+    index: Vec<PathBuf>,
+    simulate_gpu: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        seconds: 10,
+        index: Vec::new(),
+        simulate_gpu: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" | "-s" => {
+                let v = it.next().ok_or("--seconds needs a value")?;
+                args.seconds = v
+                    .parse()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| format!("--seconds: not a positive integer: {v}"))?;
+            }
+            "--index" | "-i" => {
+                let v = it.next().ok_or("--index needs a path")?;
+                let path = PathBuf::from(v);
+                if !path.exists() {
+                    return Err(format!("--index: no such path: {}", path.display()));
+                }
+                args.index.push(path);
+            }
+            "--simulate-gpu" => args.simulate_gpu = true,
+            "--help" | "-h" => {
+                println!(
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu]\n\n\
+                     Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
+                     NVML) a GPU sampler into one ringfold engine for N seconds\n\
+                     (default 10), printing per-family reduction and delay every second.\n\
+                     --index replaces the default trees (this checkout + rust-src).\n\
+                     --simulate-gpu feeds the sampler a scripted device instead of NVML."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument: {other} (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+// ---------------------------------------------------------------------------
+// Delay measurement (runs on the flusher thread, so it stays cheap: one
+// clock read and one uncontended lock per batch)
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Delays {
+    /// Since the last live row, by family index (FAMILIES, then "other").
+    interval: Vec<Histogram>,
+    /// Whole run.
+    total: Vec<Histogram>,
+    /// Urgent events (`chat:*:finished`), publish to delivery.
+    urgent: Histogram,
+}
+
+fn family_index(prefix: &str) -> usize {
+    let family = prefix.split(':').next().unwrap_or(prefix);
+    FAMILIES
+        .iter()
+        .position(|&f| f == family)
+        .unwrap_or(FAMILIES.len())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch<'_, Value>) + Send {
+    move |batch: &Batch<'_, Value>| {
+        let now = Instant::now();
+        let fam = family_index(batch.prefix());
+        let mut d = lock(&delays);
+        let Delays {
+            interval,
+            total,
+            urgent,
+        } = &mut *d;
+        if interval.len() <= fam {
+            interval.resize_with(FAMILIES.len() + 1, Histogram::default);
+            total.resize_with(FAMILIES.len() + 1, Histogram::default);
+        }
+        for e in batch.events() {
+            let delay = now.saturating_duration_since(e.timestamp());
+            interval[fam].record(delay);
+            total[fam].record(delay);
+        }
+        if batch.reason() == BatchReason::Urgent {
+            // The urgent event closes its batch.
+            if let Some(e) = batch.events().last() {
+                urgent.record(now.saturating_duration_since(e.timestamp()));
+            }
+        }
+        // An aggregate's delay: from its newest reading to delivery.
+        for a in batch.aggregates() {
+            let delay = now.saturating_duration_since(a.last().1);
+            interval[fam].record(delay);
+            total[fam].record(delay);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workloads
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct IndexerReport {
+    roots: Vec<PathBuf>,
+    passes: u64,
+    files: u64,
+    bytes: u64,
+    lines: u64,
+    publish_errors: u64,
+}
+
+fn run_indexer(
+    engine: Engine<Value>,
+    roots: Vec<PathBuf>,
+    stop: Arc<AtomicBool>,
+) -> Result<IndexerReport, Box<dyn Error + Send + Sync>> {
+    let mut producer = engine.producer()?;
+    let mut keys = IndexKeys::new();
+    let mut report = IndexerReport {
+        roots: roots.clone(),
+        ..Default::default()
+    };
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed) {
+        let files_before = report.files;
+        for root in &roots {
+            let flow = common::walk(root, &mut |path| {
+                if stop.load(Ordering::Relaxed) {
+                    return ControlFlow::Break(());
+                }
+                if let Some(f) = common::index_file(path) {
+                    let (indexed, lines) = match keys.get(&engine, f.lang) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            failure = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    };
+                    report.files += 1;
+                    report.bytes += f.bytes;
+                    report.lines += f.lines;
+                    for (key, v) in [(indexed, f.bytes), (lines, f.lines)] {
+                        if producer.publish_key(key, Value::from(v)).is_err() {
+                            report.publish_errors += 1;
+                        }
+                    }
+                }
+                thread::sleep(INDEX_PAUSE);
+                ControlFlow::Continue(())
+            });
+            if flow.is_break() {
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if report.files == files_before {
+            // Nothing indexable: do not spin.
+            thread::sleep(Duration::from_millis(50));
+        } else if !stop.load(Ordering::Relaxed) {
+            report.passes += 1;
+        }
+    }
+    Ok(report)
+}
+
+#[derive(Default)]
+struct DataReport {
+    transactions: u64,
+    rows: u64,
+    publish_errors: u64,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,
+        last_seen INTEGER NOT NULL);
+    CREATE TABLE orders (
+        id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id),
+        total_cents INTEGER NOT NULL, status TEXT NOT NULL, created INTEGER NOT NULL);
+    CREATE INDEX orders_status ON orders(status, id);
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id),
+        token TEXT NOT NULL, expires INTEGER NOT NULL);
+    CREATE INDEX sessions_expires ON sessions(expires);
+";
+
+/// Row changes of one transaction, published after it commits.
+type Changes = Vec<(&'static str, &'static str, i64)>;
+
+fn run_data_layer(
+    engine: Engine<Value>,
+    stop: Arc<AtomicBool>,
+) -> Result<DataReport, Box<dyn Error + Send + Sync>> {
+    use rusqlite::{params, Connection};
+
+    let path = std::env::temp_dir().join(format!("ringfold-tower-{}.sqlite", std::process::id()));
+    let _cleanup = RemoveOnDrop(path.clone());
+    let mut conn = Connection::open(&path)?;
+    conn.execute_batch(SCHEMA)?;
+
+    let mut producer = engine.producer()?;
+    // One key per (table, op), interned once: the hook's hot path is
+    // `publish_key`.
+    let mut keys = std::collections::HashMap::new();
+    for table in ["users", "orders", "sessions"] {
+        for op in ["insert", "update", "delete"] {
+            keys.insert((table, op), engine.key(&format!("data:{table}:{op}"))?);
+        }
+    }
+
+    let mut rng = Rng::new(0x5eed_da7a);
+    let mut report = DataReport::default();
+    let mut changes: Changes = Vec::with_capacity(128);
+    let mut clock: i64 = 0;
+
+    // Seed some users so orders have owners.
+    {
+        let tx = conn.transaction()?;
+        for i in 0..200 {
+            tx.execute(
+                "INSERT INTO users (name, email, last_seen) VALUES (?1, ?2, 0)",
+                params![format!("user{i}"), format!("user{i}@example.com")],
+            )?;
+            changes.push(("users", "insert", tx.last_insert_rowid()));
+        }
+        tx.commit()?;
+    }
+
+    loop {
+        // After-commit hook: one event per changed row.
+        for (table, op, id) in changes.drain(..) {
+            if producer
+                .publish_key(keys[&(table, op)], Value::from(id))
+                .is_err()
+            {
+                report.publish_errors += 1;
+            }
+            report.rows += 1;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        thread::sleep(DATA_PAUSE);
+        clock += 1;
+
+        let tx = conn.transaction()?;
+        let users: i64 = tx.query_row("SELECT max(id) FROM users", [], |r| r.get(0))?;
+        // A sign-up now and then.
+        if rng.range(0, 4) == 0 {
+            tx.execute(
+                "INSERT INTO users (name, email, last_seen) VALUES (?1, ?2, ?3)",
+                params![
+                    format!("user{}", users + 1),
+                    format!("user{}@example.com", users + 1),
+                    clock
+                ],
+            )?;
+            changes.push(("users", "insert", tx.last_insert_rowid()));
+        }
+        // Activity: touch a few users.
+        {
+            let mut touch =
+                tx.prepare_cached("UPDATE users SET last_seen = ?1 WHERE id = ?2 RETURNING id")?;
+            for _ in 0..rng.range(2, 6) {
+                let id = rng.range(1, users as u64 + 1) as i64;
+                let mut rows = touch.query(params![clock, id])?;
+                while let Some(row) = rows.next()? {
+                    changes.push(("users", "update", row.get(0)?));
+                }
+            }
+        }
+        // New orders.
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO orders (user_id, total_cents, status, created)
+                 VALUES (?1, ?2, 'pending', ?3)",
+            )?;
+            for _ in 0..rng.range(8, 24) {
+                let user = rng.range(1, users as u64 + 1) as i64;
+                let cents = rng.range(199, 25_000) as i64;
+                insert.execute(params![user, cents, clock])?;
+                changes.push(("orders", "insert", tx.last_insert_rowid()));
+            }
+        }
+        // Payment settles the oldest pending orders; shipped ones are archived
+        // (deleted), which keeps the table small.
+        {
+            let mut pay = tx.prepare_cached(
+                "UPDATE orders SET status = 'paid' WHERE id IN
+                   (SELECT id FROM orders WHERE status = 'pending' ORDER BY id LIMIT ?1)
+                 RETURNING id",
+            )?;
+            let mut rows = pay.query(params![rng.range(6, 20) as i64])?;
+            while let Some(row) = rows.next()? {
+                changes.push(("orders", "update", row.get(0)?));
+            }
+        }
+        {
+            let mut archive = tx.prepare_cached(
+                "DELETE FROM orders WHERE id IN
+                   (SELECT id FROM orders WHERE status = 'paid' ORDER BY id LIMIT ?1)
+                 RETURNING id",
+            )?;
+            let mut rows = archive.query(params![rng.range(6, 20) as i64])?;
+            while let Some(row) = rows.next()? {
+                changes.push(("orders", "delete", row.get(0)?));
+            }
+        }
+        // Sessions: log-ins, and expiry.
+        {
+            let mut login = tx.prepare_cached(
+                "INSERT INTO sessions (user_id, token, expires) VALUES (?1, ?2, ?3)",
+            )?;
+            for _ in 0..rng.range(1, 6) {
+                let user = rng.range(1, users as u64 + 1) as i64;
+                let token = format!("{:016x}", rng.next_u64());
+                login.execute(params![user, token, clock + rng.range(20, 200) as i64])?;
+                changes.push(("sessions", "insert", tx.last_insert_rowid()));
+            }
+            let mut expire =
+                tx.prepare_cached("DELETE FROM sessions WHERE expires < ?1 RETURNING id")?;
+            let mut rows = expire.query(params![clock])?;
+            while let Some(row) = rows.next()? {
+                changes.push(("sessions", "delete", row.get(0)?));
+            }
+        }
+        tx.commit()?;
+        report.transactions += 1;
+    }
+    Ok(report)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        for suffix in ["-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[derive(Default)]
+struct ChatReport {
+    tokens: u64,
+    responses: u64,
+    publish_errors: u64,
+}
+
+const CORPUS: &str = "ringfold carries telemetry from many producer threads to one flusher \
+    through per-thread lock-free rings and folds each prefix into one batch per window so \
+    subscribers see a handful of deliveries instead of a storm of events while chat tokens \
+    stay real time and urgent events cut the window short";
+
+/// Four sessions streaming tokens at LLM-like pace (20-60 ms apart), each
+/// response ending with an urgent `finished`, then a pause for the user.
+fn run_chat(
+    engine: Engine<Value>,
+    stop: Arc<AtomicBool>,
+) -> Result<ChatReport, Box<dyn Error + Send + Sync>> {
+    struct Session {
+        delta: ringfold::EventKey,
+        finished: ringfold::EventKey,
+        left: u64,
+        sent: u64,
+        next: Instant,
+    }
+    let words: Vec<&str> = CORPUS.split_whitespace().collect();
+    let mut producer = engine.producer()?;
+    let mut rng = Rng::new(0xc4a7);
+    let start = Instant::now();
+    let mut sessions = Vec::new();
+    for i in 1..=4 {
+        sessions.push(Session {
+            delta: engine.key(&format!("chat:s{i}:delta"))?,
+            finished: engine.key(&format!("chat:s{i}:finished"))?,
+            left: rng.range(20, 120),
+            sent: 0,
+            next: start + Duration::from_millis(rng.range(0, 300)),
+        });
+    }
+    let mut report = ChatReport::default();
+    while !stop.load(Ordering::Relaxed) {
+        let (i, next) = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.next))
+            .min_by_key(|&(_, t)| t)
+            .expect("four sessions");
+        let now = Instant::now();
+        if next > now {
+            // Short naps, so a stop request is seen promptly.
+            thread::sleep((next - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        let s = &mut sessions[i];
+        if s.left > 0 {
+            let word = words[(rng.next_u64() % words.len() as u64) as usize];
+            if producer.publish_key(s.delta, Value::from(word)).is_err() {
+                report.publish_errors += 1;
+            }
+            report.tokens += 1;
+            s.left -= 1;
+            s.sent += 1;
+            s.next = now + Duration::from_millis(rng.range(20, 60));
+        } else {
+            if producer
+                .publish_urgent(s.finished, Value::from(s.sent))
+                .is_err()
+            {
+                report.publish_errors += 1;
+            }
+            report.responses += 1;
+            s.left = rng.range(20, 120);
+            s.sent = 0;
+            s.next = now + Duration::from_millis(rng.range(200, 800));
+        }
+    }
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------
+// GPU
+// ---------------------------------------------------------------------------
+
+/// Starts the GPU sampler when NVML is present (and the crate was built
+/// with its `gpu` feature); otherwise prints one line saying why not. With
+/// `simulate`, the sampler reads a scripted device instead (no NVML).
+fn start_gpu(engine: &Engine<Value>, simulate: bool) -> Option<GpuSampler> {
+    let config = SamplerConfig::default();
+    if simulate {
+        // A busy device: utilisation, temperature and power wander.
+        let source = ScriptedSource::new(1)
+            .values(0, Metric::UtilGpuPct, [97.0, 99.0, 100.0, 98.0, 96.0])
+            .values(0, Metric::TempC, [66.0, 67.0, 68.0, 68.0, 67.0])
+            .values(
+                0,
+                Metric::PowerMw,
+                [612_000.0, 655_000.0, 689_000.0, 640_000.0],
+            );
+        return match GpuSampler::start_with_source(engine, source, config) {
+            Ok(sampler) => {
+                println!("gpu: simulated (1 scripted device, NVML not used)");
+                Some(sampler)
+            }
+            Err(e) => {
+                println!("gpu: skipped ({e})");
+                None
+            }
+        };
+    }
+    match GpuSampler::start(engine, config) {
+        Ok(sampler) => {
+            let devices = sampler.stats().devices;
+            println!("gpu: sampling {devices} device(s) through NVML every second");
+            Some(sampler)
+        }
+        Err(e) => {
+            println!("gpu: skipped ({e})");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------
+
+/// Per-family totals from the engine's per-prefix counters.
+#[derive(Default, Clone, Copy)]
+struct FamilyTotals {
+    received: u64,
+    batches: u64,
+    dropped: u64,
+    prefixes: usize,
+}
+
+fn family_totals(stats: &Stats) -> Vec<(String, FamilyTotals)> {
+    let mut out: Vec<(String, FamilyTotals)> = FAMILIES
+        .iter()
+        .map(|f| (f.to_string(), FamilyTotals::default()))
+        .collect();
+    for (prefix, p) in &stats.prefixes {
+        let family = prefix.split(':').next().unwrap_or(prefix);
+        let i = match out.iter().position(|(f, _)| f == family) {
+            Some(i) => i,
+            None => {
+                out.push((family.to_string(), FamilyTotals::default()));
+                out.len() - 1
+            }
+        };
+        let t = &mut out[i].1;
+        t.received += p.received;
+        t.batches += p.batches;
+        t.dropped += p.dropped;
+        t.prefixes += 1;
+    }
+    out
+}
+
+const HEADER: &str =
+    "  family           events in     ev/s  batches out  reduction  drops  p99 delay";
+
+fn print_live(
+    elapsed: Duration,
+    stats: &Stats,
+    prev: &[(String, FamilyTotals)],
+    interval: Duration,
+    delays: &[Histogram],
+    flusher_cpu: Option<Duration>,
+) -> Vec<(String, FamilyTotals)> {
+    let totals = family_totals(stats);
+    // Cumulative: /proc counts in 10 ms ticks, too coarse for one second.
+    let cpu = flusher_cpu.map_or_else(
+        || "n/a".to_string(),
+        |c| {
+            let pct = c.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
+            format!("{} ms ({pct:.1}%)", c.as_millis())
+        },
+    );
+    let title = format!("-- {:>3.0} s ", elapsed.as_secs_f64());
+    let tail = format!(" flusher cpu so far {cpu} --");
+    let width = HEADER.len();
+    let fill = width.saturating_sub(title.len() + tail.len());
+    println!("{title}{}{tail}", "-".repeat(fill));
+    println!("{HEADER}");
+    for (family, t) in &totals {
+        let before = prev
+            .iter()
+            .find(|(f, _)| f == family)
+            .map_or(0, |(_, p)| p.received);
+        let rate = (t.received - before) as f64 / interval.as_secs_f64().max(1e-3);
+        let fam = family_index(family);
+        let p99 = delays
+            .get(fam)
+            .and_then(|h| h.quantile(0.99))
+            .map_or_else(|| "-".to_string(), duration);
+        if t.received == 0 && t.batches == 0 {
+            println!(
+                "  {:<14} {:>11} {:>8} {:>12} {:>10} {:>6} {:>10}",
+                format!("{family}:*"),
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            );
+            continue;
+        }
+        println!(
+            "  {:<14} {:>11} {:>8} {:>12} {:>10} {:>6} {:>10}",
+            format!("{family}:*"),
+            count(t.received),
+            count(rate.round() as u64),
+            count(t.batches),
+            reduction(t.received, t.batches),
+            count(t.dropped),
+            p99,
+        );
+    }
+    totals
+}
+
+fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
+    let args = parse_args()?;
+    let duration_total = Duration::from_secs(args.seconds);
+
+    let roots = if args.index.is_empty() {
+        let mut roots = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
+        roots.extend(common::rust_src_dir());
+        roots
+    } else {
+        args.index.clone()
+    };
+
+    let delays = Arc::new(Mutex::new(Delays::default()));
+    let engine = Engine::<Value>::builder()
+        .default_rules()
+        .precise_timestamps(true)
+        .subscriber(delay_recorder(delays.clone()))
+        .build()?;
+
+    println!("ringfold tower: {} s, default policy table", args.seconds);
+    for root in &roots {
+        println!("indexer: {}", root.display());
+    }
+    if args.index.is_empty() && roots.len() == 1 {
+        println!(
+            "indexer: rust-src not installed (rustup component add rust-src adds the \
+             standard library's sources)"
+        );
+    }
+    println!(
+        "data: SQLite (bundled) in {}",
+        std::env::temp_dir().display()
+    );
+    println!("chat: 4 sessions streaming tokens (passthrough), urgent `finished`");
+    let gpu = start_gpu(&engine, args.simulate_gpu);
+    println!();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let indexer = spawn("tower-indexer", {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        move || run_indexer(engine, roots, stop)
+    })?;
+    let data = spawn("tower-data", {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        move || run_data_layer(engine, stop)
+    })?;
+    let chat = spawn("tower-chat", {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        move || run_chat(engine, stop)
+    })?;
+
+    // Live table, once per second, on a fixed schedule.
+    let end = start + duration_total;
+    let mut prev = family_totals(&Stats::default());
+    let mut prev_at = start;
+    let mut tick = 1u32;
+    loop {
+        let due = (start + Duration::from_secs(tick.into())).min(end);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let now = Instant::now();
+        let cpu = common::flusher_cpu();
+        let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
+        let stats = engine.stats();
+        prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
+        println!();
+        prev_at = now;
+        if due >= end {
+            break;
+        }
+        tick += 1;
+    }
+
+    // Stop the workloads, deliver everything, and account.
+    stop.store(true, Ordering::Relaxed);
+    let indexer = join(indexer, "indexer");
+    let data = join(data, "data layer");
+    let chat = join(chat, "chat");
+    let gpu = gpu.map(GpuSampler::stop);
+    engine.flush()?;
+    let flusher_cpu = common::flusher_cpu();
+    let process_cpu = common::process_cpu();
+    let stats = engine.shutdown()?;
+    let wall = start.elapsed();
+
+    print_summary(&stats, &delays, wall, flusher_cpu, process_cpu);
+    if let Some(r) = &indexer {
+        println!(
+            "  indexer     {} full passes, {} files, {}, {} lines (roots: {})",
+            count(r.passes),
+            count(r.files),
+            bytes(r.bytes),
+            count(r.lines),
+            r.roots
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(r) = &data {
+        println!(
+            "  data layer  {} transactions, {} rows changed",
+            count(r.transactions),
+            count(r.rows)
+        );
+    }
+    if let Some(r) = &chat {
+        println!(
+            "  chat        {} tokens, {} responses",
+            count(r.tokens),
+            count(r.responses)
+        );
+    }
+    if let Some(g) = gpu {
+        println!(
+            "  gpu         {} device(s), {} passes, {} readings published, {} failed, \
+             {} unsupported metric(s), mean pass {}",
+            g.devices,
+            count(g.passes),
+            count(g.published),
+            count(g.failed),
+            g.unsupported,
+            duration(g.mean_pass()),
+        );
+    }
+    let errors = indexer.map_or(0, |r| r.publish_errors)
+        + data.map_or(0, |r| r.publish_errors)
+        + chat.map_or(0, |r| r.publish_errors);
+    if errors > 0 {
+        println!("  publish errors seen by the workloads: {}", count(errors));
+    }
+    Ok(())
+}
+
+fn spawn<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<JoinHandle<R>> {
+    thread::Builder::new().name(name.into()).spawn(f)
+}
+
+fn join<R>(handle: JoinHandle<Result<R, Box<dyn Error + Send + Sync>>>, what: &str) -> Option<R> {
+    match handle.join() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            eprintln!("{what} failed: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("{what} panicked");
+            None
+        }
+    }
+}
+
+fn print_summary(
+    stats: &Stats,
+    delays: &Mutex<Delays>,
+    wall: Duration,
+    flusher_cpu: Option<std::time::Duration>,
+    process_cpu: Option<std::time::Duration>,
+) {
+    let delays = lock(delays);
+    println!("== summary ({}) ==", duration(wall));
+    println!(
+        "  {:<24} {:>11} {:>12} {:>10} {:>6} {:>10} {:>10}",
+        "prefix", "events in", "batches out", "reduction", "drops", "p50 delay", "p99 delay"
+    );
+    for (family, t) in &family_totals(stats) {
+        if t.received == 0 && t.batches == 0 {
+            continue;
+        }
+        let fam = family_index(family);
+        let q = |q| {
+            delays
+                .total
+                .get(fam)
+                .and_then(|h| h.quantile(q))
+                .map_or_else(|| "-".to_string(), duration)
+        };
+        println!(
+            "  {:<24} {:>11} {:>12} {:>10} {:>6} {:>10} {:>10}",
+            format!("{family}:*"),
+            count(t.received),
+            count(t.batches),
+            reduction(t.received, t.batches),
+            count(t.dropped),
+            q(0.5),
+            q(0.99),
+        );
+        for (prefix, p) in &stats.prefixes {
+            if prefix.split(':').next() == Some(family.as_str()) && t.prefixes > 1 {
+                println!(
+                    "    {:<22} {:>11} {:>12} {:>10} {:>6}",
+                    prefix,
+                    count(p.received),
+                    count(p.batches),
+                    reduction(p.received, p.batches),
+                    count(p.dropped),
+                );
+            }
+        }
+    }
+    let d = &stats.dropped;
+    println!();
+    println!(
+        "  published {}  delivered {}  folded {}  pending {}  batches {}  overall {}",
+        count(stats.published),
+        count(stats.delivered),
+        count(stats.folded),
+        count(stats.pending),
+        count(stats.batches),
+        reduction(stats.published, stats.batches),
+    );
+    println!(
+        "  drops: full {}, shut_down {}, invalid_name {}, urgent_timeout {}, not_numeric {}; conserved: {}",
+        d.full,
+        d.shut_down,
+        d.invalid_name,
+        d.urgent_timeout,
+        d.not_numeric,
+        if stats.is_conserved() { "yes" } else { "NO" },
+    );
+    if let (Some(p50), Some(max)) = (delays.urgent.quantile(0.5), delays.urgent.quantile(1.0)) {
+        println!(
+            "  urgent chat:*:finished: {} delivered, p50 {}, max {} after publish \
+             (passthrough deltas wait for the next 5 ms sweep)",
+            count(delays.urgent.len()),
+            duration(p50),
+            duration(max),
+        );
+    }
+    let pct = |c: Duration| c.as_secs_f64() / wall.as_secs_f64() * 100.0;
+    match flusher_cpu {
+        Some(c) => println!(
+            "  flusher thread cpu {} ms ({:.1}% of one core; {} wake-ups by tick, {} by high-water, {} sweeps)",
+            c.as_millis(),
+            pct(c),
+            count(stats.ticks),
+            count(stats.high_water_wakeups),
+            count(stats.sweeps),
+        ),
+        None => println!("  flusher thread cpu: n/a (no /proc/self/task)"),
+    }
+    if let Some(c) = process_cpu {
+        println!(
+            "  whole process cpu  {} ms ({:.0}% of one core)",
+            c.as_millis(),
+            pct(c)
+        );
+    }
+}
