@@ -1,1 +1,804 @@
-fn main() {}
+//! Issue 6, workloads 1-3: ringfold beside the designs a user would
+//! otherwise pick, on the same workload, in the same criterion group.
+//!
+//! * `publish/*`: hot-path cost of one publish of a `u64` into a ring (or
+//!   channel, or map) that is not full. Timed in chunks of 1000 events; the
+//!   drain between chunks (`Engine::flush` for ringfold) is not timed.
+//! * `e2e_pN/*`: N events over 64 prefixes (`data:t<i>:created`) from N
+//!   producer threads, grouped per prefix into batches of at most 100 or
+//!   50 ms, delivered to a subscriber that counts per prefix; timed from the
+//!   start of publishing until everything is delivered (`flush()` returned).
+//!
+//! `RINGFOLD_BENCH_QUICK=1` shrinks N and the measurement times. After the
+//! criterion run the binary prints a summary table with each contender's
+//! median and its ratio to ringfold.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use dashmap::DashMap;
+use ringfold::{Batch, Engine, EventKey, FullPolicy, Policy, PublishError};
+
+const PREFIXES: usize = 64;
+const WINDOW: Duration = Duration::from_millis(50);
+const MAX_COUNT: usize = 100;
+const TICK: Duration = Duration::from_millis(5);
+/// Slots per ring / channel capacity (ringfold's default ring capacity).
+const CAPACITY: usize = 4096;
+/// Publishes per timed chunk in the hot-path group: below ringfold's
+/// default high-water mark (1024), so no chunk wakes the flusher.
+const CHUNK: u64 = 1000;
+
+fn quick() -> bool {
+    std::env::var("RINGFOLD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Event names and their prefixes, leaked once so every design can hold
+/// `&'static str`s.
+struct Names {
+    names: Vec<&'static str>,
+    prefixes: Vec<&'static str>,
+}
+
+fn names() -> &'static Names {
+    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let names: Vec<&'static str> = (0..PREFIXES)
+            .map(|i| &*Box::leak(format!("data:t{i}:created").into_boxed_str()))
+            .collect();
+        let prefixes = names.iter().map(|n| &n[..n.rfind(':').unwrap()]).collect();
+        Names { names, prefixes }
+    })
+}
+
+/// What the contenders' transports carry: the same ids and payload a
+/// ringfold record carries (interned name and prefix, `u64`).
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // `name` is carried, as ringfold carries it, not read
+struct Rec {
+    name: u32,
+    prefix: u32,
+    payload: u64,
+}
+
+fn rec(i: usize, payload: u64) -> Rec {
+    Rec {
+        name: i as u32,
+        prefix: i as u32,
+        payload,
+    }
+}
+
+/// The subscriber's work: count delivered events per prefix.
+struct Counts(Vec<AtomicU64>);
+
+impl Counts {
+    fn new() -> Arc<Self> {
+        Arc::new(Counts((0..PREFIXES).map(|_| AtomicU64::new(0)).collect()))
+    }
+    fn add(&self, prefix: usize, n: usize) {
+        self.0[prefix].fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Per-prefix windows for the transport contenders: the same rule as
+/// `Policy::batch(50 ms, 100)` (emit at 100 events or when the window that
+/// began with the prefix's first pending event has elapsed).
+struct Grouper {
+    accs: Vec<Vec<Rec>>,
+    deadlines: Vec<Instant>,
+    counts: Arc<Counts>,
+    received: u64,
+}
+
+impl Grouper {
+    fn new(counts: Arc<Counts>) -> Self {
+        Grouper {
+            accs: (0..PREFIXES)
+                .map(|_| Vec::with_capacity(MAX_COUNT))
+                .collect(),
+            deadlines: vec![Instant::now(); PREFIXES],
+            counts,
+            received: 0,
+        }
+    }
+    #[inline]
+    fn take(&mut self, r: Rec, now: Instant) {
+        self.received += 1;
+        let p = r.prefix as usize;
+        let acc = &mut self.accs[p];
+        if acc.is_empty() {
+            self.deadlines[p] = now + WINDOW;
+        }
+        acc.push(r);
+        if acc.len() >= MAX_COUNT {
+            self.emit(p);
+        }
+    }
+    fn emit(&mut self, p: usize) {
+        let acc = &mut self.accs[p];
+        if !acc.is_empty() {
+            black_box(&acc[..]);
+            self.counts.add(p, acc.len());
+            acc.clear();
+        }
+    }
+    fn emit_due(&mut self, now: Instant) {
+        for p in 0..PREFIXES {
+            if !self.accs[p].is_empty() && now >= self.deadlines[p] {
+                self.emit(p);
+            }
+        }
+    }
+    fn emit_all(&mut self) {
+        for p in 0..PREFIXES {
+            self.emit(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Summary: per-iteration medians recorded from the iter_custom routines.
+
+type Samples = Vec<(String, String, u64, Duration)>;
+
+fn results() -> &'static Mutex<Samples> {
+    static R: Mutex<Samples> = Mutex::new(Vec::new());
+    &R
+}
+
+fn record(group: &str, id: &str, iters: u64, d: Duration) {
+    results()
+        .lock()
+        .unwrap()
+        .push((group.to_owned(), id.to_owned(), iters, d));
+}
+
+/// Median time per iteration over the last `samples(group)` calls (the
+/// measurement phase follows the warm-up calls).
+fn summary(samples: impl Fn(&str) -> usize) {
+    let all = results().lock().unwrap();
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut by: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for (g, id, iters, d) in all.iter() {
+        let k = (g.clone(), id.clone());
+        if !by.contains_key(&k) {
+            order.push(k.clone());
+        }
+        by.entry(k)
+            .or_default()
+            .push(d.as_nanos() as f64 / *iters as f64);
+    }
+    println!("\n=== summary (median per event; ratio = contender time / ringfold time, >1: ringfold faster) ===");
+    println!(
+        "{:<12} {:<24} {:>12} {:>14} {:>9}",
+        "group", "contender", "ns/event", "Melem/s", "ratio"
+    );
+    for (g, id) in &order {
+        let med = |k: &(String, String)| {
+            let v = &by[k];
+            let mut v = v[v.len().saturating_sub(samples(&k.0))..].to_vec();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let ns = med(&(g.clone(), id.clone()));
+        let base = by
+            .contains_key(&(g.clone(), "ringfold".to_owned()))
+            .then(|| med(&(g.clone(), "ringfold".to_owned())));
+        let ratio = base.map_or("-".to_owned(), |b| format!("{:.2}", ns / b));
+        println!(
+            "{:<12} {:<24} {:>12.2} {:>14.2} {:>9}",
+            g,
+            id,
+            ns,
+            1e3 / ns,
+            ratio
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workload 1: hot-path cost of one publish.
+
+fn bench_publish(c: &mut Criterion) {
+    let n = names();
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(1));
+    if quick() {
+        group.warm_up_time(Duration::from_millis(300));
+        group.measurement_time(Duration::from_secs(1));
+        group.sample_size(30);
+    } else {
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        group.sample_size(50);
+    }
+    const G: &str = "publish";
+
+    // ringfold: default ring (4096) and policy; one untimed primer publish
+    // per chunk wakes the flusher out of its deep sleep, so the timed chunk
+    // sees the steady state (flusher parked with a window pending).
+    group.bench_function("ringfold", |b| {
+        let engine = Engine::<u64>::builder()
+            .default_policy(Policy::batch(WINDOW, MAX_COUNT))
+            .subscriber(|b: &Batch<'_, u64>| {
+                black_box(b.len());
+            })
+            .build()
+            .unwrap();
+        let keys: Vec<EventKey> = n.names.iter().map(|s| engine.key(s).unwrap()).collect();
+        let mut producer = engine.producer().unwrap();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                producer.publish_key(keys[0], 0).unwrap();
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let k = keys[(i as usize) % PREFIXES];
+                    let _ = black_box(producer.publish_key(k, black_box(i)));
+                }
+                total += t0.elapsed();
+                engine.flush().unwrap();
+                done += m;
+            }
+            record(G, "ringfold", iters, total);
+            total
+        });
+        assert_eq!(
+            engine.stats().dropped.full,
+            0,
+            "hot-path bench hit a full ring"
+        );
+    });
+
+    group.bench_function("rtrb", |b| {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<Rec>::new(CAPACITY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let _ = black_box(tx.push(rec(i as usize % PREFIXES, black_box(i))));
+                }
+                total += t0.elapsed();
+                let k = rx.slots();
+                for r in rx.read_chunk(k).unwrap() {
+                    black_box(r.payload);
+                }
+                done += m;
+            }
+            record(G, "rtrb", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("crossbeam-channel", |b| {
+        let (tx, rx) = crossbeam_channel::bounded::<Rec>(CAPACITY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
+                }
+                total += t0.elapsed();
+                for r in rx.try_iter() {
+                    black_box(r.payload);
+                }
+                done += m;
+            }
+            record(G, "crossbeam-channel", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("std-sync_channel", |b| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Rec>(CAPACITY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
+                }
+                total += t0.elapsed();
+                for r in rx.try_iter() {
+                    black_box(r.payload);
+                }
+                done += m;
+            }
+            record(G, "std-sync_channel", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("mutex-hashmap", |b| {
+        let map = MutexMap::default();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    map.publish(i as usize % PREFIXES, black_box(i));
+                }
+                total += t0.elapsed();
+                black_box(map.take());
+                done += m;
+            }
+            record(G, "mutex-hashmap", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("naive-dashmap", |b| {
+        let map = NaiveMap::default();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    map.publish(n.names[i as usize % PREFIXES], black_box(i));
+                }
+                total += t0.elapsed();
+                black_box(map.take());
+                done += m;
+            }
+            record(G, "naive-dashmap", iters, total);
+            total
+        });
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------
+// The two map-based accumulators.
+
+/// `Mutex<HashMap<prefix, Vec<event>>>` shared by the producers; a ticker
+/// swaps it out and delivers.
+#[derive(Default)]
+struct MutexMap {
+    map: Mutex<HashMap<&'static str, Vec<(&'static str, u64)>>>,
+}
+
+impl MutexMap {
+    #[inline]
+    fn publish(&self, i: usize, payload: u64) {
+        let n = names();
+        let mut map = self.map.lock().unwrap();
+        map.entry(n.prefixes[i])
+            .or_default()
+            .push((n.names[i], payload));
+    }
+    fn take(&self) -> HashMap<&'static str, Vec<(&'static str, u64)>> {
+        std::mem::take(&mut *self.map.lock().unwrap())
+    }
+}
+
+/// The naive design: `DashMap<String, Vec<(String, serde_json::Value)>>`,
+/// the prefix cut from the name on every publish, a JSON payload per event.
+#[derive(Default)]
+struct NaiveMap {
+    map: DashMap<String, Vec<(String, serde_json::Value)>>,
+}
+
+impl NaiveMap {
+    #[inline]
+    fn publish(&self, name: &str, payload: u64) {
+        let prefix = &name[..name.rfind(':').unwrap_or(name.len())];
+        let event = (name.to_owned(), serde_json::Value::from(payload));
+        match self.map.get_mut(prefix) {
+            Some(mut v) => v.push(event),
+            None => self.map.entry(prefix.to_owned()).or_default().push(event),
+        }
+    }
+    fn take(&self) -> Vec<(String, Vec<(String, serde_json::Value)>)> {
+        let mut out = Vec::new();
+        for mut e in self.map.iter_mut() {
+            if !e.value().is_empty() {
+                let v = std::mem::take(e.value_mut());
+                out.push((e.key().clone(), v));
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workloads 2 and 3: end-to-end throughput.
+
+/// Which event producer `j` publishes `i`-th: spread over the 64 prefixes.
+#[inline]
+fn slot(i: u64, j: usize) -> usize {
+    (i as usize + j) % PREFIXES
+}
+
+fn run_ringfold(p: usize, total: u64) -> Duration {
+    let n = names();
+    let counts = Counts::new();
+    let sink = counts.clone();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(WINDOW, MAX_COUNT))
+        .on_full(FullPolicy::Block(Duration::from_secs(5)))
+        .subscriber(move |b: &Batch<'_, u64>| {
+            if let Some(e) = b.events().first() {
+                sink.add(e.key().prefix_id() as usize, b.len());
+            }
+        })
+        .build()
+        .unwrap();
+    let keys: Vec<EventKey> = n.names.iter().map(|s| engine.key(s).unwrap()).collect();
+    assert!(keys.iter().all(|k| (k.prefix_id() as usize) < PREFIXES));
+    let producers: Vec<_> = (0..p).map(|_| engine.producer().unwrap()).collect();
+    let per = total / p as u64;
+    let barrier = Barrier::new(p + 1);
+    let elapsed = thread::scope(|s| {
+        let handles: Vec<_> = producers
+            .into_iter()
+            .enumerate()
+            .map(|(j, mut producer)| {
+                let (keys, barrier) = (&keys, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..per {
+                        let key = keys[slot(i, j)];
+                        let mut v = i;
+                        loop {
+                            match producer.publish_key(key, v) {
+                                Ok(()) => break,
+                                Err(PublishError::Full(back)) => v = back,
+                                Err(e) => panic!("publish failed: {e:?}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        engine.flush().unwrap();
+        t0.elapsed()
+    });
+    assert_eq!(counts.total(), per * p as u64);
+    engine.shutdown().unwrap();
+    elapsed
+}
+
+fn run_rtrb(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let per = total / p as u64;
+    let expected = per * p as u64;
+    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..p)
+        .map(|_| rtrb::RingBuffer::<Rec>::new(CAPACITY))
+        .unzip();
+    let barrier = Barrier::new(p + 2);
+    let elapsed = thread::scope(|s| {
+        let barrier = &barrier;
+        let mut grouper = Grouper::new(counts.clone());
+        let consumer = s.spawn(move || {
+            barrier.wait();
+            while grouper.received < expected {
+                let now = Instant::now();
+                let mut got = 0;
+                for rx in rxs.iter_mut() {
+                    let k = rx.slots();
+                    if k > 0 {
+                        got += k;
+                        for r in rx.read_chunk(k).unwrap() {
+                            grouper.take(r, now);
+                        }
+                    }
+                }
+                grouper.emit_due(now);
+                if got == 0 {
+                    thread::yield_now();
+                }
+            }
+            grouper.emit_all();
+        });
+        let handles: Vec<_> = txs
+            .into_iter()
+            .enumerate()
+            .map(|(j, mut tx)| {
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..per {
+                        let mut r = rec(slot(i, j), i);
+                        while let Err(rtrb::PushError::Full(back)) = tx.push(r) {
+                            r = back;
+                            thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        consumer.join().unwrap();
+        t0.elapsed()
+    });
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// Consumer loop shared by the two channel contenders.
+fn channel_consumer(
+    mut recv_timeout: impl FnMut(Duration) -> Option<Rec>,
+    mut try_recv: impl FnMut() -> Option<Rec>,
+    counts: Arc<Counts>,
+    expected: u64,
+) {
+    let mut grouper = Grouper::new(counts);
+    while grouper.received < expected {
+        let first = recv_timeout(TICK);
+        let now = Instant::now();
+        if let Some(r) = first {
+            grouper.take(r, now);
+            for _ in 0..CAPACITY {
+                match try_recv() {
+                    Some(r) => grouper.take(r, now),
+                    None => break,
+                }
+            }
+        }
+        grouper.emit_due(now);
+    }
+    grouper.emit_all();
+}
+
+fn run_crossbeam(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let per = total / p as u64;
+    let expected = per * p as u64;
+    let (tx, rx) = crossbeam_channel::bounded::<Rec>(CAPACITY);
+    let barrier = Barrier::new(p + 1);
+    let elapsed = thread::scope(|s| {
+        let sink = counts.clone();
+        let consumer = s.spawn(move || {
+            channel_consumer(
+                |t| rx.recv_timeout(t).ok(),
+                || rx.try_recv().ok(),
+                sink,
+                expected,
+            )
+        });
+        let handles: Vec<_> = (0..p)
+            .map(|j| {
+                let (tx, barrier) = (tx.clone(), &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..per {
+                        tx.send(rec(slot(i, j), i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        consumer.join().unwrap();
+        t0.elapsed()
+    });
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+fn run_std(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let per = total / p as u64;
+    let expected = per * p as u64;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Rec>(CAPACITY);
+    let barrier = Barrier::new(p + 1);
+    let elapsed = thread::scope(|s| {
+        let sink = counts.clone();
+        let consumer = s.spawn(move || {
+            channel_consumer(
+                |t| rx.recv_timeout(t).ok(),
+                || rx.try_recv().ok(),
+                sink,
+                expected,
+            )
+        });
+        let handles: Vec<_> = (0..p)
+            .map(|j| {
+                let (tx, barrier) = (tx.clone(), &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..per {
+                        tx.send(rec(slot(i, j), i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        consumer.join().unwrap();
+        t0.elapsed()
+    });
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// Runs `p` producers calling `publish(i, j)` plus a ticker that calls
+/// `drain(final)` every tick and once more, final, after the producers.
+fn run_ticker(
+    p: usize,
+    total: u64,
+    publish: &(dyn Fn(u64, usize) + Sync),
+    drain: &mut (dyn FnMut() + Send),
+) -> Duration {
+    let per = total / p as u64;
+    let barrier = Barrier::new(p + 1);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let stop = &stop;
+        let ticker = s.spawn(move || loop {
+            thread::park_timeout(TICK);
+            let last = stop.load(Ordering::Acquire);
+            drain();
+            if last {
+                break;
+            }
+        });
+        let handles: Vec<_> = (0..p)
+            .map(|j| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..per {
+                        publish(i, j);
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        ticker.thread().unpark();
+        ticker.join().unwrap();
+        t0.elapsed()
+    })
+}
+
+fn run_mutex_map(p: usize, total: u64) -> Duration {
+    let n = names();
+    let counts = Counts::new();
+    let index: HashMap<&'static str, usize> = n
+        .prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, i))
+        .collect();
+    let map = MutexMap::default();
+    let mut drain = || {
+        for (prefix, events) in map.take() {
+            let pid = index[prefix];
+            for chunk in events.chunks(MAX_COUNT) {
+                black_box(chunk);
+                counts.add(pid, chunk.len());
+            }
+        }
+    };
+    let elapsed = run_ticker(p, total, &|i, j| map.publish(slot(i, j), i), &mut drain);
+    assert_eq!(counts.total(), total / p as u64 * p as u64);
+    elapsed
+}
+
+fn run_naive(p: usize, total: u64) -> Duration {
+    let n = names();
+    let counts = Counts::new();
+    let index: HashMap<&'static str, usize> = n
+        .prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, i))
+        .collect();
+    let map = NaiveMap::default();
+    let mut drain = || {
+        for (prefix, events) in map.take() {
+            let pid = index[prefix.as_str()];
+            for chunk in events.chunks(MAX_COUNT) {
+                black_box(chunk);
+                counts.add(pid, chunk.len());
+            }
+        }
+    };
+    let elapsed = run_ticker(
+        p,
+        total,
+        &|i, j| map.publish(n.names[slot(i, j)], i),
+        &mut drain,
+    );
+    assert_eq!(counts.total(), total / p as u64 * p as u64);
+    elapsed
+}
+
+type Runner = fn(usize, u64) -> Duration;
+
+fn bench_e2e(c: &mut Criterion) {
+    let total: u64 = if quick() { 200_000 } else { 1_000_000 };
+    let contenders: [(&str, Runner); 6] = [
+        ("ringfold", run_ringfold),
+        ("rtrb", run_rtrb),
+        ("crossbeam-channel", run_crossbeam),
+        ("std-sync_channel", run_std),
+        ("mutex-hashmap", run_mutex_map),
+        ("naive-dashmap", run_naive),
+    ];
+    for p in [1usize, 2, 4, 8] {
+        let name = format!("e2e_p{p}");
+        let mut group = c.benchmark_group(&name);
+        group.throughput(Throughput::Elements(total));
+        group.sampling_mode(SamplingMode::Flat);
+        group.sample_size(10);
+        if quick() {
+            group.warm_up_time(Duration::from_millis(200));
+            group.measurement_time(Duration::from_millis(500));
+        } else {
+            group.warm_up_time(Duration::from_millis(500));
+            group.measurement_time(Duration::from_secs(2));
+        }
+        for (id, run) in contenders {
+            group.bench_with_input(BenchmarkId::from_parameter(id), &p, |b, &p| {
+                b.iter_custom(|iters| {
+                    let mut d = Duration::ZERO;
+                    for _ in 0..iters {
+                        d += run(p, total);
+                    }
+                    // Recorded per event, so the summary reads ns/event.
+                    record(&name, id, iters * total, d);
+                    d
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    if quick() {
+        println!("RINGFOLD_BENCH_QUICK: shortened run");
+    }
+    bench_publish(&mut c);
+    bench_e2e(&mut c);
+    c.final_summary();
+    summary(|group| match group {
+        "publish" if quick() => 30,
+        "publish" => 50,
+        _ => 10,
+    });
+}
