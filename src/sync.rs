@@ -66,9 +66,43 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+
+    /// loom's `AtomicBool` with every `store` modelled as a `swap`.
+    ///
+    /// loom 0.7 does not enforce read-modify-write atomicity against plain
+    /// stores (tokio-rs/loom#254, fix pending in tokio-rs/loom#391): it lets
+    /// a concurrent `store(true)` slip between the read and the write of a
+    /// `swap(false)`, so the `true` is lost even though no C++/Rust
+    /// execution allows that. The engine's hand-off flags
+    /// (`flush_pending`, `registry_dirty`) are exactly such a store racing
+    /// the flusher's `swap`, and the false loss shows up as a lost flush
+    /// (a loom deadlock). A `swap` whose result is discarded is a store
+    /// that loom orders correctly against other read-modify-writes; with a
+    /// Relaxed or Release ordering its read adds no synchronisation, and
+    /// loom already treats every SeqCst access as a full synchronisation
+    /// point, so nothing the models check is weakened or strengthened
+    /// beyond what loom does anyway. Only `AtomicBool` is wrapped: it is
+    /// the only atomic the crate both stores to and swaps.
+    #[derive(Debug)]
+    pub(crate) struct AtomicBool(loom::sync::atomic::AtomicBool);
+
+    impl AtomicBool {
+        pub(crate) fn new(value: bool) -> Self {
+            Self(loom::sync::atomic::AtomicBool::new(value))
+        }
+        pub(crate) fn load(&self, order: Ordering) -> bool {
+            self.0.load(order)
+        }
+        pub(crate) fn store(&self, value: bool, order: Ordering) {
+            self.0.swap(value, order);
+        }
+        pub(crate) fn swap(&self, value: bool, order: Ordering) -> bool {
+            self.0.swap(value, order)
+        }
+    }
     pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
-    pub(crate) use loom::thread::{current, JoinHandle, Thread};
+    pub(crate) use loom::thread::JoinHandle;
 
     /// Spawns a loom thread (names are not modelled).
     pub(crate) fn spawn_named<F>(_name: String, f: F) -> std::io::Result<JoinHandle<()>>
@@ -78,12 +112,73 @@ mod imp {
         Ok(loom::thread::spawn(f))
     }
 
-    /// loom has no `park_timeout`; a timed park is modelled as a plain park,
-    /// i.e. the timer never fires and only an explicit wake-up (or loom's
-    /// spurious wake-ups) can end it. This is what makes lost wake-ups show
-    /// up as deadlocks in the models.
+    /// A thread handle with std's park/unpark token semantics.
+    ///
+    /// loom's own `Thread::unpark` also wakes a thread that is blocked on a
+    /// loom `Mutex` (it marks it runnable), and that thread then fails
+    /// loom's internal "expected to be able to acquire lock" assertion, a
+    /// false failure: std's park token is independent of mutex waits, and
+    /// the flusher is routinely unparked while it waits for the registry or
+    /// control lock. So under loom the token is a `bool` behind a loom
+    /// mutex and condvar per thread: `unpark` sets it (and, like std, an
+    /// unpark before the park makes the park return at once), `park`
+    /// consumes it; the mutex gives the same unpark-happens-before-park
+    /// edge as std.
+    #[derive(Clone)]
+    pub(crate) struct Thread {
+        id: loom::thread::ThreadId,
+        parker: Arc<Parker>,
+    }
+
+    pub(crate) struct Parker {
+        token: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl Parker {
+        fn new() -> Self {
+            Parker {
+                token: Mutex::new(false),
+                cv: Condvar::new(),
+            }
+        }
+    }
+
+    loom::thread_local! {
+        static PARKER: Arc<Parker> = Arc::new(Parker::new());
+    }
+
+    impl Thread {
+        pub(crate) fn id(&self) -> loom::thread::ThreadId {
+            self.id
+        }
+        pub(crate) fn unpark(&self) {
+            let mut token = self.parker.token.lock().unwrap();
+            *token = true;
+            self.parker.cv.notify_one();
+        }
+    }
+
+    /// The calling thread's handle.
+    pub(crate) fn current() -> Thread {
+        Thread {
+            id: loom::thread::current().id(),
+            parker: PARKER.with(Arc::clone),
+        }
+    }
+
+    /// loom has no `park_timeout`; a timed park is modelled as a plain park
+    /// (see [`Thread`]), i.e. the timer never fires and only an explicit
+    /// unpark can end it. This is what makes lost wake-ups show up as
+    /// deadlocks in the models.
     pub(crate) fn park_timeout(_timeout: std::time::Duration) {
-        loom::thread::park()
+        PARKER.with(|parker| {
+            let mut token = parker.token.lock().unwrap();
+            while !*token {
+                token = parker.cv.wait(token).unwrap();
+            }
+            *token = false;
+        })
     }
 
     /// Stand-in for arc-swap, whose internals loom cannot see: the same small
