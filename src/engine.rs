@@ -52,11 +52,15 @@ pub(crate) struct Config {
     pub(crate) epoch: Instant,
 }
 
+/// A lane registered by a new producer, with the ring's reading end for the
+/// flusher to adopt.
+pub(crate) type NewLane<T> = (Arc<Lane<T>>, Consumer<Record<T>>);
+
 /// Lanes waiting to be adopted by the flusher, and every live lane (for
 /// stats), plus the totals of retired lanes. One mutex, so stats never see
 /// a lane both retired and live.
 pub(crate) struct Registry<T> {
-    pub(crate) new: Vec<(Arc<Lane<T>>, Consumer<Record<T>>)>,
+    pub(crate) new: Vec<NewLane<T>>,
     pub(crate) live: Vec<Arc<Lane<T>>>,
     pub(crate) retired: crate::stats::DropStats,
     pub(crate) retired_published: u64,
@@ -89,6 +93,10 @@ pub(crate) struct Shared<T> {
     /// An urgent event was published since the flusher last looked.
     pub(crate) urgent_hint: AtomicBool,
     pub(crate) high_water_wakeups: AtomicU64,
+    /// Rejections of `Engine::publish*` calls that never reached a producer
+    /// (engine shut down, or the name invalid before a producer existed).
+    pub(crate) unlaned_shut_down: AtomicU64,
+    pub(crate) unlaned_invalid: AtomicU64,
     pub(crate) flusher: Mutex<Option<Thread>>,
     pub(crate) registry: Mutex<Registry<T>>,
     pub(crate) registry_dirty: AtomicBool,
@@ -211,6 +219,8 @@ impl<T: Send + 'static> Shared<T> {
         stats.dropped.shut_down = reg.retired.shut_down;
         stats.dropped.invalid_name = reg.retired.invalid_name;
         stats.dropped.urgent_timeout = reg.retired.urgent_timeout;
+        stats.dropped.shut_down += self.unlaned_shut_down.load(Ordering::Relaxed);
+        stats.dropped.invalid_name += self.unlaned_invalid.load(Ordering::Relaxed);
         let mut in_rings = 0u64;
         for lane in &reg.live {
             let reclaimed = lane.reclaimed.load(Ordering::Acquire);
@@ -372,7 +382,11 @@ impl<T: Send + 'static> Engine<T> {
         let payload = payload.into();
         match self.key(name) {
             Ok(key) => self.with_local(payload, |p, payload| p.publish_urgent(key, payload)),
-            Err(_) => Err(PublishError::InvalidName(payload)),
+            Err(_) => {
+                let shared = &self.handle.shared;
+                shared.unlaned_invalid.fetch_add(1, Ordering::Relaxed);
+                Err(PublishError::InvalidName(payload))
+            }
         }
     }
 
@@ -452,7 +466,8 @@ mod local {
     }
 
     fn closed<T: Send + 'static>(p: &dyn Any) -> bool {
-        p.downcast_ref::<Producer<T>>().is_none_or(|p| p.is_closed())
+        p.downcast_ref::<Producer<T>>()
+            .is_none_or(|p| p.is_closed())
     }
 
     pub(super) fn with_producer<T: Send + 'static>(
@@ -487,9 +502,16 @@ mod local {
             Ok(Some(r)) => r,
             // No producer could be had: the engine is shut down, or the
             // thread is exiting.
-            _ => Err(PublishError::ShutDown(
-                payload.expect("payload is only taken when f runs"),
-            )),
+            _ => {
+                let shared = engine.shared();
+                shared.unlaned_shut_down.fetch_add(1, Ordering::Relaxed);
+                match payload {
+                    Some(payload) => Err(PublishError::ShutDown(payload)),
+                    // `f` ran and consumed the payload only if it returned;
+                    // this arm is reached only when it did not run.
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -642,7 +664,9 @@ impl<T: Send + 'static> EngineBuilder<T> {
         }
         let high_water = self.high_water.unwrap_or((cap / 4).max(1));
         if high_water == 0 || high_water > cap {
-            return Err(Error::InvalidConfig("high_water must be in 1..=ring_capacity"));
+            return Err(Error::InvalidConfig(
+                "high_water must be in 1..=ring_capacity",
+            ));
         }
         if self.tick.is_zero() {
             return Err(Error::InvalidConfig("tick must be non-zero"));
@@ -655,7 +679,9 @@ impl<T: Send + 'static> EngineBuilder<T> {
         }
         if let FullPolicy::Block(t) = self.on_full {
             if t.is_zero() {
-                return Err(Error::InvalidConfig("FullPolicy::Block needs a non-zero timeout"));
+                return Err(Error::InvalidConfig(
+                    "FullPolicy::Block needs a non-zero timeout",
+                ));
             }
         }
         self.default_policy.validate()?;
@@ -704,6 +730,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
             state: AtomicUsize::new(0),
             urgent_hint: AtomicBool::new(false),
             high_water_wakeups: AtomicU64::new(0),
+            unlaned_shut_down: AtomicU64::new(0),
+            unlaned_invalid: AtomicU64::new(0),
             flusher: Mutex::new(None),
             registry: Mutex::new(Registry {
                 new: Vec::new(),

@@ -32,7 +32,7 @@ use crate::sync::{self, fence, lock, Arc, JoinHandle, Ordering};
 const DEEP_PARK: Duration = Duration::from_secs(60);
 
 /// The flusher's counters, published to `Shared::report` after each pass.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) delivered: u64,
     pub(crate) folded: u64,
@@ -45,6 +45,28 @@ pub(crate) struct Report {
     pub(crate) accumulated: u64,
     /// By prefix id.
     pub(crate) prefixes: Vec<PrefixStats>,
+}
+
+impl Clone for Report {
+    fn clone(&self) -> Self {
+        let mut copy = Report::default();
+        copy.clone_from(self);
+        copy
+    }
+
+    /// Field-wise, reusing `prefixes`' buffer: publishing the report after
+    /// every pass must not allocate in steady state.
+    fn clone_from(&mut self, source: &Self) {
+        self.delivered = source.delivered;
+        self.folded = source.folded;
+        self.not_numeric = source.not_numeric;
+        self.batches = source.batches;
+        self.panics = source.panics;
+        self.ticks = source.ticks;
+        self.sweeps = source.sweeps;
+        self.accumulated = source.accumulated;
+        self.prefixes.clone_from(&source.prefixes);
+    }
 }
 
 impl Report {
@@ -133,6 +155,31 @@ impl<T> Acc<T> {
     }
 }
 
+/// A closed window waiting for delivery (or, emptied, for reuse).
+struct Sealed<T> {
+    pid: usize,
+    reason: BatchReason,
+    events: Vec<Event<T>>,
+    aggregates: Vec<Aggregate>,
+    folded: u64,
+    held: u64,
+    dropped: u64,
+}
+
+impl<T> Default for Sealed<T> {
+    fn default() -> Self {
+        Sealed {
+            pid: 0,
+            reason: BatchReason::Flush,
+            events: Vec::new(),
+            aggregates: Vec::new(),
+            folded: 0,
+            held: 0,
+            dropped: 0,
+        }
+    }
+}
+
 /// Accumulators, subscribers and counters: everything a sweep folds into.
 struct Delivery<T: Send + 'static> {
     shared: Arc<Shared<T>>,
@@ -142,6 +189,10 @@ struct Delivery<T: Send + 'static> {
     /// Prefix ids with a non-empty window.
     pending: Vec<u32>,
     subscribers: Vec<Box<dyn Subscriber<T>>>,
+    /// Windows closed during the current step, delivered after it.
+    sealed: Vec<Sealed<T>>,
+    /// Emptied buffers for the next windows.
+    spare: Vec<Sealed<T>>,
     report: Report,
     dirty: bool,
     now: Instant,
@@ -219,28 +270,27 @@ impl<T: Send + 'static> Delivery<T> {
                 acc.held += 1;
                 self.report.accumulated += 1;
             }
-            Policy::Aggregate { .. } => {
-                match self.shared.sampler.and_then(|f| f(&event.payload)) {
-                    Some(v) => {
-                        let id = record.key.name_id();
-                        match acc.aggregate_index.get(&id) {
-                            Some(&i) => acc.aggregates[i].add(v, timestamp),
-                            None => {
-                                acc.aggregate_index.insert(id, acc.aggregates.len());
-                                acc.aggregates.push(Aggregate::new(name, record.key, v, timestamp));
-                            }
+            Policy::Aggregate { .. } => match self.shared.sampler.and_then(|f| f(&event.payload)) {
+                Some(v) => {
+                    let id = record.key.name_id();
+                    match acc.aggregate_index.get(&id) {
+                        Some(&i) => acc.aggregates[i].add(v, timestamp),
+                        None => {
+                            acc.aggregate_index.insert(id, acc.aggregates.len());
+                            acc.aggregates
+                                .push(Aggregate::new(name, record.key, v, timestamp));
                         }
-                        acc.folded += 1;
-                        acc.held += 1;
-                        self.report.accumulated += 1;
                     }
-                    None => {
-                        acc.dropped_since += 1;
-                        self.report.not_numeric += 1;
-                        self.report.prefixes[pid].dropped += 1;
-                    }
+                    acc.folded += 1;
+                    acc.held += 1;
+                    self.report.accumulated += 1;
                 }
-            }
+                None => {
+                    acc.dropped_since += 1;
+                    self.report.not_numeric += 1;
+                    self.report.prefixes[pid].dropped += 1;
+                }
+            },
             Policy::Passthrough | Policy::Batch { .. } => {
                 acc.events.push(event);
                 acc.held += 1;
@@ -259,7 +309,11 @@ impl<T: Send + 'static> Delivery<T> {
         }
     }
 
-    /// Delivers prefix `pid`'s window to every subscriber and resets it.
+    /// Closes prefix `pid`'s window: its buffers move into a sealed batch
+    /// (swapped with recycled ones, so nothing allocates in steady state)
+    /// and the window restarts empty. Delivery happens in `deliver_sealed`,
+    /// after the ring range being drained has been released, so a slow
+    /// subscriber never holds ring slots.
     fn emit(&mut self, pid: usize, reason: BatchReason) {
         let Some(acc) = self.accs.get_mut(pid) else {
             return;
@@ -267,43 +321,65 @@ impl<T: Send + 'static> Delivery<T> {
         if acc.taken == 0 {
             return;
         }
-        let stats = &mut self.report.prefixes[pid];
-        if !acc.events.is_empty() || !acc.aggregates.is_empty() {
-            let info = &self.table.prefixes[pid];
-            let batch = Batch {
-                prefix: &info.prefix,
-                name: &info.batch_name,
-                events: &acc.events,
-                aggregates: &acc.aggregates,
-                reason,
-                dropped: acc.dropped_since,
-                folded: acc.folded,
-            };
-            for subscriber in &mut self.subscribers {
-                // A panicking subscriber is counted and skipped for this
-                // batch; the others still get it, and so does it next time.
-                if catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err() {
-                    self.report.panics += 1;
-                }
-            }
-            self.report.batches += 1;
-            stats.batches += 1;
-            acc.dropped_since = 0;
+        let mut spare = self.spare.pop().unwrap_or_default();
+        std::mem::swap(&mut spare.events, &mut acc.events);
+        std::mem::swap(&mut spare.aggregates, &mut acc.aggregates);
+        spare.pid = pid;
+        spare.reason = reason;
+        spare.folded = acc.folded;
+        spare.held = acc.held;
+        spare.dropped = 0;
+        if !spare.events.is_empty() || !spare.aggregates.is_empty() {
+            spare.dropped = std::mem::take(&mut acc.dropped_since);
         }
-        let delivered = acc.events.len() as u64;
-        self.report.delivered += delivered;
-        self.report.folded += acc.folded;
-        self.report.accumulated -= acc.held;
-        stats.delivered += delivered;
-        stats.folded += acc.folded;
-        acc.events.clear();
+        self.sealed.push(spare);
         acc.latest.clear();
-        acc.aggregates.clear();
         acc.aggregate_index.clear();
         acc.taken = 0;
         acc.held = 0;
         acc.folded = 0;
         acc.max_count = usize::MAX;
+        self.dirty = true;
+    }
+
+    /// Delivers sealed batches, in the order they were sealed, to every
+    /// subscriber, then recycles their buffers.
+    fn deliver_sealed(&mut self) {
+        for mut sealed in self.sealed.drain(..) {
+            let pid = sealed.pid;
+            let stats = &mut self.report.prefixes[pid];
+            if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
+                let info = &self.table.prefixes[pid];
+                let batch = Batch {
+                    prefix: &info.prefix,
+                    name: &info.batch_name,
+                    events: &sealed.events,
+                    aggregates: &sealed.aggregates,
+                    reason: sealed.reason,
+                    dropped: sealed.dropped,
+                    folded: sealed.folded,
+                };
+                for subscriber in &mut self.subscribers {
+                    // A panicking subscriber is counted and skipped for this
+                    // batch; the others still get it, and so does it next
+                    // time.
+                    if catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err() {
+                        self.report.panics += 1;
+                    }
+                }
+                self.report.batches += 1;
+                stats.batches += 1;
+            }
+            let delivered = sealed.events.len() as u64;
+            self.report.delivered += delivered;
+            self.report.folded += sealed.folded;
+            self.report.accumulated -= sealed.held;
+            stats.delivered += delivered;
+            stats.folded += sealed.folded;
+            sealed.events.clear();
+            sealed.aggregates.clear();
+            self.spare.push(sealed);
+        }
         self.dirty = true;
     }
 
@@ -318,6 +394,7 @@ impl<T: Send + 'static> Delivery<T> {
             i += 1;
         }
         self.compact_pending();
+        self.deliver_sealed();
     }
 
     /// Emits every pending prefix (flush, shutdown), optionally filtered.
@@ -333,6 +410,7 @@ impl<T: Send + 'static> Delivery<T> {
             }
         }
         self.compact_pending();
+        self.deliver_sealed();
     }
 
     fn compact_pending(&mut self) {
@@ -352,8 +430,10 @@ impl<T: Send + 'static> Delivery<T> {
     }
 
     fn note_drops(&mut self, lane: &Lane<T>) {
-        let drained: Vec<(u32, u64)> = lock(&lane.drops_by_prefix).drain().collect();
-        for (pid, n) in drained {
+        // Held while folding in: the producer takes this lock only when it
+        // rejects an event, and draining in place allocates nothing.
+        let mut drops = lock(&lane.drops_by_prefix);
+        for (pid, n) in drops.drain() {
             self.ensure_prefix(pid as usize);
             self.accs[pid as usize].dropped_since += n;
             self.report.prefixes[pid as usize].dropped += n;
@@ -363,7 +443,7 @@ impl<T: Send + 'static> Delivery<T> {
 
     fn publish_report(&mut self) {
         if std::mem::take(&mut self.dirty) {
-            *lock(&self.shared.report) = self.report.clone();
+            lock(&self.shared.report).clone_from(&self.report);
         }
     }
 }
@@ -396,6 +476,8 @@ impl<T: Send + 'static> Flusher<T> {
                 accs: Vec::new(),
                 pending: Vec::new(),
                 subscribers,
+                sealed: Vec::new(),
+                spare: Vec::new(),
                 report: Report::default(),
                 dirty: false,
                 now: Instant::now(),
@@ -483,6 +565,8 @@ impl<T: Send + 'static> Flusher<T> {
             if gone || slot.consumer.maybe_ready() {
                 let delivery = &mut self.delivery;
                 let outcome = slot.consumer.drain(|record| delivery.take(record));
+                // The range is released; now the subscribers run.
+                delivery.deliver_sealed();
                 if outcome.producer_waiting {
                     if let Some(t) = lock(&slot.lane.waiter).as_ref() {
                         t.unpark();
@@ -502,8 +586,7 @@ impl<T: Send + 'static> Flusher<T> {
         let lane = &slot.lane;
         let mut reg = lock(&self.shared.registry);
         reg.live.retain(|l| !Arc::ptr_eq(l, lane));
-        reg.retired_published +=
-            lane.ring.pushed() as u64 - lane.reclaimed.load(Ordering::Acquire);
+        reg.retired_published += lane.ring.pushed() as u64 - lane.reclaimed.load(Ordering::Acquire);
         reg.retired.full += lane.full.load(Ordering::Relaxed);
         reg.retired.shut_down += lane.shut_down.load(Ordering::Relaxed);
         reg.retired.invalid_name += lane.invalid_name.load(Ordering::Relaxed);
@@ -517,24 +600,31 @@ impl<T: Send + 'static> Flusher<T> {
         let deep = deadline.is_none();
         let timeout = match deadline {
             None => DEEP_PARK,
-            Some(d) => d.saturating_duration_since(now).min(self.shared.config.tick),
+            Some(d) => d
+                .saturating_duration_since(now)
+                .min(self.shared.config.tick),
         };
         let bit = if deep { DEEP } else { PARKED };
         self.shared.state.fetch_or(bit, Ordering::SeqCst);
         // Pairs with the producers' post-publish fence (see producer.rs).
         fence(Ordering::SeqCst);
-        let threshold = if deep { 1 } else { self.shared.config.high_water };
+        let threshold = if deep {
+            1
+        } else {
+            self.shared.config.high_water
+        };
         // The re-check after announcing the park is what makes wake-ups
         // impossible to lose; the `ringfold_mutation = "no_recheck"` cfg
         // removes it so the loom model can demonstrate exactly that.
         let recheck = !cfg!(ringfold_mutation = "no_recheck");
-        let work = recheck && self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
-            || self.shared.urgent_hint.load(Ordering::Relaxed)
-            || self.shared.flush_pending.load(Ordering::Relaxed)
-            || self.shared.registry_dirty.load(Ordering::Relaxed)
-            || self.lanes.iter().any(|l| {
-                l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed)
-            });
+        let work = recheck
+            && (self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
+                || self.shared.urgent_hint.load(Ordering::Relaxed)
+                || self.shared.flush_pending.load(Ordering::Relaxed)
+                || self.shared.registry_dirty.load(Ordering::Relaxed)
+                || self.lanes.iter().any(|l| {
+                    l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed)
+                }));
         if !work && !timeout.is_zero() {
             sync::park_timeout(timeout);
             if !deep && Instant::now() >= now + timeout {
@@ -542,7 +632,9 @@ impl<T: Send + 'static> Flusher<T> {
                 self.delivery.dirty = true;
             }
         }
-        self.shared.state.fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
+        self.shared
+            .state
+            .fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
     }
 
     /// Final step of shutdown: publish the last report, hand each ring's

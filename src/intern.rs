@@ -35,14 +35,26 @@ use crate::sync::{lock, Arc, Mutex, SnapshotCell};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventKey {
+    /// Name id in the low 31 bits; the top bit marks names whose events
+    /// should wake a sleeping flusher at once (passthrough or urgent rule),
+    /// so the hot path learns it from the key without a lookup.
     name: u32,
     prefix: u32,
 }
 
+/// Top bit of `EventKey::name`: wake the flusher on publish.
+const WAKES: u32 = 1 << 31;
+
 impl EventKey {
     /// Dense id of the full name within its engine.
     pub fn name_id(&self) -> u32 {
-        self.name
+        self.name & !WAKES
+    }
+
+    /// Events of this name wake a sleeping flusher at once (the name is
+    /// passthrough or matches an urgent rule).
+    pub(crate) fn wakes(&self) -> bool {
+        self.name & WAKES != 0
     }
     /// Dense id of the prefix within its engine.
     pub fn prefix_id(&self) -> u32 {
@@ -164,11 +176,12 @@ impl Interner {
                 id
             }
         };
+        let resolved = self.policies.resolve(name);
+        let wakes = resolved.urgent || resolved.policy == Policy::Passthrough;
         let key = EventKey {
-            name: next.names.len() as u32,
+            name: next.names.len() as u32 | if wakes { WAKES } else { 0 },
             prefix: prefix_id,
         };
-        let resolved = self.policies.resolve(name);
         let name: StdArc<str> = name.into();
         next.names.push(NameInfo {
             name: name.clone(),
@@ -193,7 +206,11 @@ mod tests {
     use std::time::Duration;
 
     fn interner(max: usize) -> Interner {
-        Interner::new(PolicyTable::new(Policy::batch(Duration::from_millis(1), 1)), max, 64)
+        Interner::new(
+            PolicyTable::new(Policy::batch(Duration::from_millis(1), 1)),
+            max,
+            64,
+        )
     }
 
     #[test]
@@ -202,7 +219,10 @@ mod tests {
         let k = i.key("data:users:created").unwrap();
         let t = i.snapshot();
         assert_eq!(&*t.prefixes[k.prefix_id() as usize].prefix, "data:users");
-        assert_eq!(&*t.prefixes[k.prefix_id() as usize].batch_name, "data:users:batch");
+        assert_eq!(
+            &*t.prefixes[k.prefix_id() as usize].batch_name,
+            "data:users:batch"
+        );
         assert_eq!(&*t.names[k.name_id() as usize].name, "data:users:created");
     }
 
@@ -212,7 +232,10 @@ mod tests {
         assert!(matches!(i.key(""), Err(Error::EmptyName)));
         assert!(matches!(i.key("a::b"), Err(Error::EmptySegment { .. })));
         assert!(matches!(i.key("a:*"), Err(Error::ReservedCharacter { .. })));
-        assert!(matches!(i.key(&"x".repeat(65)), Err(Error::NameTooLong { len: 65, max: 64 })));
+        assert!(matches!(
+            i.key(&"x".repeat(65)),
+            Err(Error::NameTooLong { len: 65, max: 64 })
+        ));
     }
 
     #[test]
@@ -220,7 +243,10 @@ mod tests {
         let i = interner(2);
         let a = i.key("a:1").unwrap();
         i.key("a:2").unwrap();
-        assert!(matches!(i.key("a:3"), Err(Error::TooManyNames { limit: 2 })));
+        assert!(matches!(
+            i.key("a:3"),
+            Err(Error::TooManyNames { limit: 2 })
+        ));
         assert_eq!(i.key("a:1").unwrap(), a);
     }
 

@@ -4,14 +4,14 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod engine;
-#[cfg(loom)]
-#[doc(hidden)]
-pub mod loom_api;
-pub mod gpu;
 mod error;
 mod event;
 mod flusher;
+pub mod gpu;
 mod intern;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api;
 mod policy;
 mod producer;
 mod ring;

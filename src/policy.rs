@@ -316,22 +316,34 @@ mod tests {
         let mut t = PolicyTable::new(Policy::batch(Duration::from_millis(1), 1));
         let fast = Policy::batch(Duration::from_millis(5), 5);
         let slow = Policy::batch(Duration::from_millis(500), 500);
-        t.rules.push((Pattern::parse("sentinel:*:status").unwrap(), Policy::Passthrough));
+        t.rules.push((
+            Pattern::parse("sentinel:*:status").unwrap(),
+            Policy::Passthrough,
+        ));
         t.rules.push((Pattern::parse("sentinel:*").unwrap(), slow));
-        t.rules.push((Pattern::parse("sentinel:job1:*").unwrap(), fast));
-        assert_eq!(t.resolve("sentinel:job9:status").policy, Policy::Passthrough);
+        t.rules
+            .push((Pattern::parse("sentinel:job1:*").unwrap(), fast));
+        assert_eq!(
+            t.resolve("sentinel:job9:status").policy,
+            Policy::Passthrough
+        );
         assert_eq!(t.resolve("sentinel:job9:log").policy, slow);
         // Two literals beat one literal plus a trailing star ...
         assert_eq!(t.resolve("sentinel:job1:log").policy, fast);
         // ... and on equal literals a trailing wildcard loses.
-        assert_eq!(t.resolve("sentinel:job1:status").policy, Policy::Passthrough);
+        assert_eq!(
+            t.resolve("sentinel:job1:status").policy,
+            Policy::Passthrough
+        );
         assert_eq!(t.resolve("other:x").policy, t.default);
     }
 
     #[test]
     fn zero_window_is_rejected() {
         assert!(Policy::batch(Duration::ZERO, 1).validate().is_err());
-        assert!(Policy::latest(Duration::from_millis(1), 0).validate().is_err());
+        assert!(Policy::latest(Duration::from_millis(1), 0)
+            .validate()
+            .is_err());
         assert!(Policy::Passthrough.validate().is_ok());
     }
 }

@@ -104,7 +104,7 @@ pub struct Producer<T: Send + 'static> {
 
 impl<T: Send + 'static> Producer<T> {
     pub(crate) fn register(shared: Arc<Shared<T>>) -> Result<Producer<T>, Error> {
-        let (ring, consumer) = Ring::new(shared.config.ring_capacity);
+        let (ring, consumer) = ring::channel(shared.config.ring_capacity);
         let lane = Arc::new(Lane {
             ring: ring.ring().clone(),
             full: AtomicU64::new(0),
@@ -203,7 +203,12 @@ impl<T: Send + 'static> Producer<T> {
         let lane = &self.lane;
         let mut records = events.filter_map(|(key, payload)| {
             if key.name_id() < known {
-                Some(Record { key, sub_key: 0, stamp, payload })
+                Some(Record {
+                    key,
+                    sub_key: 0,
+                    stamp,
+                    payload,
+                })
             } else {
                 lane.count_drop(&lane.invalid_name, None);
                 None
@@ -214,7 +219,9 @@ impl<T: Send + 'static> Producer<T> {
             if let Err(taken_back) = self.after_push(false) {
                 // The engine closed under us and the records were not
                 // drained: they were never accepted.
-                self.lane.shut_down.fetch_add(taken_back.len() as u64, Ordering::Relaxed);
+                self.lane
+                    .shut_down
+                    .fetch_add(taken_back.len() as u64, Ordering::Relaxed);
                 return Err(Error::ShutDown);
             }
         }
@@ -253,7 +260,9 @@ impl<T: Send + 'static> Producer<T> {
         flags: u64,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        if key.name_id() >= self.known_names && !(self.refresh_known() && key.name_id() < self.known_names) {
+        if key.name_id() >= self.known_names
+            && !(self.refresh_known() && key.name_id() < self.known_names)
+        {
             self.lane.count_drop(&self.lane.invalid_name, None);
             return Err(PublishError::InvalidName(payload));
         }
@@ -272,6 +281,8 @@ impl<T: Send + 'static> Producer<T> {
         if let Err(record) = self.ring.push(record) {
             self.push_when_full(record, urgent)?;
         }
+        // Urgent and passthrough events must not wait for the next tick.
+        let urgent = urgent || key.wakes();
         if urgent {
             // Tell a flusher about to park that there is urgent work; the
             // fence in `after_push` orders this before our state check.
@@ -322,7 +333,9 @@ impl<T: Send + 'static> Producer<T> {
                 && self.ring.len_upper_bound() >= self.shared.config.high_water
                 && self.ring.refresh_len() >= self.shared.config.high_water);
         if wake && self.shared.wake_flusher() && !urgent && state & DEEP == 0 {
-            self.shared.high_water_wakeups.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .high_water_wakeups
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -337,7 +350,9 @@ impl<T: Send + 'static> Producer<T> {
         if let Some(consumer) = lock(&self.lane.orphan).as_mut() {
             consumer.drain(|r| taken.push(r));
         }
-        self.lane.reclaimed.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        self.lane
+            .reclaimed
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
         taken
     }
 
@@ -353,7 +368,11 @@ impl<T: Send + 'static> Producer<T> {
             (false, FullPolicy::Block(timeout)) => timeout,
             (false, FullPolicy::DropNewest) => Duration::ZERO,
         };
-        let counter = if urgent { &self.lane.urgent_timeout } else { &self.lane.full };
+        let counter = if urgent {
+            &self.lane.urgent_timeout
+        } else {
+            &self.lane.full
+        };
         if wait.is_zero() {
             self.lane.count_drop(counter, prefix);
             return Err(PublishError::Full(record.payload));
@@ -389,6 +408,11 @@ impl<T: Send + 'static> Drop for Producer<T> {
         // Release: our last tail store happens-before the flusher's Acquire
         // load of `gone`, so its drain after seeing `gone` sees everything.
         self.lane.gone.store(true, Ordering::Release);
+        // A flusher in DEEP sleep would otherwise keep the dead lane (and
+        // its ring memory) registered until it next wakes.
+        if self.shared.state.load(Ordering::Relaxed) & DEEP != 0 {
+            self.shared.wake_flusher();
+        }
     }
 }
 

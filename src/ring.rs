@@ -60,35 +60,35 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 // SAFETY: as above; the ring owns its `T`s.
 unsafe impl<T: Send> Send for Ring<T> {}
 
-impl<T> Ring<T> {
-    /// Creates a ring and its two ends. `capacity` must be a power of two
-    /// of at least 2 (the builder validates it).
-    pub(crate) fn new(capacity: usize) -> (Producer<T>, Consumer<T>) {
-        debug_assert!(capacity.is_power_of_two() && capacity >= 2);
-        let slots = (0..capacity)
-            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-            .collect();
-        let ring = Arc::new(Ring {
-            head: CachePadded::new(AtomicUsize::new(0)),
-            tail: CachePadded::new(AtomicUsize::new(0)),
-            producer_waiting: AtomicBool::new(false),
-            mask: capacity - 1,
-            slots,
-        });
-        (
-            Producer {
-                ring: ring.clone(),
-                tail: 0,
-                cached_head: 0,
-            },
-            Consumer {
-                ring,
-                head: 0,
-                cached_tail: 0,
-            },
-        )
-    }
+/// Creates a ring and its two ends. `capacity` must be a power of two of at
+/// least 2 (the builder validates it).
+pub(crate) fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    debug_assert!(capacity.is_power_of_two() && capacity >= 2);
+    let slots = (0..capacity)
+        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .collect();
+    let ring = Arc::new(Ring {
+        head: CachePadded::new(AtomicUsize::new(0)),
+        tail: CachePadded::new(AtomicUsize::new(0)),
+        producer_waiting: AtomicBool::new(false),
+        mask: capacity - 1,
+        slots,
+    });
+    (
+        Producer {
+            ring: ring.clone(),
+            tail: 0,
+            cached_head: 0,
+        },
+        Consumer {
+            ring,
+            head: 0,
+            cached_tail: 0,
+        },
+    )
+}
 
+impl<T> Ring<T> {
     /// Capacity in slots.
     pub(crate) fn capacity(&self) -> usize {
         self.mask + 1
@@ -166,7 +166,8 @@ impl<T> Producer<T> {
     /// tail store. Items that do not fit stay in the iterator.
     pub(crate) fn push_many(&mut self, items: &mut impl Iterator<Item = T>) -> usize {
         let mut free = self.free_slots_cached();
-        if free == 0 {
+        if free < self.ring.capacity() {
+            // One head read per batch: take all the space there really is.
             self.cached_head = self.ring.head.load(Ordering::Acquire);
             free = self.free_slots_cached();
         }
@@ -292,7 +293,10 @@ impl<T> Consumer<T> {
 
     /// Items published and not yet drained, as of now.
     pub(crate) fn pending(&self) -> usize {
-        self.ring.tail.load(Ordering::Acquire).wrapping_sub(self.head)
+        self.ring
+            .tail
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.head)
     }
 }
 
@@ -310,7 +314,7 @@ mod tests {
 
     #[test]
     fn push_until_full_then_drain_wraps() {
-        let (mut p, mut c) = Ring::new(4);
+        let (mut p, mut c) = channel(4);
         for round in 0..5 {
             for i in 0..4 {
                 p.push(round * 10 + i).unwrap();
@@ -325,7 +329,7 @@ mod tests {
 
     #[test]
     fn push_many_stops_at_capacity_and_keeps_the_rest() {
-        let (mut p, mut c) = Ring::new(8);
+        let (mut p, mut c) = channel(8);
         let mut it = 0..20;
         assert_eq!(p.push_many(&mut it), 8);
         assert_eq!(it.next(), Some(8), "unpushed items stay in the iterator");
@@ -345,7 +349,7 @@ mod tests {
     #[test]
     fn undrained_items_are_dropped_exactly_once() {
         DROPS.store(0, std::sync::atomic::Ordering::SeqCst);
-        let (mut p, mut c) = Ring::new(8);
+        let (mut p, mut c) = channel(8);
         for _ in 0..6 {
             assert!(p.push(Counted).is_ok());
         }
@@ -362,7 +366,7 @@ mod tests {
 
     #[test]
     fn panicking_consumer_does_not_double_read() {
-        let (mut p, mut c) = Ring::new(8);
+        let (mut p, mut c) = channel(8);
         for i in 0..5 {
             p.push(i).unwrap();
         }
@@ -381,7 +385,7 @@ mod tests {
 
     #[test]
     fn cross_thread_fifo() {
-        let (mut p, mut c) = Ring::new(16);
+        let (mut p, mut c) = channel(16);
         const N: u64 = 200_000;
         let t = std::thread::spawn(move || {
             let mut i = 0;

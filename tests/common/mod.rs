@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringfold::{Batch, BatchReason};
+
+/// A delivered batch, copied out of the subscriber call.
+#[derive(Debug, Clone)]
+pub struct Seen<T> {
+    pub prefix: String,
+    pub reason: BatchReason,
+    pub dropped: u64,
+    pub folded: u64,
+    /// (event name, sub-key, payload)
+    pub events: Vec<(String, u64, T)>,
+    /// (name, count, sum, min, max, first, last)
+    pub aggregates: Vec<(String, u64, f64, f64, f64, f64, f64)>,
+}
+
+/// Every batch a recorder saw.
+pub type Log<T> = Arc<Mutex<Vec<Seen<T>>>>;
+
+/// A subscriber that records every batch, and the handle to read them.
+pub fn recorder<T: Clone + Send + 'static>() -> (impl FnMut(&Batch<'_, T>) + Send + 'static, Log<T>)
+{
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let subscriber = move |b: &Batch<'_, T>| {
+        sink.lock().unwrap().push(Seen {
+            prefix: b.prefix().to_string(),
+            reason: b.reason(),
+            dropped: b.dropped(),
+            folded: b.folded(),
+            events: b
+                .events()
+                .iter()
+                .map(|e| (e.name().to_string(), e.sub_key(), e.payload().clone()))
+                .collect(),
+            aggregates: b
+                .aggregates()
+                .iter()
+                .map(|a| {
+                    (
+                        a.name().to_string(),
+                        a.count(),
+                        a.sum(),
+                        a.min(),
+                        a.max(),
+                        a.first().0,
+                        a.last().0,
+                    )
+                })
+                .collect(),
+        })
+    };
+    (subscriber, log)
+}
+
+/// Polls `cond` until it holds or `limit` passes. Tests use generous
+/// limits: they assert behaviour, not timing.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cond()
+}
+
+/// Small deterministic PRNG (xorshift64*), so tests need no extra crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -1,0 +1,694 @@
+//! Core engine behaviour (issue 2).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use common::{recorder, wait_until, Rng};
+use ringfold::{
+    Batch, BatchReason, Engine, Error, Event, FullPolicy, Policy, PublishError, Subscriber, Value,
+};
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// A subscriber that blocks inside its first batch until released: a
+/// deterministic way to keep the flusher busy while a ring fills.
+fn gate() -> (
+    impl FnMut(&Batch<'_, u64>) + Send + 'static,
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let mut first = true;
+    let subscriber = move |_b: &Batch<'_, u64>| {
+        if std::mem::take(&mut first) {
+            entered_tx.send(()).unwrap();
+            // Bounded, so a failing test fails instead of hanging its
+            // engine's shutdown on this gate.
+            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
+        }
+    };
+    (subscriber, entered_rx, release_tx)
+}
+
+#[test]
+fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() {
+    const PRODUCERS: u64 = 4;
+    const EVENTS: u64 = 20_000;
+    // Per (producer, prefix): last sequence number seen; order violations.
+    let last: Arc<Mutex<HashMap<(u64, String), u64>>> = Arc::default();
+    let violations = Arc::new(AtomicU64::new(0));
+    let (l, v) = (last.clone(), violations.clone());
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_millis(2), 64))
+        .policy("p3:*", Policy::Passthrough)
+        // Small rings so that some publishes are rejected as full.
+        .ring_capacity(64)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            let mut last = l.lock().unwrap();
+            for e in b.events() {
+                let (producer, seq) = (e.payload() >> 32, e.payload() & 0xffff_ffff);
+                let slot = last.entry((producer, b.prefix().to_string())).or_insert(0);
+                if seq < *slot {
+                    v.fetch_add(1, Ordering::Relaxed);
+                }
+                *slot = seq + 1;
+            }
+        })
+        .build()
+        .unwrap();
+    let keys: Vec<_> = (0..8)
+        .map(|i| engine.key(&format!("p{i}:x:ev{}", i % 3)).unwrap())
+        .collect();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let mut producer = engine.producer().unwrap();
+            let keys = keys.clone();
+            let (accepted, rejected) = (accepted.clone(), rejected.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(p + 1);
+                for seq in 0..EVENTS {
+                    let key = keys[rng.below(keys.len() as u64) as usize];
+                    match producer.publish_key(key, (p << 32) | seq) {
+                        Ok(()) => accepted.fetch_add(1, Ordering::Relaxed),
+                        Err(PublishError::Full(v)) => {
+                            assert_eq!(v, (p << 32) | seq, "payload handed back");
+                            rejected.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => panic!("unexpected {e:?}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        engine.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    engine.flush().unwrap();
+    let stats = engine.stats();
+    let (accepted, rejected) = (
+        accepted.load(Ordering::SeqCst),
+        rejected.load(Ordering::SeqCst),
+    );
+    assert_eq!(accepted + rejected, PRODUCERS * EVENTS);
+    assert_eq!(stats.published, accepted);
+    assert_eq!(stats.delivered, accepted, "{stats:#?}");
+    assert_eq!(stats.dropped.full, rejected);
+    assert_eq!(stats.pending, 0);
+    assert!(stats.is_conserved());
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "per-producer per-prefix order"
+    );
+    let per_prefix: u64 = stats.prefixes.values().map(|p| p.delivered).sum();
+    assert_eq!(per_prefix, accepted);
+    let per_prefix_drops: u64 = stats.prefixes.values().map(|p| p.dropped).sum();
+    assert_eq!(per_prefix_drops, rejected);
+}
+
+#[test]
+fn producers_that_exit_mid_stream_are_drained_then_unregistered() {
+    let (sub, log) = recorder::<u64>();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_secs(3600), 1_000_000))
+        .subscriber(sub)
+        .build()
+        .unwrap();
+    let key = engine.key("jobs:worker:done").unwrap();
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            let mut producer = engine.producer().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..(500 * (t + 1)) {
+                    producer.publish_key(key, i).unwrap();
+                }
+                // Thread exits: the producer is dropped with events pending.
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    engine.flush().unwrap();
+    let delivered: usize = log.lock().unwrap().iter().map(|b| b.events.len()).sum();
+    assert_eq!(delivered, 500 + 1000 + 1500);
+    let stats = engine.stats();
+    assert_eq!(stats.producers, 0, "retired after draining");
+    assert_eq!(stats.published, 3000);
+    assert!(stats.is_conserved());
+}
+
+#[test]
+fn thread_local_publish_from_many_threads() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let engine = Engine::<Value>::builder()
+        .subscriber(move |b: &Batch<'_, Value>| {
+            c.fetch_add(b.len(), Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for i in 0..1000 {
+                    engine.publish(&format!("data:t{t}:created"), i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    engine.flush().unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 4000);
+    assert!(engine.stats().is_conserved());
+}
+
+#[test]
+fn a_panicking_subscriber_is_counted_and_others_still_deliver() {
+    let good = Arc::new(AtomicUsize::new(0));
+    let g = good.clone();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .subscriber(|b: &Batch<'_, u64>| {
+            if b.events()[0].payload() % 2 == 0 {
+                panic!("subscriber bug (expected in this test)");
+            }
+        })
+        .subscriber(move |b: &Batch<'_, u64>| {
+            g.fetch_add(b.len(), Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    let key = engine.key("x:y").unwrap();
+    for i in 0..10 {
+        p.publish_key(key, i).unwrap();
+    }
+    engine.flush().unwrap();
+    assert_eq!(good.load(Ordering::SeqCst), 10);
+    let stats = engine.stats();
+    assert_eq!(stats.subscriber_panics, 5);
+    assert_eq!(stats.delivered, 10);
+}
+
+#[test]
+fn a_subscriber_may_publish_into_the_same_engine() {
+    let echo: Arc<Mutex<Option<ringfold::Producer<u64>>>> = Arc::default();
+    let echo_key: Arc<Mutex<Option<ringfold::EventKey>>> = Arc::default();
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let (e, k, n) = (echo.clone(), echo_key.clone(), echoed.clone());
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            if b.prefix() == "ping" {
+                let key = k.lock().unwrap().unwrap();
+                let mut producer = e.lock().unwrap();
+                for ev in b.events() {
+                    producer
+                        .as_mut()
+                        .unwrap()
+                        .publish_key(key, *ev.payload())
+                        .unwrap();
+                }
+            } else {
+                n.fetch_add(b.len(), Ordering::Relaxed);
+            }
+        })
+        .build()
+        .unwrap();
+    *echo.lock().unwrap() = Some(engine.producer().unwrap());
+    *echo_key.lock().unwrap() = Some(engine.key("pong:echo").unwrap());
+    for i in 0..100u64 {
+        engine.publish("ping:x", i).unwrap();
+    }
+    engine.flush().unwrap(); // delivers the pings; the pongs are published meanwhile
+    engine.flush().unwrap(); // delivers the pongs
+    assert_eq!(echoed.load(Ordering::SeqCst), 100);
+}
+
+#[test]
+fn flush_and_shutdown_from_inside_a_subscriber_do_not_hang() {
+    let slot: Arc<Mutex<Option<Engine<u64>>>> = Arc::default();
+    let results: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (s, r) = (slot.clone(), results.clone());
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            let Some(engine) = s.lock().unwrap().clone() else {
+                return;
+            };
+            match b.events()[0].payload() {
+                1 => r.lock().unwrap().push(format!("{:?}", engine.flush())),
+                2 => {
+                    let stats = engine.shutdown();
+                    r.lock()
+                        .unwrap()
+                        .push(format!("shutdown ok: {}", stats.is_ok()));
+                    s.lock().unwrap().take();
+                }
+                _ => {}
+            }
+        })
+        .build()
+        .unwrap();
+    *slot.lock().unwrap() = Some(engine.clone());
+    engine.publish("x:y", 1u64).unwrap();
+    engine.flush().unwrap();
+    engine.publish("x:y", 2u64).unwrap();
+    assert!(wait_until(LONG, || engine.is_shut_down()));
+    let stats = engine.shutdown().unwrap();
+    let results = results.lock().unwrap().clone();
+    assert_eq!(results[0], "Err(FlushFromSubscriber)");
+    assert_eq!(results[1], "shutdown ok: true");
+    assert_eq!(stats.delivered, 2);
+}
+
+#[test]
+fn shutdown_twice_then_publishing_returns_the_payload() {
+    let engine = Engine::<Value>::builder().build().unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("data:users:created", Value::from(1)).unwrap();
+    let first = engine.shutdown().unwrap();
+    assert_eq!(first.delivered, 1);
+    let second = engine.shutdown().unwrap();
+    assert_eq!(second.delivered, 1);
+    assert_eq!(
+        p.publish("data:users:created", Value::from("late")),
+        Err(PublishError::ShutDown(Value::from("late")))
+    );
+    assert_eq!(
+        engine.publish("data:users:created", 7),
+        Err(PublishError::ShutDown(Value::from(7)))
+    );
+    assert!(matches!(engine.producer(), Err(Error::ShutDown)));
+    assert!(engine.flush().is_ok(), "nothing left to flush");
+    let stats = engine.stats();
+    assert_eq!(stats.dropped.shut_down, 2);
+    assert_eq!(stats.published, 1);
+}
+
+#[test]
+fn dropping_the_last_handle_flushes_everything() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_secs(3600), 1_000_000))
+        .subscriber(move |b: &Batch<'_, u64>| {
+            assert_eq!(b.reason(), BatchReason::Shutdown);
+            c.fetch_add(b.len(), Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    let key = engine.key("a:b").unwrap();
+    for i in 0..1234 {
+        p.publish_key(key, i).unwrap();
+    }
+    let clone = engine.clone();
+    drop(engine);
+    assert_eq!(count.load(Ordering::SeqCst), 0, "a clone still holds it");
+    drop(clone);
+    assert_eq!(count.load(Ordering::SeqCst), 1234);
+    assert!(matches!(
+        p.publish_key(key, 1),
+        Err(PublishError::ShutDown(1))
+    ));
+}
+
+#[test]
+fn full_ring_drop_newest_returns_payload_and_reports_loss_in_band() {
+    let (gate, entered, release) = gate();
+    let (rec, log) = recorder::<u64>();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .policy("bulk:*", Policy::batch(Duration::from_secs(3600), 1000))
+        .ring_capacity(4)
+        .subscriber(gate)
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("block:now", 0).unwrap();
+    entered.recv().unwrap(); // the flusher is now stuck in the subscriber
+    let key = engine.key("bulk:rows:inserted").unwrap();
+    for i in 1..=4 {
+        p.publish_key(key, i).unwrap();
+    }
+    assert_eq!(p.publish_key(key, 5), Err(PublishError::Full(5)));
+    assert_eq!(p.publish_key(key, 6), Err(PublishError::Full(6)));
+    release.send(()).unwrap();
+    engine.flush().unwrap();
+    let log = log.lock().unwrap();
+    let bulk = log.iter().find(|b| b.prefix == "bulk:rows").unwrap();
+    assert_eq!(bulk.events.len(), 4);
+    assert_eq!(bulk.dropped, 2, "loss is visible in the batch itself");
+    let stats = engine.stats();
+    assert_eq!(stats.dropped.full, 2);
+    assert_eq!(stats.prefixes["bulk:rows"].dropped, 2);
+    assert!(stats.is_conserved());
+}
+
+#[test]
+fn full_ring_block_waits_for_space_then_times_out() {
+    let (gate, entered, release) = gate();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .ring_capacity(2)
+        .on_full(FullPolicy::Block(Duration::from_millis(50)))
+        .subscriber(gate)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("a:b", 0).unwrap();
+    entered.recv().unwrap();
+    p.publish("a:b", 1).unwrap();
+    p.publish("a:b", 2).unwrap();
+    // Flusher stuck: the wait times out and the payload comes back.
+    assert_eq!(p.publish("a:b", 3), Err(PublishError::Full(3)));
+    // Release the flusher while we wait: this time space appears.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(10));
+        release.send(()).unwrap();
+    });
+    let engine2 = Engine::<u64>::builder()
+        .ring_capacity(2)
+        .on_full(FullPolicy::Block(LONG))
+        .build()
+        .unwrap();
+    drop(engine2);
+    // With a long timeout the publish succeeds once the flusher drains.
+    let mut q = engine.producer().unwrap();
+    q.publish("a:c", 10).unwrap();
+    q.publish("a:c", 11).unwrap();
+    releaser.join().unwrap();
+    engine.flush().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.dropped.full, 1);
+    assert_eq!(stats.delivered, 5);
+}
+
+#[test]
+fn block_policy_succeeds_when_the_flusher_frees_space() {
+    let (gate, entered, release) = gate();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .ring_capacity(2)
+        .on_full(FullPolicy::Block(LONG))
+        .subscriber(gate)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("a:b", 0).unwrap();
+    entered.recv().unwrap();
+    p.publish("a:b", 1).unwrap();
+    p.publish("a:b", 2).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        release.send(()).unwrap();
+    });
+    p.publish("a:b", 3).unwrap(); // waits until the flusher drains
+    releaser.join().unwrap();
+    engine.flush().unwrap();
+    assert_eq!(engine.stats().delivered, 4);
+    assert_eq!(engine.stats().dropped.full, 0);
+}
+
+#[test]
+fn count_threshold_then_flush_remainder() {
+    let (rec, log) = recorder::<u64>();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_secs(3600), 10))
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    let key = engine.key("data:users:created").unwrap();
+    for i in 0..25 {
+        p.publish_key(key, i).unwrap();
+    }
+    engine.flush().unwrap();
+    let log = log.lock().unwrap();
+    let shape: Vec<_> = log.iter().map(|b| (b.events.len(), b.reason)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            (10, BatchReason::Count),
+            (10, BatchReason::Count),
+            (5, BatchReason::Flush)
+        ]
+    );
+    let payloads: Vec<u64> = log
+        .iter()
+        .flat_map(|b| b.events.iter().map(|e| e.2))
+        .collect();
+    assert_eq!(payloads, (0..25).collect::<Vec<_>>());
+    assert_eq!(log[0].prefix, "data:users");
+}
+
+#[test]
+fn interval_elapses_without_flush() {
+    let (rec, log) = recorder::<u64>();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_millis(20), 1000))
+        .tick(Duration::from_millis(2))
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    for i in 0..3u64 {
+        engine.publish("data:users:updated", i).unwrap();
+    }
+    assert!(wait_until(LONG, || !log.lock().unwrap().is_empty()));
+    let log = log.lock().unwrap();
+    assert_eq!(log[0].reason, BatchReason::Interval);
+    assert_eq!(log[0].events.len(), 3);
+}
+
+#[test]
+fn passthrough_delivers_each_event_as_its_own_batch() {
+    let (rec, log) = recorder::<u64>();
+    let engine = Engine::<u64>::builder()
+        .policy("chat:*", Policy::Passthrough)
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    for i in 0..5u64 {
+        engine.publish("chat:s1:delta", i).unwrap();
+    }
+    assert!(wait_until(LONG, || log.lock().unwrap().len() == 5));
+    for (i, b) in log.lock().unwrap().iter().enumerate() {
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(b.reason, BatchReason::Passthrough);
+        assert_eq!(b.events[0].2, i as u64);
+    }
+}
+
+#[test]
+fn default_rules_resolve_per_name() {
+    let (rec, log) = recorder::<Value>();
+    let engine = Engine::<Value>::builder()
+        .default_rules()
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    engine.publish("sentinel:job1:status", "running").unwrap();
+    engine.publish("presence:u1:typing", true).unwrap();
+    assert!(wait_until(LONG, || log.lock().unwrap().len() == 2));
+    for i in 0..100u64 {
+        engine.publish("data:users:created", i).unwrap();
+    }
+    assert!(wait_until(LONG, || log.lock().unwrap().len() == 3));
+    let log = log.lock().unwrap();
+    assert_eq!(log[2].reason, BatchReason::Count, "data:* is 50 ms / 100");
+    assert_eq!(log[2].events.len(), 100);
+}
+
+#[test]
+fn shutdown_timeout_reports_pending_instead_of_hanging() {
+    let (gate, entered, release) = gate();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .subscriber(gate)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("a:b", 0).unwrap();
+    entered.recv().unwrap();
+    for i in 1..=3 {
+        p.publish("a:b", i).unwrap();
+    }
+    match engine.shutdown_timeout(Duration::from_millis(50)) {
+        Err(Error::Timeout(stats)) => assert_eq!(stats.pending, 3),
+        other => panic!("expected a timeout report, got {other:?}"),
+    }
+    assert!(matches!(
+        engine.flush_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
+    release.send(()).unwrap();
+    let stats = engine.shutdown().unwrap();
+    assert_eq!(stats.delivered, 4);
+    assert_eq!(stats.pending, 0);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let b = || Engine::<u64>::builder();
+    assert!(matches!(
+        b().ring_capacity(0).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        b().ring_capacity(100).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        b().high_water(0).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        b().tick(Duration::ZERO).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        b().policy("data:*", Policy::batch(Duration::ZERO, 5))
+            .build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        b().policy("data:**", Policy::Passthrough).build(),
+        Err(Error::InvalidPattern { .. })
+    ));
+    assert!(matches!(
+        b().policy("gpu:*", Policy::aggregate(Duration::from_secs(1), 5))
+            .build(),
+        Err(Error::AggregateWithoutSampler { .. })
+    ));
+    assert!(matches!(
+        b().pin_flusher(100_000).build(),
+        Err(Error::CoreUnavailable { core: 100_000, .. })
+    ));
+    let engine = b().max_names(2).max_name_len(16).build().unwrap();
+    assert!(matches!(engine.key(""), Err(Error::EmptyName)));
+    assert!(matches!(
+        engine.key("a::b"),
+        Err(Error::EmptySegment { .. })
+    ));
+    assert!(matches!(
+        engine.key("a:very:long:name:indeed"),
+        Err(Error::NameTooLong { .. })
+    ));
+    engine.key("a:1").unwrap();
+    engine.key("a:2").unwrap();
+    assert!(matches!(
+        engine.key("a:3"),
+        Err(Error::TooManyNames { limit: 2 })
+    ));
+    let mut p = engine.producer().unwrap();
+    assert_eq!(p.publish("", 9), Err(PublishError::InvalidName(9)));
+    assert_eq!(p.publish("a:3", 8), Err(PublishError::InvalidName(8)));
+    // A key from another engine with an id this engine never issued.
+    let other = b().build().unwrap();
+    for i in 0..5 {
+        other.key(&format!("o:{i}")).unwrap();
+    }
+    let foreign = other.key("o:4").unwrap();
+    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::InvalidName(7)));
+    assert_eq!(engine.stats().dropped.invalid_name, 3);
+}
+
+#[test]
+fn pinned_flusher_runs() {
+    let engine = Engine::<u64>::builder().pin_flusher(0).build().unwrap();
+    engine.publish("a:b", 1u64).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(engine.stats().delivered, 1);
+}
+
+#[test]
+fn on_event_default_sees_each_event() {
+    struct Names(Arc<Mutex<Vec<String>>>);
+    impl Subscriber<u64> for Names {
+        fn on_event(&mut self, event: &Event<u64>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}={}", event.name(), event.payload()));
+        }
+    }
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let engine = Engine::<u64>::builder()
+        .subscriber(Names(names.clone()))
+        .build()
+        .unwrap();
+    engine.publish("data:a:x", 1u64).unwrap();
+    engine.publish("data:a:y", 2u64).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(*names.lock().unwrap(), vec!["data:a:x=1", "data:a:y=2"]);
+}
+
+#[test]
+fn publish_many_takes_what_fits_with_one_store() {
+    let (gate, entered, release) = gate();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .ring_capacity(8)
+        .subscriber(gate)
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("a:b", 0).unwrap();
+    entered.recv().unwrap();
+    let key = engine.key("a:b").unwrap();
+    let mut events = (1..=20u64).map(|i| (key, i));
+    assert_eq!(p.publish_many(&mut events).unwrap(), 8);
+    assert_eq!(
+        events.next(),
+        Some((key, 9)),
+        "the rest stays with the caller"
+    );
+    release.send(()).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(engine.stats().delivered, 9);
+}
+
+#[test]
+fn high_water_wakes_a_parked_flusher() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_secs(3600), 16))
+        // A one-hour tick: only the high-water wake-up can sweep.
+        .tick(Duration::from_secs(3600))
+        .ring_capacity(64)
+        .high_water(16)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            c.fetch_add(b.len(), Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    let key = engine.key("a:b").unwrap();
+    // One event puts the flusher into a timed park (pending window).
+    p.publish_key(key, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 1..40 {
+        p.publish_key(key, i).unwrap();
+    }
+    assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= 32));
+    assert!(engine.stats().high_water_wakeups >= 1);
+}
