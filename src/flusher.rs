@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use crate::barrier;
 use crate::engine::{Shared, CLOSED, DEEP, PARKED};
 use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr};
 use crate::intern::Table;
@@ -24,7 +25,7 @@ use crate::producer::{Lane, Record, URGENT_BIT};
 use crate::ring::Consumer;
 use crate::stats::{PrefixStats, Stats};
 use crate::subscriber::Subscriber;
-use crate::sync::{self, fence, lock, Arc, JoinHandle, Ordering};
+use crate::sync::{self, lock, Arc, JoinHandle, Ordering};
 
 /// How long a DEEP park lasts at most. Correctness does not depend on it
 /// (the first publish wakes the flusher); it only bounds the damage of a
@@ -97,6 +98,10 @@ pub(crate) fn spawn<T: Send + 'static>(
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("ringfold-flusher-{}", shared.id);
+    // Register for membarrier before any producer exists, so producers take
+    // the light barrier from their first publish (a failed registration
+    // leaves both sides on SeqCst fences).
+    barrier::init();
     sync::spawn_named(name, move || {
         // Registered before the first sweep. A producer that looked for the
         // handle earlier found none, but it only looks when the state word
@@ -490,10 +495,10 @@ impl<T: Send + 'static> Flusher<T> {
         loop {
             let closing = self.shared.state.load(Ordering::Acquire) & CLOSED != 0;
             if closing {
-                // Pairs with the producers' post-publish fence: a publish
+                // Pairs with the producers' post-publish barrier: a publish
                 // that did not see CLOSED has its tail visible to the final
                 // sweep below.
-                fence(Ordering::SeqCst);
+                barrier::heavy();
             }
             let flush = self.take_flush_request();
             self.shared.urgent_hint.store(false, Ordering::Relaxed);
@@ -606,8 +611,9 @@ impl<T: Send + 'static> Flusher<T> {
         };
         let bit = if deep { DEEP } else { PARKED };
         self.shared.state.fetch_or(bit, Ordering::SeqCst);
-        // Pairs with the producers' post-publish fence (see producer.rs).
-        fence(Ordering::SeqCst);
+        // Pairs with the producers' post-publish barrier (see producer.rs
+        // and barrier.rs): membarrier on Linux, a SeqCst fence elsewhere.
+        barrier::heavy();
         let threshold = if deep {
             1
         } else {

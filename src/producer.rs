@@ -1,13 +1,14 @@
 //! Producer handles: the hot path.
 //!
 //! A `Producer` owns the writing end of its own SPSC ring. A publish is a
-//! slot write, one Release store of the tail, one SeqCst fence and one
-//! Relaxed load of the engine's state word; it touches no lock, allocates
+//! slot write, one Release store of the tail, one store-load barrier
+//! (`barrier::light`: a compiler barrier on Linux, else a SeqCst fence) and
+//! one Relaxed load of the engine's state word; it touches no lock, allocates
 //! nothing and makes no syscall. The state word is non-zero only while the
 //! flusher is parked or the engine is closing, so the common case ends
 //! right there.
 //!
-//! The fence is the producer half of two store-load (Dekker) hand-offs with
+//! The barrier is the producer half of two store-load (Dekker) hand-offs with
 //! the flusher: "I published, are you asleep?" against "I am going to
 //! sleep, did anyone publish?", and "I published, are you closing?" against
 //! "I am closing, did anyone publish?". Without it, either side could miss
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use crate::barrier;
 use crate::engine::{FullPolicy, Shared, CLOSED, DEEP, PARKED};
 use crate::error::{Error, PublishError};
 use crate::intern::EventKey;
 use crate::ring::{self, Consumer, Ring};
-use crate::sync::{self, fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Thread};
+use crate::sync::{self, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Thread};
 
 /// Bit 63 of a record's stamp marks it urgent; the other bits hold
 /// nanoseconds since the engine's epoch plus one (0: not stamped).
@@ -285,7 +287,7 @@ impl<T: Send + 'static> Producer<T> {
         let urgent = urgent || key.wakes();
         if urgent {
             // Tell a flusher about to park that there is urgent work; the
-            // fence in `after_push` orders this before our state check.
+            // barrier in `after_push` orders this before our state check.
             self.shared.urgent_hint.store(true, Ordering::Relaxed);
         }
         match self.after_push(urgent) {
@@ -307,11 +309,12 @@ impl<T: Send + 'static> Producer<T> {
     /// closed before draining them.
     #[inline]
     fn after_push(&mut self, urgent: bool) -> Result<(), Vec<Record<T>>> {
-        // SeqCst fence: orders our tail store (and urgent hint) before the
-        // load of the state word below; the flusher fences between setting
-        // PARKED/DEEP/CLOSED and re-reading the tails. At least one side
-        // sees the other's store.
-        fence(Ordering::SeqCst);
+        // Store-load barrier: orders our tail store (and urgent hint) before
+        // the load of the state word below; the flusher runs the heavy half
+        // between setting PARKED/DEEP (or seeing CLOSED) and re-reading the
+        // tails. At least one side sees the other's store. On Linux this is
+        // only a compiler barrier (see barrier.rs).
+        barrier::light();
         let state = self.shared.state.load(Ordering::Relaxed);
         if state == 0 {
             return Ok(());
