@@ -355,6 +355,14 @@ impl<T: Send + 'static> Engine<T> {
     }
 
     /// A new producer with its own ring. Give one to each publishing thread.
+    ///
+    /// A `Producer` is `Send` but not `Sync`: a ring has one writer.
+    ///
+    /// ```compile_fail
+    /// fn shared_between_threads<T: Sync>(_: &T) {}
+    /// let engine = ringfold::Engine::<u64>::builder().build().unwrap();
+    /// shared_between_threads(&engine.producer().unwrap());
+    /// ```
     pub fn producer(&self) -> Result<Producer<T>, Error> {
         let p = Producer::register(self.handle.shared.clone())?;
         self.handle.shared.unpark_flusher();

@@ -692,3 +692,12 @@ fn high_water_wakes_a_parked_flusher() {
     assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= 32));
     assert!(engine.stats().high_water_wakeups >= 1);
 }
+
+#[test]
+fn engine_is_send_and_sync_producer_is_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Engine<Value>>();
+    send_sync::<Engine<u64>>();
+    send::<ringfold::Producer<Value>>();
+}
