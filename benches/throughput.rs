@@ -571,86 +571,59 @@ fn channel_consumer(
     grouper.emit_all();
 }
 
-fn run_crossbeam(p: usize, total: u64) -> Duration {
-    let counts = Counts::new();
-    let per = total / p as u64;
-    let expected = per * p as u64;
-    let (tx, rx) = crossbeam_channel::bounded::<Rec>(CAPACITY);
-    let barrier = Barrier::new(p + 1);
-    let elapsed = thread::scope(|s| {
-        let sink = counts.clone();
-        let consumer = s.spawn(move || {
-            channel_consumer(
-                |t| rx.recv_timeout(t).ok(),
-                || rx.try_recv().ok(),
-                sink,
-                expected,
-            )
-        });
-        let handles: Vec<_> = (0..p)
-            .map(|j| {
-                let (tx, barrier) = (tx.clone(), &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    for i in 0..per {
-                        tx.send(rec(slot(i, j), i)).unwrap();
-                    }
+/// One bounded MPSC channel, producers sending, one consumer grouping per
+/// prefix: the same harness for crossbeam-channel and std's sync_channel,
+/// which differ only in how the channel is made.
+macro_rules! run_channel {
+    ($p:expr, $total:expr, $make:expr) => {{
+        let (p, total): (usize, u64) = ($p, $total);
+        let counts = Counts::new();
+        let per = total / p as u64;
+        let expected = per * p as u64;
+        let (tx, rx) = $make;
+        let barrier = Barrier::new(p + 1);
+        let elapsed = thread::scope(|s| {
+            let sink = counts.clone();
+            let consumer = s.spawn(move || {
+                channel_consumer(
+                    |t| rx.recv_timeout(t).ok(),
+                    || rx.try_recv().ok(),
+                    sink,
+                    expected,
+                )
+            });
+            let handles: Vec<_> = (0..p)
+                .map(|j| {
+                    let (tx, barrier) = (tx.clone(), &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        for i in 0..per {
+                            tx.send(rec(slot(i, j), i)).unwrap();
+                        }
+                    })
                 })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        consumer.join().unwrap();
-        t0.elapsed()
-    });
-    assert_eq!(counts.total(), expected);
-    elapsed
+                .collect();
+            barrier.wait();
+            let t0 = Instant::now();
+            for h in handles {
+                h.join().unwrap();
+            }
+            consumer.join().unwrap();
+            t0.elapsed()
+        });
+        assert_eq!(counts.total(), expected);
+        elapsed
+    }};
+}
+
+fn run_crossbeam(p: usize, total: u64) -> Duration {
+    run_channel!(p, total, crossbeam_channel::bounded::<Rec>(CAPACITY))
 }
 
 fn run_std(p: usize, total: u64) -> Duration {
-    let counts = Counts::new();
-    let per = total / p as u64;
-    let expected = per * p as u64;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Rec>(CAPACITY);
-    let barrier = Barrier::new(p + 1);
-    let elapsed = thread::scope(|s| {
-        let sink = counts.clone();
-        let consumer = s.spawn(move || {
-            channel_consumer(
-                |t| rx.recv_timeout(t).ok(),
-                || rx.try_recv().ok(),
-                sink,
-                expected,
-            )
-        });
-        let handles: Vec<_> = (0..p)
-            .map(|j| {
-                let (tx, barrier) = (tx.clone(), &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    for i in 0..per {
-                        tx.send(rec(slot(i, j), i)).unwrap();
-                    }
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        consumer.join().unwrap();
-        t0.elapsed()
-    });
-    assert_eq!(counts.total(), expected);
-    elapsed
+    run_channel!(p, total, std::sync::mpsc::sync_channel::<Rec>(CAPACITY))
 }
 
-/// Runs `p` producers calling `publish(i, j)` plus a ticker that calls
-/// `drain(final)` every tick and once more, final, after the producers.
 fn run_ticker(
     p: usize,
     total: u64,
