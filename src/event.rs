@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::intern::EventKey;
+use crate::intern::{EventKey, NameMeta};
 
 /// A borrowed pointer to an interned string.
 ///
@@ -34,15 +34,46 @@ unsafe impl Send for InternedStr {}
 // SAFETY: as above.
 unsafe impl Sync for InternedStr {}
 
+/// A borrowed thin pointer to an interned name's [`NameMeta`] (name, prefix
+/// and key): one word per event instead of two fat string pointers and the
+/// key.
+///
+/// Sound for the same reason as [`InternedStr`]: every `NameMeta` is held in
+/// an `Arc` by the snapshot that introduced its name and by every later
+/// snapshot (snapshots are prefix-extending clones that share the `Arc`s),
+/// so it stays put for as long as any snapshot lives; events are created
+/// and owned only by the flusher, which keeps its latest snapshot alive
+/// longer than any event it holds (subscribers only get `&Event`).
+#[derive(Clone, Copy)]
+pub(crate) struct NameRef(*const NameMeta);
+
+impl NameRef {
+    #[inline]
+    pub(crate) fn new(meta: &std::sync::Arc<NameMeta>) -> Self {
+        NameRef(std::sync::Arc::as_ptr(meta))
+    }
+    #[inline]
+    pub(crate) fn get(&self) -> &NameMeta {
+        // SAFETY: see the type's documentation: the pointee is owned by an
+        // interner snapshot that outlives every holder of this pointer.
+        unsafe { &*self.0 }
+    }
+}
+
+// SAFETY: the pointee is immutable after creation and shared through `Arc`s
+// (its fields are `Arc<str>`s and a `Copy` key, all `Send + Sync`).
+unsafe impl Send for NameRef {}
+// SAFETY: as above.
+unsafe impl Sync for NameRef {}
+
 /// One published event, as delivered to subscribers.
 ///
 /// Timestamps: by default an event is stamped when the flusher takes it off
 /// its ring (one clock read per sweep, so the hot path reads no clock);
 /// with `EngineBuilder::precise_timestamps(true)` it is stamped at publish.
 pub struct Event<T> {
-    pub(crate) name: InternedStr,
-    pub(crate) prefix: InternedStr,
-    pub(crate) key: EventKey,
+    /// Name, prefix and key, behind one thin pointer.
+    pub(crate) meta: NameRef,
     pub(crate) sub_key: u64,
     pub(crate) timestamp: Instant,
     pub(crate) payload: T,
@@ -51,15 +82,15 @@ pub struct Event<T> {
 impl<T> Event<T> {
     /// The full event name, e.g. `data:users:created`.
     pub fn name(&self) -> &str {
-        self.name.get()
+        &self.meta.get().name
     }
     /// The prefix, e.g. `data:users`.
     pub fn prefix(&self) -> &str {
-        self.prefix.get()
+        &self.meta.get().prefix
     }
     /// The interned key.
     pub fn key(&self) -> EventKey {
-        self.key
+        self.meta.get().key
     }
     /// The caller's sub-key from `publish_keyed` (0 otherwise).
     pub fn sub_key(&self) -> u64 {
@@ -200,7 +231,7 @@ impl<'a, T> Batch<'a, T> {
     /// A batch of one event, as the closure subscriber's `on_event` sees it.
     pub(crate) fn single(event: &'a Event<T>) -> Self {
         Batch {
-            prefix: event.prefix.get(),
+            prefix: event.prefix(),
             name: "",
             events: std::slice::from_ref(event),
             aggregates: &[],
@@ -261,5 +292,17 @@ impl<T> fmt::Debug for Batch<'_, T> {
             .field("dropped", &self.dropped)
             .field("folded", &self.folded)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_is_small() {
+        // One thin name pointer, sub-key, timestamp, payload: the flusher
+        // copies one of these per event.
+        assert!(std::mem::size_of::<Event<u64>>() <= 40);
     }
 }

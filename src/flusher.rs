@@ -18,7 +18,7 @@ use ahash::AHashMap;
 
 use crate::barrier;
 use crate::engine::{Shared, CLOSED, DEEP, PARKED};
-use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr};
+use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr, NameRef};
 use crate::intern::Table;
 use crate::policy::{Pattern, Policy};
 use crate::producer::{Lane, Record, URGENT_BIT};
@@ -138,6 +138,8 @@ struct Acc<T> {
     folded: u64,
     dropped_since: u64,
     deadline: Instant,
+    /// Shortest window interval among this window's events.
+    interval: Duration,
     max_count: usize,
     queued: bool,
 }
@@ -154,6 +156,7 @@ impl<T> Acc<T> {
             folded: 0,
             dropped_since: 0,
             deadline: now,
+            interval: Duration::MAX,
             max_count: usize::MAX,
             queued: false,
         }
@@ -188,7 +191,8 @@ impl<T> Default for Sealed<T> {
 /// Accumulators, subscribers and counters: everything a sweep folds into.
 struct Delivery<T: Send + 'static> {
     shared: Arc<Shared<T>>,
-    /// Latest interner snapshot; also keeps every `InternedStr` valid.
+    /// Latest interner snapshot; also keeps every `InternedStr` and
+    /// `NameRef` valid.
     table: Arc<Table>,
     accs: Vec<Acc<T>>,
     /// Prefix ids with a non-empty window.
@@ -226,8 +230,9 @@ impl<T: Send + 'static> Delivery<T> {
         };
         let (policy, urgent_rule) = (info.policy, info.urgent);
         let pid = info.prefix as usize;
+        let meta = NameRef::new(&info.meta);
+        // For a new aggregate only; a register copy otherwise.
         let name = InternedStr::new(&info.name);
-        let prefix = InternedStr::new(&self.table.prefixes[pid].prefix);
         self.ensure_prefix(pid);
         self.dirty = true;
         let stamp = record.stamp & !URGENT_BIT;
@@ -240,21 +245,28 @@ impl<T: Send + 'static> Delivery<T> {
         let acc = &mut self.accs[pid];
         if acc.taken == 0 {
             acc.deadline = self.now + interval;
+            acc.interval = interval;
             acc.max_count = max_count;
             if !acc.queued {
                 acc.queued = true;
                 self.pending.push(pid as u32);
             }
         } else {
-            acc.deadline = acc.deadline.min(self.now + interval);
+            // The deadline is the minimum of `now + interval` over the
+            // window's events. `now` never decreases, so an event whose
+            // interval is no shorter than the shortest seen so far cannot
+            // lower it: the addition is needed only when a prefix mixes
+            // policies and a shorter one shows up.
+            if interval < acc.interval {
+                acc.interval = interval;
+                acc.deadline = acc.deadline.min(self.now + interval);
+            }
             acc.max_count = acc.max_count.min(max_count);
         }
         acc.taken += 1;
         self.report.prefixes[pid].received += 1;
         let event = Event {
-            name,
-            prefix,
-            key: record.key,
+            meta,
             sub_key: record.sub_key,
             timestamp,
             payload: record.payload,

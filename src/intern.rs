@@ -62,10 +62,22 @@ impl EventKey {
     }
 }
 
+/// What an event carries about its name: one thin pointer to this (see
+/// `event::NameRef`) instead of two fat string pointers and the key.
+///
+/// Created once per name and shared (the same `Arc`) by every later
+/// snapshot, so it lives at a fixed address for as long as any snapshot does.
+pub(crate) struct NameMeta {
+    pub(crate) name: StdArc<str>,
+    pub(crate) prefix: StdArc<str>,
+    pub(crate) key: EventKey,
+}
+
 /// What the engine knows about one interned name.
 #[derive(Clone)]
 pub(crate) struct NameInfo {
     pub(crate) name: StdArc<str>,
+    pub(crate) meta: StdArc<NameMeta>,
     pub(crate) prefix: u32,
     pub(crate) policy: Policy,
     pub(crate) urgent: bool,
@@ -183,8 +195,14 @@ impl Interner {
             prefix: prefix_id,
         };
         let name: StdArc<str> = name.into();
+        let meta = StdArc::new(NameMeta {
+            name: name.clone(),
+            prefix: next.prefixes[prefix_id as usize].prefix.clone(),
+            key,
+        });
         next.names.push(NameInfo {
             name: name.clone(),
+            meta,
             prefix: prefix_id,
             policy: resolved.policy,
             urgent: resolved.urgent,
