@@ -621,29 +621,28 @@ impl<T: Send + 'static> Flusher<T> {
                 .saturating_duration_since(now)
                 .min(self.shared.config.tick),
         };
-        let bit = if deep { DEEP } else { PARKED };
-        self.shared.state.fetch_or(bit, Ordering::SeqCst);
-        // Pairs with the producers' post-publish barrier (see producer.rs
-        // and barrier.rs): membarrier on Linux, a SeqCst fence elsewhere.
-        barrier::heavy();
         let threshold = if deep {
             1
         } else {
             self.shared.config.high_water
         };
+        // Nothing to announce if we would not park anyway: this skips the
+        // heavy barrier (a membarrier IPI on Linux) whenever work is already
+        // visible, which is common while producers stream.
+        if timeout.is_zero() || self.has_work(threshold) {
+            return;
+        }
+        let bit = if deep { DEEP } else { PARKED };
+        self.shared.state.fetch_or(bit, Ordering::SeqCst);
+        // Pairs with the producers' post-publish barrier (see producer.rs
+        // and barrier.rs): membarrier on Linux, a SeqCst fence elsewhere.
+        barrier::heavy();
         // The re-check after announcing the park is what makes wake-ups
         // impossible to lose; the `ringfold_mutation = "no_recheck"` cfg
         // removes it so the loom model can demonstrate exactly that.
         let recheck = !cfg!(ringfold_mutation = "no_recheck");
-        let work = recheck
-            && (self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
-                || self.shared.urgent_hint.load(Ordering::Relaxed)
-                || self.shared.flush_pending.load(Ordering::Relaxed)
-                || self.shared.registry_dirty.load(Ordering::Relaxed)
-                || self.lanes.iter().any(|l| {
-                    l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed)
-                }));
-        if !work && !timeout.is_zero() {
+        let work = recheck && self.has_work(threshold);
+        if !work {
             sync::park_timeout(timeout);
             if !deep && Instant::now() >= now + timeout {
                 self.delivery.report.ticks += 1;
@@ -653,6 +652,19 @@ impl<T: Send + 'static> Flusher<T> {
         self.shared
             .state
             .fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
+    }
+
+    /// Anything that should keep the flusher from parking: a request flag,
+    /// a dropped producer, or a ring holding at least `threshold` records.
+    fn has_work(&self, threshold: usize) -> bool {
+        self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
+            || self.shared.urgent_hint.load(Ordering::Relaxed)
+            || self.shared.flush_pending.load(Ordering::Relaxed)
+            || self.shared.registry_dirty.load(Ordering::Relaxed)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed))
     }
 
     /// Final step of shutdown: publish the last report, hand each ring's
