@@ -203,6 +203,8 @@ struct Delivery<T: Send + 'static> {
     /// Emptied buffers for the next windows.
     spare: Vec<Sealed<T>>,
     report: Report,
+    /// An event was taken since the flusher last went to sleep.
+    took_any: bool,
     dirty: bool,
     now: Instant,
 }
@@ -265,6 +267,7 @@ impl<T: Send + 'static> Delivery<T> {
         }
         acc.taken += 1;
         self.report.prefixes[pid].received += 1;
+        self.took_any = true;
         let event = Event {
             meta,
             sub_key: record.sub_key,
@@ -496,6 +499,7 @@ impl<T: Send + 'static> Flusher<T> {
                 sealed: Vec::new(),
                 spare: Vec::new(),
                 report: Report::default(),
+                took_any: false,
                 dirty: false,
                 now: Instant::now(),
             },
@@ -614,9 +618,16 @@ impl<T: Send + 'static> Flusher<T> {
     fn sleep(&mut self) {
         let now = self.delivery.now;
         let deadline = self.delivery.next_deadline();
-        let deep = deadline.is_none();
+        // DEEP (any publish wakes us) when nothing is pending, or when
+        // windows are pending but the last sweep took nothing: the engine
+        // has gone quiet, so ticking every `tick` until a distant deadline
+        // would only burn wake-ups. While events keep arriving we tick
+        // (PARKED), so a busy trickle never costs a wake-up per event.
+        let quiet = !std::mem::take(&mut self.delivery.took_any);
+        let deep = deadline.is_none() || quiet;
         let timeout = match deadline {
             None => DEEP_PARK,
+            Some(d) if deep => d.saturating_duration_since(now),
             Some(d) => d
                 .saturating_duration_since(now)
                 .min(self.shared.config.tick),
