@@ -863,8 +863,7 @@ fn print_summary(
     );
     if let (Some(p50), Some(max)) = (delays.urgent.quantile(0.5), delays.urgent.quantile(1.0)) {
         println!(
-            "  urgent chat:*:finished: {} delivered, p50 {}, max {} after publish \
-             (passthrough deltas wait for the next 5 ms sweep)",
+            "  urgent chat:*:finished: {} delivered, p50 {}, max {} after publish",
             count(delays.urgent.len()),
             duration(p50),
             duration(max),
