@@ -90,8 +90,6 @@ pub(crate) struct Shared<T> {
     /// CLOSED | PARKED | DEEP. Zero in the common case, so a publish reads
     /// it and moves on.
     pub(crate) state: AtomicUsize,
-    /// An urgent event was published since the flusher last looked.
-    pub(crate) urgent_hint: AtomicBool,
     pub(crate) high_water_wakeups: AtomicU64,
     /// Rejections of `Engine::publish*` calls that never reached a producer
     /// (engine shut down, or the name invalid before a producer existed).
@@ -736,7 +734,6 @@ impl<T: Send + 'static> EngineBuilder<T> {
             interner: Interner::new(table, self.max_names, self.max_name_len),
             sampler: self.sampler,
             state: AtomicUsize::new(0),
-            urgent_hint: AtomicBool::new(false),
             high_water_wakeups: AtomicU64::new(0),
             unlaned_shut_down: AtomicU64::new(0),
             unlaned_invalid: AtomicU64::new(0),

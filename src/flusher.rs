@@ -517,7 +517,6 @@ impl<T: Send + 'static> Flusher<T> {
                 barrier::heavy();
             }
             let flush = self.take_flush_request();
-            self.shared.urgent_hint.store(false, Ordering::Relaxed);
             self.adopt_lanes(closing);
             self.delivery.now = Instant::now();
             self.sweep();
@@ -578,6 +577,14 @@ impl<T: Send + 'static> Flusher<T> {
             // Acquire pairs with the producer's Release in `Drop`: if it is
             // gone, every record it pushed is visible to the drain below.
             let gone = slot.lane.gone.load(Ordering::Acquire);
+            // Consume a wake hint before draining. The swap reads the
+            // producer's latest hint store (an RMW always does) and
+            // synchronises with it, so every record it flagged is visible to
+            // the drain; a hint stored after the swap stays set for the
+            // re-check before parking.
+            if slot.lane.wake_hint.load(Ordering::Relaxed) {
+                slot.lane.wake_hint.swap(false, Ordering::AcqRel);
+            }
             let drops = slot.lane.drops_total.load(Ordering::Acquire);
             if drops != slot.drops_seen {
                 slot.drops_seen = drops;
@@ -669,13 +676,13 @@ impl<T: Send + 'static> Flusher<T> {
     /// a dropped producer, or a ring holding at least `threshold` records.
     fn has_work(&self, threshold: usize) -> bool {
         self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
-            || self.shared.urgent_hint.load(Ordering::Relaxed)
             || self.shared.flush_pending.load(Ordering::Relaxed)
             || self.shared.registry_dirty.load(Ordering::Relaxed)
-            || self
-                .lanes
-                .iter()
-                .any(|l| l.consumer.pending() >= threshold || l.lane.gone.load(Ordering::Relaxed))
+            || self.lanes.iter().any(|l| {
+                l.lane.wake_hint.load(Ordering::Relaxed)
+                    || l.consumer.pending() >= threshold
+                    || l.lane.gone.load(Ordering::Relaxed)
+            })
     }
 
     /// Final step of shutdown: publish the last report, hand each ring's

@@ -54,6 +54,11 @@ pub(crate) struct Lane<T> {
     /// Touched only when an event is rejected, never on the accepted path.
     pub(crate) drops_total: AtomicU64,
     pub(crate) drops_by_prefix: Mutex<AHashMap<u32, u64>>,
+    /// The ring holds an urgent or passthrough event the flusher has not
+    /// yet swept. Per lane (one writer setting it), so a passthrough stream
+    /// writes only its own producer's line, and the flusher's swap that
+    /// clears it synchronises with exactly that producer.
+    pub(crate) wake_hint: AtomicBool,
     /// The producer handle was dropped (thread exit); drain, then retire.
     pub(crate) gone: AtomicBool,
     /// The thread to unpark when the producer waits for space.
@@ -116,6 +121,7 @@ impl<T: Send + 'static> Producer<T> {
             reclaimed: AtomicU64::new(0),
             drops_total: AtomicU64::new(0),
             drops_by_prefix: Mutex::new(AHashMap::new()),
+            wake_hint: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             waiter: Mutex::new(None),
             orphan: Mutex::new(None),
@@ -237,6 +243,13 @@ impl<T: Send + 'static> Producer<T> {
 
     /// Keys below `known_names` are valid; refresh when a key is above it.
     #[cold]
+    #[inline]
+    fn is_known(&mut self, key: EventKey) -> bool {
+        key.name_id() < self.known_names
+            || (self.refresh_known() && key.name_id() < self.known_names)
+    }
+
+    #[cold]
     fn refresh_known(&mut self) -> bool {
         let now = self.shared.interner.snapshot().names.len() as u32;
         let grew = now > self.known_names;
@@ -262,9 +275,7 @@ impl<T: Send + 'static> Producer<T> {
         flags: u64,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        if key.name_id() >= self.known_names
-            && !(self.refresh_known() && key.name_id() < self.known_names)
-        {
+        if !self.is_known(key) {
             self.lane.count_drop(&self.lane.invalid_name, None);
             return Err(PublishError::InvalidName(payload));
         }
@@ -286,9 +297,12 @@ impl<T: Send + 'static> Producer<T> {
         // Urgent and passthrough events must not wait for the next tick.
         let urgent = urgent || key.wakes();
         if urgent {
-            // Tell a flusher about to park that there is urgent work; the
-            // barrier in `after_push` orders this before our state check.
-            self.shared.urgent_hint.store(true, Ordering::Relaxed);
+            // Tell a flusher about to park that this ring holds an event
+            // that must not wait for the high-water mark. Release: a
+            // flusher that consumes the hint (AcqRel swap) sees our tail.
+            // The barrier in `after_push` orders this store before our
+            // state check (the Dekker pair of the flusher's re-check).
+            self.lane.wake_hint.store(true, Ordering::Release);
         }
         match self.after_push(urgent) {
             Ok(()) => Ok(()),
