@@ -49,7 +49,6 @@ pub(crate) struct Config {
     pub(crate) on_full: FullPolicy,
     pub(crate) urgent_wait: Duration,
     pub(crate) precise_timestamps: bool,
-    pub(crate) epoch: Instant,
 }
 
 /// A lane registered by a new producer, with the ring's reading end for the
@@ -729,7 +728,6 @@ impl<T: Send + 'static> EngineBuilder<T> {
                 on_full: self.on_full,
                 urgent_wait: self.urgent_wait,
                 precise_timestamps: self.precise_timestamps,
-                epoch: Instant::now(),
             },
             interner: Interner::new(table, self.max_names, self.max_name_len),
             sampler: self.sampler,

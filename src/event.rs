@@ -1,7 +1,7 @@
 //! What subscribers see: events, batches and aggregates.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::intern::{EventKey, NameMeta};
 
@@ -75,7 +75,10 @@ pub struct Event<T> {
     /// Name, prefix and key, behind one thin pointer.
     pub(crate) meta: NameRef,
     pub(crate) sub_key: u64,
-    pub(crate) timestamp: Instant,
+    /// Nanoseconds since the engine's epoch (`NameMeta::epoch`): 8 bytes
+    /// instead of an `Instant`'s 16, so the flusher copies 32 bytes per
+    /// `u64` event.
+    pub(crate) nanos: u64,
     pub(crate) payload: T,
 }
 
@@ -98,7 +101,7 @@ impl<T> Event<T> {
     }
     /// When the event was published (precise mode) or swept (default).
     pub fn timestamp(&self) -> Instant {
-        self.timestamp
+        self.meta.get().epoch + Duration::from_nanos(self.nanos)
     }
     /// The payload.
     pub fn payload(&self) -> &T {
@@ -303,6 +306,6 @@ mod tests {
     fn event_is_small() {
         // One thin name pointer, sub-key, timestamp, payload: the flusher
         // copies one of these per event.
-        assert!(std::mem::size_of::<Event<u64>>() <= 40);
+        assert!(std::mem::size_of::<Event<u64>>() <= 32);
     }
 }

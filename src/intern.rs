@@ -12,6 +12,7 @@
 //! prefix of every later one.
 
 use std::sync::Arc as StdArc;
+use std::time::Instant;
 
 use ahash::AHashMap;
 
@@ -71,12 +72,14 @@ pub(crate) struct NameMeta {
     pub(crate) name: StdArc<str>,
     pub(crate) prefix: StdArc<str>,
     pub(crate) key: EventKey,
+    /// The engine's epoch: events carry their timestamp as nanoseconds
+    /// since it, which keeps an event at 32 bytes for a `u64` payload.
+    pub(crate) epoch: Instant,
 }
 
 /// What the engine knows about one interned name.
 #[derive(Clone)]
 pub(crate) struct NameInfo {
-    pub(crate) name: StdArc<str>,
     pub(crate) meta: StdArc<NameMeta>,
     pub(crate) prefix: u32,
     pub(crate) policy: Policy,
@@ -117,6 +120,8 @@ pub(crate) struct Interner {
     policies: PolicyTable,
     max_names: usize,
     max_len: usize,
+    /// Time zero of event timestamps (see `NameMeta::epoch`).
+    epoch: Instant,
 }
 
 /// Splits `name` into its prefix after validating it.
@@ -148,7 +153,13 @@ impl Interner {
             policies,
             max_names,
             max_len,
+            epoch: Instant::now(),
         }
+    }
+
+    /// Time zero of this engine's event timestamps.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Interns `name`, returning the same key for the same name from any
@@ -199,9 +210,9 @@ impl Interner {
             name: name.clone(),
             prefix: next.prefixes[prefix_id as usize].prefix.clone(),
             key,
+            epoch: self.epoch,
         });
         next.names.push(NameInfo {
-            name: name.clone(),
             meta,
             prefix: prefix_id,
             policy: resolved.policy,
@@ -241,7 +252,10 @@ mod tests {
             &*t.prefixes[k.prefix_id() as usize].batch_name,
             "data:users:batch"
         );
-        assert_eq!(&*t.names[k.name_id() as usize].name, "data:users:created");
+        assert_eq!(
+            &*t.names[k.name_id() as usize].meta.name,
+            "data:users:created"
+        );
     }
 
     #[test]

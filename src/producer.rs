@@ -260,7 +260,7 @@ impl<T: Send + 'static> Producer<T> {
     #[inline]
     fn stamp(&self, flags: u64) -> u64 {
         if self.shared.config.precise_timestamps {
-            let nanos = self.shared.config.epoch.elapsed().as_nanos() as u64;
+            let nanos = self.shared.interner.epoch().elapsed().as_nanos() as u64;
             (nanos.saturating_add(1) & !URGENT_BIT) | flags
         } else {
             flags

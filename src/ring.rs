@@ -267,6 +267,7 @@ impl<T> Consumer<T> {
             }
         }
         let end = self.cached_tail;
+        let taken = end.wrapping_sub(self.head);
         {
             let guard = Release {
                 ring: &self.ring,
@@ -287,6 +288,7 @@ impl<T> Consumer<T> {
         // Pairs with `Producer::announce_waiting` (store-load Dekker).
         fence(Ordering::SeqCst);
         DrainOutcome {
+            taken,
             producer_waiting: self.ring.producer_waiting.load(Ordering::Relaxed),
         }
     }
@@ -303,6 +305,8 @@ impl<T> Consumer<T> {
 /// What one [`Consumer::drain`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct DrainOutcome {
+    /// Items moved out.
+    pub(crate) taken: usize,
     /// The producer had announced it is parked waiting for space.
     pub(crate) producer_waiting: bool,
 }
