@@ -9,7 +9,8 @@ use crate::error::{Error, PublishError};
 use crate::flusher::{self, Report};
 use crate::intern::{EventKey, Interner};
 use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
-use crate::producer::{Lane, Producer, Record};
+use crate::producer::{Lane, Producer};
+use crate::record::{Slot, MAX_NAMES};
 use crate::ring::Consumer;
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
@@ -53,7 +54,7 @@ pub(crate) struct Config {
 
 /// A lane registered by a new producer, with the ring's reading end for the
 /// flusher to adopt.
-pub(crate) type NewLane<T> = (Arc<Lane<T>>, Consumer<Record<T>>);
+pub(crate) type NewLane<T> = (Arc<Lane<T>>, Consumer<Slot<T>>);
 
 /// Lanes waiting to be adopted by the flusher, and every live lane (for
 /// stats), plus the totals of retired lanes. One mutex, so stats never see
@@ -107,7 +108,7 @@ impl<T: Send + 'static> Shared<T> {
     pub(crate) fn register_lane(
         &self,
         lane: Arc<Lane<T>>,
-        consumer: Consumer<Record<T>>,
+        consumer: Consumer<Slot<T>>,
     ) -> Result<(), Error> {
         let mut reg = lock(&self.registry);
         // Checked under the registry lock: the flusher's final adoption
@@ -220,13 +221,9 @@ impl<T: Send + 'static> Shared<T> {
         stats.dropped.invalid_name += self.unlaned_invalid.load(Ordering::Relaxed);
         let mut in_rings = 0u64;
         for lane in &reg.live {
-            let reclaimed = lane.reclaimed.load(Ordering::Acquire);
-            let pushed = lane.ring.pushed() as u64;
-            let popped = lane.ring.popped() as u64;
-            // Taken-back records advanced `head` too, so `pushed - popped`
-            // is exactly what still sits in the ring.
-            stats.published += pushed - reclaimed;
-            in_rings += pushed.saturating_sub(popped);
+            let (published, in_ring) = lane.events();
+            stats.published += published;
+            in_rings += in_ring;
             stats.dropped.full += lane.full.load(Ordering::Relaxed);
             stats.dropped.shut_down += lane.shut_down.load(Ordering::Relaxed);
             stats.dropped.invalid_name += lane.invalid_name.load(Ordering::Relaxed);
@@ -589,7 +586,9 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// Slots per producer ring; a power of two, at least 2.
+    /// Slots per producer ring; a power of two, at least 2 (4 with
+    /// `precise_timestamps`). An event takes one slot, plus one if its
+    /// sub-key does not fit in 32 bits and two if it is stamped at publish.
     pub fn ring_capacity(mut self, n: usize) -> Self {
         self.ring_capacity = n;
         self
@@ -673,11 +672,17 @@ impl<T: Send + 'static> EngineBuilder<T> {
                 "high_water must be in 1..=ring_capacity",
             ));
         }
+        if self.precise_timestamps && cap < 4 {
+            // A stamped event takes up to four slots (see record.rs).
+            return Err(Error::InvalidConfig(
+                "precise_timestamps needs ring_capacity of at least 4",
+            ));
+        }
         if self.tick.is_zero() {
             return Err(Error::InvalidConfig("tick must be non-zero"));
         }
-        if self.max_names == 0 || self.max_names > u32::MAX as usize / 2 {
-            return Err(Error::InvalidConfig("max_names must be in 1..=2^31"));
+        if self.max_names == 0 || self.max_names > MAX_NAMES {
+            return Err(Error::InvalidConfig("max_names must be in 1..=2^30"));
         }
         if self.max_name_len == 0 {
             return Err(Error::InvalidConfig("max_name_len must be non-zero"));

@@ -19,9 +19,10 @@ use ahash::AHashMap;
 use crate::barrier;
 use crate::engine::{Shared, CLOSED, DEEP, PARKED};
 use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr, NameRef};
-use crate::intern::{EventKey, NameInfo, Table};
+use crate::intern::{NameInfo, Table};
 use crate::policy::{Pattern, Policy};
-use crate::producer::{Lane, Record, URGENT_BIT};
+use crate::producer::Lane;
+use crate::record::{Ext, Parts, Slot};
 use crate::ring::Consumer;
 use crate::stats::{PrefixStats, Stats};
 use crate::subscriber::Subscriber;
@@ -31,6 +32,19 @@ use crate::sync::{self, lock, Arc, JoinHandle, Ordering};
 /// (the first publish wakes the flusher); it only bounds the damage of a
 /// bug, and costs one wake-up per minute when idle.
 const DEEP_PARK: Duration = Duration::from_secs(60);
+
+/// While producers stream (the last pass took at least
+/// `high_water / STREAM_DIVISOR` records), the flusher yields its core up to this many times,
+/// sweeping again as soon as a ring holds `high_water / STREAM_DIVISOR`
+/// records, before it announces a park. Announcing costs the heavy barrier
+/// (a membarrier IPI to every running producer's CPU, microseconds on a VM)
+/// which a streaming producer cancels right away by crossing its high-water
+/// mark; yielding costs nothing to the producers and hands the core to them
+/// when they are more threads than cores. Under loom it is off: lingering
+/// only ever leads to another sweep, which is always safe, and the models
+/// check the park protocol itself.
+const STREAM_YIELDS: u32 = if cfg!(loom) { 0 } else { 64 };
+const STREAM_DIVISOR: usize = 4;
 
 /// The flusher's counters, published to `Shared::report` after each pass.
 #[derive(Debug, Default)]
@@ -118,7 +132,7 @@ pub(crate) fn spawn<T: Send + 'static>(
 /// One producer's ring, as the flusher holds it.
 struct LaneSlot<T> {
     lane: Arc<Lane<T>>,
-    consumer: Consumer<Record<T>>,
+    consumer: Consumer<Slot<T>>,
     drops_seen: u64,
 }
 
@@ -256,6 +270,13 @@ struct Delivery<T: Send + 'static> {
     report: Report,
     /// An event was taken since the flusher last went to sleep.
     took_any: bool,
+    /// Slots taken by the current pass's sweep.
+    pass_taken: usize,
+    /// Extension words for the next event slot (see `record.rs`).
+    ext: Ext,
+    ext_seen: bool,
+    /// Extension slots taken from the lane being drained.
+    ext_taken: u64,
     dirty: bool,
     /// Time of the current pass, also as nanoseconds since the epoch (the
     /// timestamp of events not stamped at publish).
@@ -278,6 +299,14 @@ impl<T: Send + 'static> Delivery<T> {
         }
     }
 
+    /// An extension slot: part of the next event's sub-key or stamp.
+    #[cold]
+    fn take_ext(&mut self, kind: u32, data: u32) {
+        self.ext.set(kind, data);
+        self.ext_seen = true;
+        self.ext_taken += 1;
+    }
+
     /// The route of name `id`, extending `routes` from a newer snapshot if
     /// the name is newer than the ones seen so far.
     #[cold]
@@ -298,12 +327,29 @@ impl<T: Send + 'static> Delivery<T> {
         route
     }
 
-    /// Folds one record into its prefix's window, emitting if it triggers.
+    /// Folds one slot into its prefix's window, emitting if it triggers.
     /// The hot loop of the flusher: one route read, one window update, one
     /// 32-byte push for batch policies.
     #[inline]
-    fn take(&mut self, record: Record<T>) {
-        let id = record.key.name_id() as usize;
+    fn take(&mut self, slot: Slot<T>) {
+        let (name_id, urgent, sub_key_low, payload) = match slot.into_parts() {
+            Parts::Event {
+                name_id,
+                urgent,
+                sub_key_low,
+                payload,
+            } => (name_id, urgent, sub_key_low, payload),
+            Parts::Ext { kind, data } => return self.take_ext(kind, data),
+        };
+        // Extension words precede their event in the same ring.
+        let ext = if self.ext_seen {
+            self.ext_seen = false;
+            std::mem::take(&mut self.ext)
+        } else {
+            Ext::default()
+        };
+        let sub_key = u64::from(ext.sub_key_high) << 32 | u64::from(sub_key_low);
+        let id = name_id as usize;
         let route = match self.routes.get(id) {
             Some(route) => *route,
             None => match self.route_new_name(id) {
@@ -312,11 +358,10 @@ impl<T: Send + 'static> Delivery<T> {
             },
         };
         let pid = route.prefix as usize;
-        let stamp = record.stamp & !URGENT_BIT;
-        let nanos = if stamp == 0 {
+        let nanos = if ext.stamp == 0 {
             self.now_nanos
         } else {
-            stamp - 1
+            ext.stamp - 1
         };
         let acc = &mut self.accs[pid];
         if acc.taken == 0 {
@@ -340,22 +385,22 @@ impl<T: Send + 'static> Delivery<T> {
         acc.taken += 1;
         let event = Event {
             meta: route.meta,
-            sub_key: record.sub_key,
+            sub_key,
             nanos,
-            payload: record.payload,
+            payload,
         };
         match route.fold {
             Fold::Keep => acc.events.push(event),
-            Fold::Latest => fold_latest(acc, record.key, event),
+            Fold::Latest => fold_latest(acc, name_id, event),
             Fold::Aggregate => {
-                if !fold_aggregate(acc, self.shared.sampler, record.key, event) {
+                if !fold_aggregate(acc, self.shared.sampler, event) {
                     self.report.not_numeric += 1;
                     self.report.prefixes[pid].dropped += 1;
                 }
             }
         }
         let full = acc.taken >= acc.max_count;
-        if route.urgent || record.stamp & URGENT_BIT != 0 {
+        if route.urgent || urgent {
             self.emit(pid, BatchReason::Urgent);
         } else if full {
             let reason = if route.passthrough {
@@ -517,15 +562,15 @@ impl<T: Send + 'static> Delivery<T> {
 
 /// `latest`: the event replaces the survivor of its (name, sub-key) in this
 /// window, or becomes one.
-fn fold_latest<T>(acc: &mut Acc<T>, key: EventKey, event: Event<T>) {
-    match acc.latest.get(&(key.name_id(), event.sub_key)) {
+fn fold_latest<T>(acc: &mut Acc<T>, name_id: u32, event: Event<T>) {
+    match acc.latest.get(&(name_id, event.sub_key)) {
         Some(&i) => {
             acc.events[i] = event;
             acc.folded += 1;
         }
         None => {
             acc.latest
-                .insert((key.name_id(), event.sub_key), acc.events.len());
+                .insert((name_id, event.sub_key), acc.events.len());
             acc.events.push(event);
         }
     }
@@ -537,9 +582,9 @@ fn fold_latest<T>(acc: &mut Acc<T>, key: EventKey, event: Event<T>) {
 fn fold_aggregate<T>(
     acc: &mut Acc<T>,
     sampler: Option<fn(&T) -> Option<f64>>,
-    key: EventKey,
     event: Event<T>,
 ) -> bool {
+    let key = event.meta.get().key;
     let Some(v) = sampler.and_then(|f| f(&event.payload)) else {
         acc.discarded += 1;
         acc.dropped_since += 1;
@@ -588,6 +633,10 @@ impl<T: Send + 'static> Flusher<T> {
                 report: Report::default(),
                 routes: Vec::new(),
                 took_any: false,
+                pass_taken: 0,
+                ext: Ext::default(),
+                ext_seen: false,
+                ext_taken: 0,
                 dirty: false,
                 now: Instant::now(),
                 now_nanos: 0,
@@ -660,6 +709,7 @@ impl<T: Send + 'static> Flusher<T> {
     /// once drained.
     fn sweep(&mut self) {
         self.delivery.report.sweeps += 1;
+        self.delivery.pass_taken = 0;
         let mut i = 0;
         while i < self.lanes.len() {
             let slot = &mut self.lanes[i];
@@ -681,10 +731,15 @@ impl<T: Send + 'static> Flusher<T> {
             }
             if gone || slot.consumer.maybe_ready() {
                 let delivery = &mut self.delivery;
-                let outcome = slot.consumer.drain(|record| delivery.take(record));
+                let outcome = slot.consumer.drain(|slot| delivery.take(slot));
                 if outcome.taken > 0 {
                     delivery.took_any = true;
                     delivery.dirty = true;
+                    delivery.pass_taken += outcome.taken;
+                }
+                if delivery.ext_taken > 0 {
+                    let ext = std::mem::take(&mut delivery.ext_taken);
+                    slot.lane.ext_popped.fetch_add(ext, Ordering::Release);
                 }
                 // The range is released; now the subscribers run.
                 delivery.deliver_sealed();
@@ -707,7 +762,7 @@ impl<T: Send + 'static> Flusher<T> {
         let lane = &slot.lane;
         let mut reg = lock(&self.shared.registry);
         reg.live.retain(|l| !Arc::ptr_eq(l, lane));
-        reg.retired_published += lane.ring.pushed() as u64 - lane.reclaimed.load(Ordering::Acquire);
+        reg.retired_published += lane.events().0;
         reg.retired.full += lane.full.load(Ordering::Relaxed);
         reg.retired.shut_down += lane.shut_down.load(Ordering::Relaxed);
         reg.retired.invalid_name += lane.invalid_name.load(Ordering::Relaxed);
@@ -743,6 +798,9 @@ impl<T: Send + 'static> Flusher<T> {
         if timeout.is_zero() || self.has_work(threshold) {
             return;
         }
+        if self.streaming() && self.linger() {
+            return;
+        }
         let bit = if deep { DEEP } else { PARKED };
         self.shared.state.fetch_or(bit, Ordering::SeqCst);
         // Pairs with the producers' post-publish barrier (see producer.rs
@@ -763,6 +821,30 @@ impl<T: Send + 'static> Flusher<T> {
         self.shared
             .state
             .fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
+    }
+
+    /// Producers are streaming: the last sweep took at least a quarter of a
+    /// high-water mark's worth of records.
+    fn streaming(&self) -> bool {
+        self.delivery.pass_taken >= self.stream_batch()
+    }
+
+    fn stream_batch(&self) -> usize {
+        (self.shared.config.high_water / STREAM_DIVISOR).max(1)
+    }
+
+    /// Streaming: yields the core (see `STREAM_YIELDS`) until a ring holds
+    /// a sweep's worth of records (true) or the producers seem to have
+    /// stopped (false: go on and park).
+    fn linger(&self) -> bool {
+        let batch = self.stream_batch();
+        for _ in 0..STREAM_YIELDS {
+            sync::yield_now();
+            if self.has_work(batch) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Anything that should keep the flusher from parking: a request flag,

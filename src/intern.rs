@@ -47,6 +47,11 @@ pub struct EventKey {
 const WAKES: u32 = 1 << 31;
 
 impl EventKey {
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn for_tests(name: u32, prefix: u32) -> Self {
+        EventKey { name, prefix }
+    }
+
     /// Dense id of the full name within its engine.
     pub fn name_id(&self) -> u32 {
         self.name & !WAKES

@@ -15,6 +15,7 @@ mod intern;
 pub mod loom_api;
 mod policy;
 mod producer;
+mod record;
 mod ring;
 mod stats;
 mod subscriber;

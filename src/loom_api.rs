@@ -122,10 +122,13 @@ impl Snapshot {
         let table = &*self.0;
         for (id, info) in table.names.iter().enumerate() {
             let key = table
-                .get(&info.name)
-                .ok_or_else(|| format!("name {:?} missing from the map", &*info.name))?;
+                .get(&info.meta.name)
+                .ok_or_else(|| format!("name {:?} missing from the map", &*info.meta.name))?;
             if key.name_id() as usize != id || key.prefix_id() != info.prefix {
-                return Err(format!("name {:?}: key {key:?}, slot {id}", &*info.name));
+                return Err(format!(
+                    "name {:?}: key {key:?}, slot {id}",
+                    &*info.meta.name
+                ));
             }
             let prefix = table
                 .prefixes

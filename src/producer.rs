@@ -25,30 +25,30 @@ use crate::barrier;
 use crate::engine::{FullPolicy, Shared, CLOSED, DEEP, PARKED};
 use crate::error::{Error, PublishError};
 use crate::intern::EventKey;
+use crate::record::{Outgoing, Slot};
 use crate::ring::{self, Consumer, Ring};
 use crate::sync::{self, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Thread};
 
-/// Bit 63 of a record's stamp marks it urgent; the other bits hold
-/// nanoseconds since the engine's epoch plus one (0: not stamped).
-pub(crate) const URGENT_BIT: u64 = 1 << 63;
-
-/// What travels through a ring: ids and the payload, never strings.
-pub(crate) struct Record<T> {
-    pub(crate) key: EventKey,
-    pub(crate) sub_key: u64,
-    pub(crate) stamp: u64,
-    pub(crate) payload: T,
-}
+/// Yields before a producer waiting for ring space parks (see
+/// `Producer::push_when_full`). None under loom, whose models check the
+/// park protocol.
+const FULL_YIELDS: u32 = if cfg!(loom) { 0 } else { 64 };
 
 /// Per-producer state shared with the flusher and the stats.
 pub(crate) struct Lane<T> {
-    pub(crate) ring: Arc<Ring<Record<T>>>,
+    pub(crate) ring: Arc<Ring<Slot<T>>>,
+    /// Extension slots pushed (see `record.rs`), written only by the
+    /// producer: `ring.pushed() - ext_pushed` counts events, not slots.
+    pub(crate) ext_pushed: AtomicU64,
+    /// Extension slots consumed, by the flusher (or, after shutdown, by a
+    /// publish taking its own event back).
+    pub(crate) ext_popped: AtomicU64,
     /// Rejections by reason, written by the producer on its slow paths.
     pub(crate) full: AtomicU64,
     pub(crate) shut_down: AtomicU64,
     pub(crate) invalid_name: AtomicU64,
     pub(crate) urgent_timeout: AtomicU64,
-    /// Records pushed but then taken back because the engine closed.
+    /// Events pushed but then taken back because the engine closed.
     pub(crate) reclaimed: AtomicU64,
     /// Per-prefix rejection counts, taken by the flusher for `Batch::dropped`.
     /// Touched only when an event is rejected, never on the accepted path.
@@ -65,10 +65,27 @@ pub(crate) struct Lane<T> {
     pub(crate) waiter: Mutex<Option<Thread>>,
     /// After the flusher stops it parks each ring's reading end here, so a
     /// publish that raced shutdown can take its own record back.
-    pub(crate) orphan: Mutex<Option<Consumer<Record<T>>>>,
+    pub(crate) orphan: Mutex<Option<Consumer<Slot<T>>>>,
 }
 
 impl<T> Lane<T> {
+    /// Events accepted into this lane's ring (taken-back ones excluded),
+    /// and those of them still in the ring: slot counts minus extension
+    /// slots. Exact when the lane is quiescent; read mid-publish it can be
+    /// off by the event in flight.
+    pub(crate) fn events(&self) -> (u64, u64) {
+        let reclaimed = self.reclaimed.load(Ordering::Acquire);
+        let ext_popped = self.ext_popped.load(Ordering::Acquire);
+        let popped = self.ring.popped() as u64;
+        let ext_pushed = self.ext_pushed.load(Ordering::Acquire);
+        let pushed = self.ring.pushed() as u64;
+        // Taken-back events advanced `head` too, so pushed - popped is
+        // exactly what still sits in the ring.
+        let published = (pushed - ext_pushed).saturating_sub(reclaimed);
+        let in_ring = (pushed - popped).saturating_sub(ext_pushed - ext_popped.min(ext_pushed));
+        (published, in_ring)
+    }
+
     fn count_drop(&self, counter: &AtomicU64, prefix: Option<u32>) {
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(prefix) = prefix {
@@ -103,7 +120,7 @@ impl<T> Lane<T> {
 pub struct Producer<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     lane: Arc<Lane<T>>,
-    ring: ring::Producer<Record<T>>,
+    ring: ring::Producer<Slot<T>>,
     /// Names known to exist when last checked: keys below this are valid.
     known_names: u32,
     _not_sync: PhantomData<Cell<()>>,
@@ -119,6 +136,8 @@ impl<T: Send + 'static> Producer<T> {
             invalid_name: AtomicU64::new(0),
             urgent_timeout: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+            ext_pushed: AtomicU64::new(0),
+            ext_popped: AtomicU64::new(0),
             drops_total: AtomicU64::new(0),
             drops_by_prefix: Mutex::new(AHashMap::new()),
             wake_hint: AtomicBool::new(false),
@@ -151,7 +170,7 @@ impl<T: Send + 'static> Producer<T> {
     /// Publishes under an interned key: the hot path.
     #[inline]
     pub fn publish_key(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
-        self.publish_record(key, 0, 0, payload)
+        self.publish_record(key, 0, false, payload)
     }
 
     /// Publishes with a caller sub-key: under `Policy::latest`, events
@@ -163,7 +182,7 @@ impl<T: Send + 'static> Producer<T> {
         sub_key: u64,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        self.publish_record(key, sub_key, 0, payload)
+        self.publish_record(key, sub_key, false, payload)
     }
 
     /// Publishes an urgent event: the flusher is woken at once, and the
@@ -171,7 +190,7 @@ impl<T: Send + 'static> Producer<T> {
     /// prefix, in one batch with reason `Urgent`. On a full ring it waits up
     /// to `EngineBuilder::urgent_wait` instead of being dropped.
     pub fn publish_urgent(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
-        self.publish_record(key, 0, URGENT_BIT, payload)
+        self.publish_record(key, 0, true, payload)
     }
 
     /// Like [`Producer::publish_urgent`] with a sub-key.
@@ -181,7 +200,7 @@ impl<T: Send + 'static> Producer<T> {
         sub_key: u64,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        self.publish_record(key, sub_key, URGENT_BIT, payload)
+        self.publish_record(key, sub_key, true, payload)
     }
 
     /// Publishes as many events from `events` as fit in the ring, with one
@@ -204,28 +223,39 @@ impl<T: Send + 'static> Producer<T> {
         if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
             return Err(Error::ShutDown);
         }
-        let stamp = self.stamp(0);
+        let stamp = self.stamp();
         // One snapshot read per call: keys at or above it are not interned
         // in this engine and are rejected (counted) rather than sent.
         let known = self.shared.interner.snapshot().names.len() as u32;
+        // Only whole events: as many as the free slots hold.
+        let per_event = if stamp == 0 { 1 } else { 3 };
+        let fit = (self.ring.ring().capacity() - self.ring.refresh_len()) / per_event;
         let lane = &self.lane;
-        let mut records = events.filter_map(|(key, payload)| {
-            if key.name_id() < known {
-                Some(Record {
-                    key,
-                    sub_key: 0,
-                    stamp,
-                    payload,
-                })
-            } else {
-                lane.count_drop(&lane.invalid_name, None);
-                None
-            }
-        });
-        let n = self.ring.push_many(&mut records);
-        if n > 0 {
+        let mut accepted = 0;
+        let mut slots = events
+            .take(fit)
+            .filter_map(|(key, payload)| {
+                if key.name_id() < known {
+                    accepted += 1;
+                    Some(Outgoing {
+                        key,
+                        urgent: false,
+                        sub_key: 0,
+                        stamp,
+                        payload,
+                    })
+                } else {
+                    lane.count_drop(&lane.invalid_name, None);
+                    None
+                }
+            })
+            .flat_map(Outgoing::into_slots);
+        let written = self.ring.push_many(&mut slots);
+        drop(slots);
+        if written > 0 {
+            self.count_ext((per_event - 1) * accepted);
             if let Err(taken_back) = self.after_push(false) {
-                // The engine closed under us and the records were not
+                // The engine closed under us and the events were not
                 // drained: they were never accepted.
                 self.lane
                     .shut_down
@@ -233,7 +263,7 @@ impl<T: Send + 'static> Producer<T> {
                 return Err(Error::ShutDown);
             }
         }
-        Ok(n)
+        Ok(accepted)
     }
 
     /// True once the engine has begun shutting down.
@@ -257,14 +287,44 @@ impl<T: Send + 'static> Producer<T> {
         grew
     }
 
+    /// Nanoseconds since the epoch plus one in precise mode; 0 otherwise.
     #[inline]
-    fn stamp(&self, flags: u64) -> u64 {
+    fn stamp(&self) -> u64 {
         if self.shared.config.precise_timestamps {
             let nanos = self.shared.interner.epoch().elapsed().as_nanos() as u64;
-            (nanos.saturating_add(1) & !URGENT_BIT) | flags
+            nanos.saturating_add(1)
         } else {
-            flags
+            0
         }
+    }
+
+    /// Counts extension slots just pushed. Only this producer writes the
+    /// counter, so a load and a store do (no read-modify-write).
+    #[inline]
+    fn count_ext(&self, n: usize) {
+        if n > 0 {
+            let ext = &self.lane.ext_pushed;
+            ext.store(ext.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Pushes all slots of `out`, or hands it back if they do not fit.
+    #[inline]
+    fn try_push(&mut self, out: Outgoing<T>) -> Result<(), Outgoing<T>> {
+        match out.slots() {
+            1 => self
+                .ring
+                .push_all(1, out, |out| std::iter::once(out.into_event_slot())),
+            n => self.try_push_extended(n, out),
+        }
+    }
+
+    /// An event with extension slots (a large sub-key, a stamp).
+    #[cold]
+    fn try_push_extended(&mut self, n: usize, out: Outgoing<T>) -> Result<(), Outgoing<T>> {
+        self.ring.push_all(n, out, Outgoing::into_slots)?;
+        self.count_ext(n - 1);
+        Ok(())
     }
 
     #[inline]
@@ -272,7 +332,7 @@ impl<T: Send + 'static> Producer<T> {
         &mut self,
         key: EventKey,
         sub_key: u64,
-        flags: u64,
+        urgent: bool,
         payload: T,
     ) -> Result<(), PublishError<T>> {
         if !self.is_known(key) {
@@ -284,15 +344,15 @@ impl<T: Send + 'static> Producer<T> {
             self.lane.count_drop(&self.lane.shut_down, None);
             return Err(PublishError::ShutDown(payload));
         }
-        let record = Record {
+        let out = Outgoing {
             key,
+            urgent,
             sub_key,
-            stamp: self.stamp(flags),
+            stamp: self.stamp(),
             payload,
         };
-        let urgent = flags & URGENT_BIT != 0;
-        if let Err(record) = self.ring.push(record) {
-            self.push_when_full(record, urgent)?;
+        if let Err(out) = self.try_push(out) {
+            self.push_when_full(out)?;
         }
         // Urgent and passthrough events must not wait for the next tick.
         let urgent = urgent || key.wakes();
@@ -309,8 +369,8 @@ impl<T: Send + 'static> Producer<T> {
             Err(mut taken_back) => {
                 self.lane.shut_down.fetch_add(1, Ordering::Relaxed);
                 match taken_back.pop() {
-                    Some(record) => Err(PublishError::ShutDown(record.payload)),
-                    // Unreachable by the protocol (our record is the one
+                    Some(payload) => Err(PublishError::ShutDown(payload)),
+                    // Unreachable by the protocol (our event is the one
                     // taken back); nothing to return but the fact.
                     None => Ok(()),
                 }
@@ -322,7 +382,7 @@ impl<T: Send + 'static> Producer<T> {
     /// or closing flusher. Returns the records taken back if the engine
     /// closed before draining them.
     #[inline]
-    fn after_push(&mut self, urgent: bool) -> Result<(), Vec<Record<T>>> {
+    fn after_push(&mut self, urgent: bool) -> Result<(), Vec<T>> {
         // Store-load barrier: orders our tail store (and urgent hint) before
         // the load of the state word below; the flusher runs the heavy half
         // between setting PARKED/DEEP (or seeing CLOSED) and re-reading the
@@ -337,7 +397,7 @@ impl<T: Send + 'static> Producer<T> {
     }
 
     #[cold]
-    fn after_push_slow(&mut self, state: usize, urgent: bool) -> Result<(), Vec<Record<T>>> {
+    fn after_push_slow(&mut self, state: usize, urgent: bool) -> Result<(), Vec<T>> {
         if state & CLOSED != 0 {
             return match self.take_back() {
                 taken if taken.is_empty() => Ok(()),
@@ -359,14 +419,19 @@ impl<T: Send + 'static> Producer<T> {
 
     /// The engine closed after our push: wait until the flusher has done its
     /// final drain and handed the reading end back, then take back whatever
-    /// it did not drain (only records whose publish saw CLOSED, i.e. ours).
+    /// it did not drain (only events whose publish saw CLOSED, i.e. ours).
     #[cold]
-    fn take_back(&mut self) -> Vec<Record<T>> {
+    fn take_back(&mut self) -> Vec<T> {
         self.shared.wait_stopped();
         let mut taken = Vec::new();
+        let mut ext = 0;
         if let Some(consumer) = lock(&self.lane.orphan).as_mut() {
-            consumer.drain(|r| taken.push(r));
+            consumer.drain(|slot| match slot.into_payload() {
+                Some(payload) => taken.push(payload),
+                None => ext += 1,
+            });
         }
+        self.lane.ext_popped.fetch_add(ext, Ordering::Relaxed);
         self.lane
             .reclaimed
             .fetch_add(taken.len() as u64, Ordering::Relaxed);
@@ -375,8 +440,9 @@ impl<T: Send + 'static> Producer<T> {
 
     /// Ring full: drop-newest, or wait (bounded) for space.
     #[cold]
-    fn push_when_full(&mut self, record: Record<T>, urgent: bool) -> Result<(), PublishError<T>> {
-        let prefix = Some(record.key.prefix_id());
+    fn push_when_full(&mut self, out: Outgoing<T>) -> Result<(), PublishError<T>> {
+        let urgent = out.urgent;
+        let prefix = Some(out.key.prefix_id());
         let wait = match (urgent, self.shared.config.on_full) {
             // A subscriber publishing from the flusher thread must never
             // wait for the flusher: that would be waiting for itself.
@@ -385,33 +451,47 @@ impl<T: Send + 'static> Producer<T> {
             (false, FullPolicy::Block(timeout)) => timeout,
             (false, FullPolicy::DropNewest) => Duration::ZERO,
         };
+        let lane = self.lane.clone();
         let counter = if urgent {
-            &self.lane.urgent_timeout
+            &lane.urgent_timeout
         } else {
-            &self.lane.full
+            &lane.full
         };
         if wait.is_zero() {
             self.lane.count_drop(counter, prefix);
-            return Err(PublishError::Full(record.payload));
+            return Err(PublishError::Full(out.payload));
+        }
+        // First a short adaptive wait: wake the flusher and yield the core
+        // a few times. A drain hands slots back as it goes, so a producer
+        // that outruns the flusher for a moment usually finds room within a
+        // few yields, without the futex park/unpark round trip (tens of
+        // microseconds on a VM) that the loop below costs.
+        let mut out = out;
+        self.shared.wake_flusher();
+        for _ in 0..FULL_YIELDS {
+            sync::yield_now();
+            match self.try_push(out) {
+                Ok(()) => return Ok(()),
+                Err(back) => out = back,
+            }
         }
         let deadline = Instant::now() + wait;
         *lock(&self.lane.waiter) = Some(sync::current());
-        let mut record = record;
         let result = loop {
             if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
                 self.lane.count_drop(&self.lane.shut_down, None);
-                break Err(PublishError::ShutDown(record.payload));
+                break Err(PublishError::ShutDown(out.payload));
             }
             self.shared.wake_flusher();
             self.ring.announce_waiting(true);
-            match self.ring.push(record) {
+            match self.try_push(out) {
                 Ok(()) => break Ok(()),
-                Err(back) => record = back,
+                Err(back) => out = back,
             }
             let now = Instant::now();
             if now >= deadline {
                 self.lane.count_drop(counter, prefix);
-                break Err(PublishError::Full(record.payload));
+                break Err(PublishError::Full(out.payload));
             }
             sync::park_timeout(deadline - now);
         };

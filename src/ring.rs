@@ -139,24 +139,48 @@ pub(crate) struct Producer<T> {
 
 impl<T> Producer<T> {
     /// Pushes one item, or hands it back if the ring is full.
+    #[cfg(any(test, loom))]
     #[inline]
     pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
-        if self.tail.wrapping_sub(self.cached_head) == self.ring.capacity() {
+        self.push_all(1, item, std::iter::once)
+    }
+
+    /// Pushes the `n` items `items(value)` yields, all or none, with one
+    /// tail store (so the consumer sees all of them or none). If fewer than
+    /// `n` slots are free, even after re-reading the consumer's head, hands
+    /// `value` back untouched. Items beyond the `n`-th are not written.
+    #[inline]
+    pub(crate) fn push_all<U, I>(
+        &mut self,
+        n: usize,
+        value: U,
+        items: impl FnOnce(U) -> I,
+    ) -> Result<(), U>
+    where
+        I: Iterator<Item = T>,
+    {
+        if self.free_slots_cached() < n {
             // Acquire pairs with the consumer's Release head store: once we
             // see the new head, the consumer has finished moving those items
             // out, so overwriting their slots is safe.
             self.cached_head = self.ring.head.load(Ordering::Acquire);
-            if self.tail.wrapping_sub(self.cached_head) == self.ring.capacity() {
-                return Err(item);
+            if self.free_slots_cached() < n {
+                return Err(value);
             }
         }
-        self.ring.slot(self.tail).with_mut(|p| {
-            // SAFETY: tail - head < capacity, so this slot is not in the
-            // consumer's readable range; only this producer writes it.
-            unsafe { (*p).write(item) };
-        });
-        self.tail = self.tail.wrapping_add(1);
-        // Release: the slot write above happens-before any consumer that
+        let mut written = 0;
+        for item in items(value).take(n) {
+            let pos = self.tail.wrapping_add(written);
+            self.ring.slot(pos).with_mut(|p| {
+                // SAFETY: pos - head < capacity (written < n <= free), so
+                // the slot is outside the consumer's readable range and only
+                // this producer writes it.
+                unsafe { (*p).write(item) };
+            });
+            written += 1;
+        }
+        self.tail = self.tail.wrapping_add(written);
+        // Release: the slot writes above happen-before any consumer that
         // observes this tail.
         self.ring.tail.store(self.tail, PUBLISH);
         Ok(())
@@ -225,6 +249,9 @@ impl<T> Producer<T> {
     }
 }
 
+/// How often (in items) a drain releases the slots it has consumed so far.
+const RELEASE_EVERY: usize = 256;
+
 /// The reading end, owned by the flusher.
 pub(crate) struct Consumer<T> {
     ring: Arc<Ring<T>>,
@@ -282,6 +309,12 @@ impl<T> Consumer<T> {
                     unsafe { (*p).assume_init_read() }
                 });
                 *guard.head = guard.head.wrapping_add(1);
+                if *guard.head % RELEASE_EVERY == 0 {
+                    // A long drain hands space back as it goes, so a
+                    // producer waiting for room resumes before the drain
+                    // ends. Release, as in the guard.
+                    guard.ring.head.store(*guard.head, PUBLISH);
+                }
                 f(item);
             }
         }

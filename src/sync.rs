@@ -24,6 +24,11 @@ mod imp {
         std::thread::park_timeout(timeout)
     }
 
+    /// Offers the core to another runnable thread.
+    pub(crate) fn yield_now() {
+        std::thread::yield_now()
+    }
+
     /// A cell whose accesses loom can see; with std it is a thin
     /// `UnsafeCell` wrapper with loom's closure-based API.
     #[derive(Debug)]
@@ -165,6 +170,11 @@ mod imp {
             id: loom::thread::current().id(),
             parker: PARKER.with(Arc::clone),
         }
+    }
+
+    /// Offers the core to another thread (a scheduling point for loom).
+    pub(crate) fn yield_now() {
+        loom::thread::yield_now()
     }
 
     /// loom has no `park_timeout`; a timed park is modelled as a plain park
