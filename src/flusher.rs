@@ -33,18 +33,21 @@ use crate::sync::{self, lock, Arc, JoinHandle, Ordering};
 /// bug, and costs one wake-up per minute when idle.
 const DEEP_PARK: Duration = Duration::from_secs(60);
 
-/// While producers stream (the last pass took at least
-/// `high_water / STREAM_DIVISOR` records), the flusher yields its core up to this many times,
-/// sweeping again as soon as a ring holds `high_water / STREAM_DIVISOR`
-/// records, before it announces a park. Announcing costs the heavy barrier
-/// (a membarrier IPI to every running producer's CPU, microseconds on a VM)
-/// which a streaming producer cancels right away by crossing its high-water
-/// mark; yielding costs nothing to the producers and hands the core to them
-/// when they are more threads than cores. Under loom it is off: lingering
+/// While producers stream (the last sweep took at least a high-water
+/// mark's worth of slots), the flusher yields its core up to this many times,
+/// sweeping again as soon as a ring reaches its high-water mark, before it
+/// announces a park. Announcing costs the heavy barrier (a membarrier IPI to
+/// every running producer's CPU, microseconds on a VM) and the park a futex
+/// round trip, both of which a streaming producer would undo within
+/// microseconds by crossing its high-water mark; yielding costs the
+/// producers nothing and hands them the core when they are more threads than
+/// cores. Measured on a 2-core VM (`benches/throughput.rs`): lingering until
+/// only a quarter of the high-water mark was pending made sweeps so small
+/// that their fixed cost dominated (40 ns/event instead of 11), so the
+/// threshold is the high-water mark itself. Under loom it is off: lingering
 /// only ever leads to another sweep, which is always safe, and the models
 /// check the park protocol itself.
 const STREAM_YIELDS: u32 = if cfg!(loom) { 0 } else { 64 };
-const STREAM_DIVISOR: usize = 4;
 
 /// The flusher's counters, published to `Shared::report` after each pass.
 #[derive(Debug, Default)]
@@ -823,24 +826,19 @@ impl<T: Send + 'static> Flusher<T> {
             .fetch_and(!(PARKED | DEEP), Ordering::SeqCst);
     }
 
-    /// Producers are streaming: the last sweep took at least a quarter of a
-    /// high-water mark's worth of records.
+    /// Producers are streaming: the last sweep took at least a high-water
+    /// mark's worth of slots.
     fn streaming(&self) -> bool {
-        self.delivery.pass_taken >= self.stream_batch()
+        self.delivery.pass_taken >= self.shared.config.high_water
     }
 
-    fn stream_batch(&self) -> usize {
-        (self.shared.config.high_water / STREAM_DIVISOR).max(1)
-    }
-
-    /// Streaming: yields the core (see `STREAM_YIELDS`) until a ring holds
-    /// a sweep's worth of records (true) or the producers seem to have
-    /// stopped (false: go on and park).
+    /// Streaming: yields the core (see `STREAM_YIELDS`) until a ring reaches
+    /// its high-water mark (true: sweep again) or the producers seem to
+    /// have slowed down (false: go on and park).
     fn linger(&self) -> bool {
-        let batch = self.stream_batch();
         for _ in 0..STREAM_YIELDS {
             sync::yield_now();
-            if self.has_work(batch) {
+            if self.has_work(self.shared.config.high_water) {
                 return true;
             }
         }

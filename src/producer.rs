@@ -291,11 +291,17 @@ impl<T: Send + 'static> Producer<T> {
     #[inline]
     fn stamp(&self) -> u64 {
         if self.shared.config.precise_timestamps {
-            let nanos = self.shared.interner.epoch().elapsed().as_nanos() as u64;
-            nanos.saturating_add(1)
+            self.read_clock()
         } else {
             0
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_clock(&self) -> u64 {
+        let nanos = self.shared.interner.epoch().elapsed().as_nanos() as u64;
+        nanos.saturating_add(1)
     }
 
     /// Counts extension slots just pushed. Only this producer writes the
@@ -321,13 +327,18 @@ impl<T: Send + 'static> Producer<T> {
 
     /// An event with extension slots (a large sub-key, a stamp).
     #[cold]
+    #[inline(never)]
     fn try_push_extended(&mut self, n: usize, out: Outgoing<T>) -> Result<(), Outgoing<T>> {
         self.ring.push_all(n, out, Outgoing::into_slots)?;
         self.count_ext(n - 1);
         Ok(())
     }
 
-    #[inline]
+    /// The publish path. Inlined into the caller, with every uncommon case
+    /// (unknown key, closed engine, stamps, wide sub-keys, full ring,
+    /// sleeping flusher) out of line, so the common case is a handful of
+    /// instructions and no call.
+    #[inline(always)]
     fn publish_record(
         &mut self,
         key: EventKey,
@@ -336,13 +347,11 @@ impl<T: Send + 'static> Producer<T> {
         payload: T,
     ) -> Result<(), PublishError<T>> {
         if !self.is_known(key) {
-            self.lane.count_drop(&self.lane.invalid_name, None);
-            return Err(PublishError::InvalidName(payload));
+            return Err(self.reject_invalid(payload));
         }
         // Cheap early out; the exact check is the one after the push.
         if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
-            self.lane.count_drop(&self.lane.shut_down, None);
-            return Err(PublishError::ShutDown(payload));
+            return Err(self.reject_closed(payload));
         }
         let out = Outgoing {
             key,
@@ -366,15 +375,37 @@ impl<T: Send + 'static> Producer<T> {
         }
         match self.after_push(urgent) {
             Ok(()) => Ok(()),
-            Err(mut taken_back) => {
-                self.lane.shut_down.fetch_add(1, Ordering::Relaxed);
-                match taken_back.pop() {
-                    Some(payload) => Err(PublishError::ShutDown(payload)),
-                    // Unreachable by the protocol (our event is the one
-                    // taken back); nothing to return but the fact.
-                    None => Ok(()),
-                }
-            }
+            Err(taken_back) => self.closed_under_us(taken_back),
+        }
+    }
+
+    /// An unknown key: counted, and the payload handed back.
+    #[cold]
+    #[inline(never)]
+    fn reject_invalid(&self, payload: T) -> PublishError<T> {
+        self.lane.count_drop(&self.lane.invalid_name, None);
+        PublishError::InvalidName(payload)
+    }
+
+    /// A closed engine: counted, and the payload handed back.
+    #[cold]
+    #[inline(never)]
+    fn reject_closed(&self, payload: T) -> PublishError<T> {
+        self.lane.count_drop(&self.lane.shut_down, None);
+        PublishError::ShutDown(payload)
+    }
+
+    /// The engine closed between our push and its final drain: our event
+    /// was taken back and is returned.
+    #[cold]
+    #[inline(never)]
+    fn closed_under_us(&self, mut taken_back: Vec<T>) -> Result<(), PublishError<T>> {
+        self.lane.shut_down.fetch_add(1, Ordering::Relaxed);
+        match taken_back.pop() {
+            Some(payload) => Err(PublishError::ShutDown(payload)),
+            // Unreachable by the protocol (our event is the one taken
+            // back); nothing to return but the fact.
+            None => Ok(()),
         }
     }
 
@@ -397,6 +428,7 @@ impl<T: Send + 'static> Producer<T> {
     }
 
     #[cold]
+    #[inline(never)]
     fn after_push_slow(&mut self, state: usize, urgent: bool) -> Result<(), Vec<T>> {
         if state & CLOSED != 0 {
             return match self.take_back() {
@@ -440,6 +472,7 @@ impl<T: Send + 'static> Producer<T> {
 
     /// Ring full: drop-newest, or wait (bounded) for space.
     #[cold]
+    #[inline(never)]
     fn push_when_full(&mut self, out: Outgoing<T>) -> Result<(), PublishError<T>> {
         let urgent = out.urgent;
         let prefix = Some(out.key.prefix_id());
