@@ -283,14 +283,15 @@ fn mem_child(which: &str) {
         "ringfold-u64" => mem_ringfold::<u64>(base, |i| i),
         "ringfold-value" => mem_ringfold::<ringfold::Value>(base, ringfold::Value::from),
         "rtrb" => {
-            // 64 rings of a record the size of ringfold's `Record<u64>`.
+            // 64 rings of a record the size of ringfold's slot for a `u64`
+            // event (16 bytes).
             let mut rings: Vec<_> = (0..P)
-                .map(|_| rtrb::RingBuffer::<[u64; 4]>::new(CAP))
+                .map(|_| rtrb::RingBuffer::<[u64; 2]>::new(CAP))
                 .collect();
             let created = rss_bytes() - base;
             for (tx, rx) in rings.iter_mut() {
                 for i in 0..CAP as u64 {
-                    tx.push([i; 4]).unwrap();
+                    tx.push([i; 2]).unwrap();
                 }
                 while rx.pop().is_ok() {}
             }
@@ -298,10 +299,10 @@ fn mem_child(which: &str) {
         }
         "crossbeam" => {
             // One shared bounded channel of the same total capacity.
-            let (tx, rx) = crossbeam_channel::bounded::<[u64; 4]>(P * CAP);
+            let (tx, rx) = crossbeam_channel::bounded::<[u64; 2]>(P * CAP);
             let created = rss_bytes() - base;
             for i in 0..(P * CAP) as u64 {
-                tx.send([i; 4]).unwrap();
+                tx.send([i; 2]).unwrap();
             }
             while rx.try_recv().is_ok() {}
             (created, rss_bytes() - base)
@@ -347,12 +348,12 @@ fn memory() {
     );
     println!("|{:-<54}|{:->16}|{:->20}|", "", "", "");
     for (which, label) in [
-        ("ringfold-u64", "ringfold Engine<u64> (record 32 B)"),
+        ("ringfold-u64", "ringfold Engine<u64> (slot 16 B)"),
         ("ringfold-value", "ringfold Engine<Value>"),
-        ("rtrb", "64 rtrb rings of 32 B records (reference)"),
+        ("rtrb", "64 rtrb rings of 16 B records (reference)"),
         (
             "crossbeam",
-            "1 crossbeam bounded(64*4096) of 32 B (reference)",
+            "1 crossbeam bounded(64*4096) of 16 B (reference)",
         ),
     ] {
         let out = std::process::Command::new(&exe)
