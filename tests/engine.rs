@@ -116,6 +116,38 @@ fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() 
     assert_eq!(per_prefix, accepted);
     let per_prefix_drops: u64 = stats.prefixes.values().map(|p| p.dropped).sum();
     assert_eq!(per_prefix_drops, rejected);
+    for (prefix, p) in &stats.prefixes {
+        assert_eq!(p.received, p.delivered + p.folded, "{prefix}: {p:?}");
+    }
+}
+
+#[test]
+fn prefix_stats_count_events_in_open_windows() {
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::batch(Duration::from_secs(3600), 1000))
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    for i in 0..5 {
+        p.publish("open:window:set", i).unwrap();
+    }
+    // Taken off the ring but still in a window: received, not delivered.
+    assert!(wait_until(LONG, || engine
+        .stats()
+        .prefixes
+        .get("open:window")
+        .is_some_and(|s| s.received == 5)));
+    let stats = engine.stats();
+    assert_eq!(stats.prefixes["open:window"].delivered, 0);
+    assert_eq!(stats.pending, 5);
+    assert!(stats.is_conserved());
+    engine.flush().unwrap();
+    let stats = engine.stats();
+    assert_eq!(
+        stats.prefixes["open:window"].received, 5,
+        "not counted twice"
+    );
+    assert_eq!(stats.prefixes["open:window"].delivered, 5);
 }
 
 #[test]
