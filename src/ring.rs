@@ -168,21 +168,7 @@ impl<T> Producer<T> {
                 return Err(value);
             }
         }
-        let mut written = 0;
-        for item in items(value).take(n) {
-            let pos = self.tail.wrapping_add(written);
-            self.ring.slot(pos).with_mut(|p| {
-                // SAFETY: pos - head < capacity (written < n <= free), so
-                // the slot is outside the consumer's readable range and only
-                // this producer writes it.
-                unsafe { (*p).write(item) };
-            });
-            written += 1;
-        }
-        self.tail = self.tail.wrapping_add(written);
-        // Release: the slot writes above happen-before any consumer that
-        // observes this tail.
-        self.ring.tail.store(self.tail, PUBLISH);
+        self.write_and_publish(n, &mut items(value));
         Ok(())
     }
 
@@ -195,19 +181,29 @@ impl<T> Producer<T> {
             self.cached_head = self.ring.head.load(Ordering::Acquire);
             free = self.free_slots_cached();
         }
+        self.write_and_publish(free, items)
+    }
+
+    /// Writes up to `max` items (`max` no more than the free slots) and
+    /// publishes them with one tail store; returns how many it wrote.
+    #[inline(always)]
+    fn write_and_publish(&mut self, max: usize, items: &mut impl Iterator<Item = T>) -> usize {
         let mut written = 0;
-        while written < free {
+        while written < max {
             let Some(item) = items.next() else { break };
             let pos = self.tail.wrapping_add(written);
             self.ring.slot(pos).with_mut(|p| {
-                // SAFETY: pos - head < capacity (written < free), so the slot
-                // is outside the consumer's range and only we write it.
+                // SAFETY: pos - head < capacity (written < max <= free), so
+                // the slot is outside the consumer's readable range and only
+                // this producer writes it.
                 unsafe { (*p).write(item) };
             });
             written += 1;
         }
         if written > 0 {
             self.tail = self.tail.wrapping_add(written);
+            // Release: the slot writes above happen-before any consumer
+            // that observes this tail.
             self.ring.tail.store(self.tail, PUBLISH);
         }
         written
