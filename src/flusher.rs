@@ -277,7 +277,6 @@ struct Delivery<T: Send + 'static> {
     pass_taken: usize,
     /// Extension words for the next event slot (see `record.rs`).
     ext: Ext,
-    ext_seen: bool,
     /// Extension slots taken from the lane being drained.
     ext_taken: u64,
     dirty: bool,
@@ -306,7 +305,6 @@ impl<T: Send + 'static> Delivery<T> {
     #[cold]
     fn take_ext(&mut self, kind: u32, data: u32) {
         self.ext.set(kind, data);
-        self.ext_seen = true;
         self.ext_taken += 1;
     }
 
@@ -344,13 +342,9 @@ impl<T: Send + 'static> Delivery<T> {
             } => (name_id, urgent, sub_key_low, payload),
             Parts::Ext { kind, data } => return self.take_ext(kind, data),
         };
-        // Extension words precede their event in the same ring.
-        let ext = if self.ext_seen {
-            self.ext_seen = false;
-            std::mem::take(&mut self.ext)
-        } else {
-            Ext::default()
-        };
+        // Extension words precede their event in the same ring; taking them
+        // leaves zeros (no wide sub-key, no stamp) for the next event.
+        let ext = std::mem::take(&mut self.ext);
         let sub_key = u64::from(ext.sub_key_high) << 32 | u64::from(sub_key_low);
         let id = name_id as usize;
         let route = match self.routes.get(id) {
@@ -638,7 +632,6 @@ impl<T: Send + 'static> Flusher<T> {
                 took_any: false,
                 pass_taken: 0,
                 ext: Ext::default(),
-                ext_seen: false,
                 ext_taken: 0,
                 dirty: false,
                 now: Instant::now(),
