@@ -484,14 +484,17 @@ impl<T: Send + 'static> Producer<T> {
             (false, FullPolicy::Block(timeout)) => timeout,
             (false, FullPolicy::DropNewest) => Duration::ZERO,
         };
-        let lane = self.lane.clone();
-        let counter = if urgent {
-            &lane.urgent_timeout
-        } else {
-            &lane.full
+        // Counts the rejection under its reason.
+        let give_up = |lane: &Lane<T>| {
+            let counter = if urgent {
+                &lane.urgent_timeout
+            } else {
+                &lane.full
+            };
+            lane.count_drop(counter, prefix);
         };
         if wait.is_zero() {
-            self.lane.count_drop(counter, prefix);
+            give_up(&self.lane);
             return Err(PublishError::Full(out.payload));
         }
         // First a short adaptive wait: wake the flusher and yield the core
@@ -523,7 +526,7 @@ impl<T: Send + 'static> Producer<T> {
             }
             let now = Instant::now();
             if now >= deadline {
-                self.lane.count_drop(counter, prefix);
+                give_up(&self.lane);
                 break Err(PublishError::Full(out.payload));
             }
             sync::park_timeout(deadline - now);
