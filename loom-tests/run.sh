@@ -18,7 +18,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-export RUSTFLAGS="--cfg loom -C debug-assertions${LOOM_EXTRA_RUSTFLAGS:+ $LOOM_EXTRA_RUSTFLAGS}"
+export RUSTFLAGS="--cfg ringfold_loom -C debug-assertions${LOOM_EXTRA_RUSTFLAGS:+ $LOOM_EXTRA_RUSTFLAGS}"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 export CARGO_TARGET_DIR="${LOOM_TARGET_DIR:-$repo/loom-target}"
 

@@ -35,10 +35,10 @@
 //! changes back, so the two sides always agree: a producer that still reads
 //! the flag as unset fences fully, which is only stronger.
 //!
-//! Under `cfg(loom)` both are the shim's `fence(SeqCst)`, so the loom models
+//! Under `cfg(ringfold_loom)` both are the shim's `fence(SeqCst)`, so the loom models
 //! keep checking the protocol itself.
 
-#[cfg(loom)]
+#[cfg(ringfold_loom)]
 mod imp {
     use crate::sync::{fence, Ordering};
 
@@ -59,7 +59,7 @@ mod imp {
     }
 }
 
-#[cfg(all(not(loom), target_os = "linux"))]
+#[cfg(all(not(ringfold_loom), target_os = "linux"))]
 mod imp {
     use std::sync::atomic::{compiler_fence, fence, AtomicBool, Ordering};
     use std::sync::OnceLock;
@@ -145,7 +145,7 @@ mod imp {
     }
 }
 
-#[cfg(all(not(loom), not(target_os = "linux")))]
+#[cfg(all(not(ringfold_loom), not(target_os = "linux")))]
 mod imp {
     use std::sync::atomic::{fence, Ordering};
 

@@ -241,14 +241,14 @@ fn wait_timeout<'a, C>(
     guard: sync::MutexGuard<'a, C>,
     timeout: Duration,
 ) -> sync::MutexGuard<'a, C> {
-    #[cfg(not(loom))]
+    #[cfg(not(ringfold_loom))]
     {
         match cv.wait_timeout(guard, timeout) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,
         }
     }
-    #[cfg(loom)]
+    #[cfg(ringfold_loom)]
     {
         // loom has no timed waits; a spurious wake-up models the timer.
         let _ = timeout;
@@ -458,11 +458,11 @@ mod local {
         closed: fn(&dyn Any) -> bool,
     }
 
-    #[cfg(not(loom))]
+    #[cfg(not(ringfold_loom))]
     std::thread_local! {
         static PRODUCERS: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
     }
-    #[cfg(loom)]
+    #[cfg(ringfold_loom)]
     loom::thread_local! {
         static PRODUCERS: RefCell<Vec<Entry>> = RefCell::new(Vec::new());
     }

@@ -298,7 +298,7 @@ impl<T> fmt::Debug for Batch<'_, T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringfold_loom)))]
 mod tests {
     use super::*;
 

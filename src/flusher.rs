@@ -47,7 +47,7 @@ const DEEP_PARK: Duration = Duration::from_secs(60);
 /// threshold is the high-water mark itself. Under loom it is off: lingering
 /// only ever leads to another sweep, which is always safe, and the models
 /// check the park protocol itself.
-const STREAM_YIELDS: u32 = if cfg!(loom) { 0 } else { 64 };
+const STREAM_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
 /// The flusher's counters, published to `Shared::report` after each pass.
 #[derive(Debug, Default)]

@@ -47,7 +47,7 @@ pub struct EventKey {
 const WAKES: u32 = 1 << 31;
 
 impl EventKey {
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn for_tests(name: u32, prefix: u32) -> Self {
         EventKey { name, prefix }
     }
@@ -234,7 +234,7 @@ impl Interner {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringfold_loom)))]
 mod tests {
     use super::*;
     use std::time::Duration;

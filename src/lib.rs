@@ -10,7 +10,10 @@ mod event;
 mod flusher;
 pub mod gpu;
 mod intern;
-#[cfg(loom)]
+// `ringfold_loom`, not the conventional `loom`: a downstream crate running
+// its own loom tests (`--cfg loom`) must not switch ringfold into model
+// mode, whose primitives only work inside `loom::model`.
+#[cfg(ringfold_loom)]
 #[doc(hidden)]
 pub mod loom_api;
 mod policy;

@@ -1,4 +1,4 @@
-//! Internals exposed to the loom models only (compiled under `cfg(loom)`).
+//! Internals exposed to the loom models only (compiled under `cfg(ringfold_loom)`).
 //!
 //! Thin public wrappers over crate-private pieces, so the models in
 //! `loom-tests/` exercise the real ring and interner code (built against

@@ -272,7 +272,7 @@ pub fn default_rules() -> Vec<(&'static str, Policy)> {
     ]
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringfold_loom)))]
 mod tests {
     use super::*;
 

@@ -32,7 +32,7 @@ use crate::sync::{self, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Threa
 /// Yields before a producer waiting for ring space parks (see
 /// `Producer::push_when_full`). None under loom, whose models check the
 /// park protocol.
-const FULL_YIELDS: u32 = if cfg!(loom) { 0 } else { 64 };
+const FULL_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
 /// Per-producer state shared with the flusher and the stats.
 pub(crate) struct Lane<T> {

@@ -176,7 +176,7 @@ impl<T> Outgoing<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringfold_loom)))]
 mod tests {
     use super::*;
 

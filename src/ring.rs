@@ -139,7 +139,7 @@ pub(crate) struct Producer<T> {
 
 impl<T> Producer<T> {
     /// Pushes one item, or hands it back if the ring is full.
-    #[cfg(any(test, loom))]
+    #[cfg(any(test, ringfold_loom))]
     #[inline]
     pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
         self.push_all(1, item, std::iter::once)
@@ -340,7 +340,7 @@ pub(crate) struct DrainOutcome {
     pub(crate) producer_waiting: bool,
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringfold_loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize as StdAtomic;

@@ -5,7 +5,7 @@
 //! snapshots) goes through here, so compiling with `--cfg loom` makes loom
 //! check the real ring, interner and hand-off code rather than a copy.
 
-#[cfg(not(loom))]
+#[cfg(not(ringfold_loom))]
 mod imp {
     pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -68,7 +68,7 @@ mod imp {
     }
 }
 
-#[cfg(loom)]
+#[cfg(ringfold_loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
@@ -172,7 +172,7 @@ mod imp {
         }
     }
 
-    /// Offers the core to another thread (a scheduling point for loom).
+    /// Offers the core to another thread (a scheduling point for ringfold_loom).
     pub(crate) fn yield_now() {
         loom::thread::yield_now()
     }

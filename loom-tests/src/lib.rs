@@ -1,15 +1,15 @@
 //! loom models of ringfold's concurrency design; the models live in
 //! `tests/`, one file per property. Build and run them with `run.sh`
-//! (`--cfg loom`, release mode, debug assertions on, own target directory).
+//! (`--cfg ringfold_loom`, release mode, debug assertions on, own target directory).
 //!
 //! Under a normal build this crate is empty, so `cargo test` at the
-//! workspace root stays fast; every model is `#![cfg(loom)]`.
+//! workspace root stays fast; every model is `#![cfg(ringfold_loom)]`.
 
 /// Runs `f` under loom's model checker with the builder's environment
 /// settings (`LOOM_MAX_PREEMPTIONS`, `LOOM_MAX_BRANCHES`, ...), bounding
 /// preemptions at 2 when `LOOM_MAX_PREEMPTIONS` is not set so that a plain
 /// `cargo test` cannot run unbounded.
-#[cfg(loom)]
+#[cfg(ringfold_loom)]
 pub fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
@@ -38,7 +38,7 @@ where
 
 /// Spins until `done()` holds, yielding to loom's scheduler in between
 /// (loom requires every spin loop to yield).
-#[cfg(loom)]
+#[cfg(ringfold_loom)]
 pub fn spin_until(mut done: impl FnMut() -> bool) {
     while !done() {
         loom::thread::yield_now();

@@ -7,7 +7,7 @@
 //! the registry afterwards. The ring's slots are loom cells and its
 //! `Arc`s loom `Arc`s, so a slot touched after the ring was freed, or a
 //! leaked ring, fails the model too.
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use std::time::Duration;
 

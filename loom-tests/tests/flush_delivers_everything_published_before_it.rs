@@ -9,7 +9,7 @@
 //! use Relaxed loads, so a check only passes if the delivery
 //! happens-before `flush()`'s return through the engine's own
 //! synchronisation (loom would otherwise let the load see the old value).
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use std::time::Duration;
 

@@ -19,7 +19,7 @@
 //! any publish wakes it) and is held in the window; the flusher then sleeps
 //! PARKED (only a producer crossing its high-water mark wakes it), and the
 //! second event must wake it to complete the batch.
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use std::time::Duration;
 

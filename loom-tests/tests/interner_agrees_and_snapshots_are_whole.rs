@@ -8,7 +8,7 @@
 //!
 //! Under loom the arc-swap cell is replaced by a stand-in with the same API
 //! (`sync::SnapshotCell`), so this checks the interner's own protocol.
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use loom::sync::Arc;
 use loom::thread;

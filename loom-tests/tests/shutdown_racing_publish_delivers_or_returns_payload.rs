@@ -4,7 +4,7 @@
 //! Property: each publish racing `shutdown()` either returns `Ok` and its
 //! event is delivered (exactly once), or returns `PublishError::ShutDown`
 //! with its own payload and the event is not delivered. The counters agree.
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! (or a write over a slot still being read) is reported by loom as a
 //! causality violation; `--cfg ringfold_mutation="ring_relaxed"` makes the
 //! publishing stores Relaxed and this model then fails.
-#![cfg(loom)]
+#![cfg(ringfold_loom)]
 
 use loom::thread;
 use loom_tests::{model, spin_until};
