@@ -133,7 +133,7 @@ impl std::error::Error for Error {
 /// }
 /// # Ok::<(), ringfold::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum PublishError<T> {
     /// The producer's ring was full (after waiting, under
     /// `FullPolicy::Block` or for urgent events). Counted in stats.
@@ -163,4 +163,110 @@ impl<T> fmt::Display for PublishError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for PublishError<T> {}
+/// Shows the reason only: the payload need not be `Debug` (so that
+/// `PublishError<T>` is an `Error` for every `T`), and telemetry payloads
+/// do not belong in error logs.
+impl<T> fmt::Debug for PublishError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishError::Full(_) => "Full(..)",
+            PublishError::ShutDown(_) => "ShutDown(..)",
+            PublishError::InvalidName(_) => "InvalidName(..)",
+        })
+    }
+}
+
+impl<T> std::error::Error for PublishError<T> {}
+
+/// Why [`Producer::publish_many`](crate::Producer::publish_many) rejected
+/// events, with their payloads handed back. Events the call never took off
+/// the iterator (beyond what fit in the ring) are not rejections: they stay
+/// in the iterator.
+///
+/// ```
+/// use ringfold::{Engine, PublishManyError};
+/// let engine = Engine::<u64>::builder().build()?;
+/// let other = Engine::<u64>::builder().build()?;
+/// let good = engine.key("data:a:b")?;
+/// let foreign = other.key("data:a:b")?; // id 0 there too...
+/// let unknown = other.key("data:a:c")?; // ...but id 1 is not interned here
+/// let mut producer = engine.producer()?;
+/// let mut events = vec![(good, 1), (unknown, 2), (foreign, 3)].into_iter();
+/// match producer.publish_many(&mut events) {
+///     Err(PublishManyError::InvalidName { accepted, rejected }) => {
+///         assert_eq!(accepted, 2);
+///         assert_eq!(rejected, vec![2]);
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), ringfold::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishManyError<T> {
+    /// The engine is shut down. `rejected` holds every payload the call
+    /// took and did not publish (none when the engine was already closed
+    /// at the call: then every event is still in the iterator). Counted as
+    /// `shut_down` (those with unknown keys as `invalid_name`).
+    ShutDown {
+        /// The payloads handed back (those with unknown keys first).
+        rejected: Vec<T>,
+    },
+    /// `accepted` events were published; `rejected` holds the payloads
+    /// whose keys are not interned in this engine (counted as
+    /// `invalid_name`).
+    InvalidName {
+        /// Events published by the call.
+        accepted: usize,
+        /// The payloads handed back, in iteration order.
+        rejected: Vec<T>,
+    },
+}
+
+impl<T> PublishManyError<T> {
+    /// Takes the rejected payloads back.
+    pub fn into_rejected(self) -> Vec<T> {
+        match self {
+            PublishManyError::ShutDown { rejected }
+            | PublishManyError::InvalidName { rejected, .. } => rejected,
+        }
+    }
+}
+
+impl<T> fmt::Display for PublishManyError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishManyError::ShutDown { rejected } => {
+                write!(
+                    f,
+                    "engine is shut down ({} payloads handed back)",
+                    rejected.len()
+                )
+            }
+            PublishManyError::InvalidName { accepted, rejected } => write!(
+                f,
+                "{} events with unknown keys handed back ({accepted} published)",
+                rejected.len()
+            ),
+        }
+    }
+}
+
+/// Shows counts only, like `PublishError`'s `Debug`.
+impl<T> fmt::Debug for PublishManyError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishManyError::ShutDown { rejected } => f
+                .debug_struct("ShutDown")
+                .field("rejected", &rejected.len())
+                .finish(),
+            PublishManyError::InvalidName { accepted, rejected } => f
+                .debug_struct("InvalidName")
+                .field("accepted", accepted)
+                .field("rejected", &rejected.len())
+                .finish(),
+        }
+    }
+}
+
+impl<T> std::error::Error for PublishManyError<T> {}

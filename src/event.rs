@@ -95,7 +95,7 @@ impl<T> Event<T> {
     pub fn key(&self) -> EventKey {
         self.meta.get().key
     }
-    /// The caller's sub-key from `publish_keyed` (0 otherwise).
+    /// The caller's sub-key from `publish_with_sub_key` (0 otherwise).
     pub fn sub_key(&self) -> u64 {
         self.sub_key
     }
@@ -121,6 +121,7 @@ impl<T: fmt::Debug> fmt::Debug for Event<T> {
 
 /// Why a batch was emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BatchReason {
     /// The prefix's window elapsed since its first pending event.
     Interval,

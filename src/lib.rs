@@ -3,13 +3,26 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+// Module map, in data-path order: `producer` (publish) -> `record` (slots)
+// -> `ring` -> `flusher` (sweep) -> `fold` (windows) -> `event` (batch) ->
+// `subscriber`. Around it: `engine` (handle), `builder` + `config`,
+// `local` (thread-local publish path), `shared` (what the threads share),
+// `state` (the state word) over `barrier`, `control` (flush/shutdown
+// hand-offs), `lane` (a producer's shared half), `stats`, `intern`,
+// `policy`, `sync` (std or loom primitives).
 mod barrier;
+mod builder;
+mod config;
+mod control;
 mod engine;
 mod error;
 mod event;
 mod flusher;
+mod fold;
 pub mod gpu;
 mod intern;
+mod lane;
+mod local;
 // `ringfold_loom`, not the conventional `loom`: a downstream crate running
 // its own loom tests (`--cfg loom`) must not switch ringfold into model
 // mode, whose primitives only work inside `loom::model`.
@@ -20,13 +33,17 @@ mod policy;
 mod producer;
 mod record;
 mod ring;
+mod shared;
+mod state;
 mod stats;
 mod subscriber;
 mod sync;
 mod value;
 
-pub use engine::{Engine, EngineBuilder, FullPolicy};
-pub use error::{Error, PublishError};
+pub use builder::EngineBuilder;
+pub use config::FullPolicy;
+pub use engine::Engine;
+pub use error::{Error, PublishError, PublishManyError};
 pub use event::{Aggregate, Batch, BatchReason, Event};
 pub use intern::EventKey;
 pub use policy::{default_rules, Pattern, Policy};

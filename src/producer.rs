@@ -19,81 +19,21 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use ahash::AHashMap;
-
 use crate::barrier;
-use crate::engine::{FullPolicy, Shared, CLOSED, DEEP, PARKED};
-use crate::error::{Error, PublishError};
+use crate::config::FullPolicy;
+use crate::error::{Error, PublishError, PublishManyError};
 use crate::intern::EventKey;
+use crate::lane::Lane;
 use crate::record::{Outgoing, Slot};
-use crate::ring::{self, Consumer, Ring};
-use crate::sync::{self, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Thread};
+use crate::ring;
+use crate::shared::Shared;
+use crate::state::Seen;
+use crate::sync::{self, lock, Arc, Ordering};
 
 /// Yields before a producer waiting for ring space parks (see
 /// `Producer::push_when_full`). None under loom, whose models check the
 /// park protocol.
 const FULL_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
-
-/// Per-producer state shared with the flusher and the stats.
-pub(crate) struct Lane<T> {
-    pub(crate) ring: Arc<Ring<Slot<T>>>,
-    /// Extension slots pushed (see `record.rs`), written only by the
-    /// producer: `ring.pushed() - ext_pushed` counts events, not slots.
-    pub(crate) ext_pushed: AtomicU64,
-    /// Extension slots consumed, by the flusher (or, after shutdown, by a
-    /// publish taking its own event back).
-    pub(crate) ext_popped: AtomicU64,
-    /// Rejections by reason, written by the producer on its slow paths.
-    pub(crate) full: AtomicU64,
-    pub(crate) shut_down: AtomicU64,
-    pub(crate) invalid_name: AtomicU64,
-    pub(crate) urgent_timeout: AtomicU64,
-    /// Events pushed but then taken back because the engine closed.
-    pub(crate) reclaimed: AtomicU64,
-    /// Per-prefix rejection counts, taken by the flusher for `Batch::dropped`.
-    /// Touched only when an event is rejected, never on the accepted path.
-    pub(crate) drops_total: AtomicU64,
-    pub(crate) drops_by_prefix: Mutex<AHashMap<u32, u64>>,
-    /// The ring holds an urgent or passthrough event the flusher has not
-    /// yet swept. Per lane (one writer setting it), so a passthrough stream
-    /// writes only its own producer's line, and the flusher's swap that
-    /// clears it synchronises with exactly that producer.
-    pub(crate) wake_hint: AtomicBool,
-    /// The producer handle was dropped (thread exit); drain, then retire.
-    pub(crate) gone: AtomicBool,
-    /// The thread to unpark when the producer waits for space.
-    pub(crate) waiter: Mutex<Option<Thread>>,
-    /// After the flusher stops it parks each ring's reading end here, so a
-    /// publish that raced shutdown can take its own record back.
-    pub(crate) orphan: Mutex<Option<Consumer<Slot<T>>>>,
-}
-
-impl<T> Lane<T> {
-    /// Events accepted into this lane's ring (taken-back ones excluded),
-    /// and those of them still in the ring: slot counts minus extension
-    /// slots. Exact when the lane is quiescent; read mid-publish it can be
-    /// off by the event in flight.
-    pub(crate) fn events(&self) -> (u64, u64) {
-        let reclaimed = self.reclaimed.load(Ordering::Acquire);
-        let ext_popped = self.ext_popped.load(Ordering::Acquire);
-        let popped = self.ring.popped() as u64;
-        let ext_pushed = self.ext_pushed.load(Ordering::Acquire);
-        let pushed = self.ring.pushed() as u64;
-        // Taken-back events advanced `head` too, so pushed - popped is
-        // exactly what still sits in the ring.
-        let published = (pushed - ext_pushed).saturating_sub(reclaimed);
-        let in_ring = (pushed - popped).saturating_sub(ext_pushed - ext_popped.min(ext_pushed));
-        (published, in_ring)
-    }
-
-    fn count_drop(&self, counter: &AtomicU64, prefix: Option<u32>) {
-        counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(prefix) = prefix {
-            *lock(&self.drops_by_prefix).entry(prefix).or_default() += 1;
-            self.drops_total.fetch_add(1, Ordering::Release);
-        }
-    }
-}
 
 /// A publishing handle with its own lock-free ring to the flusher.
 ///
@@ -129,22 +69,7 @@ pub struct Producer<T: Send + 'static> {
 impl<T: Send + 'static> Producer<T> {
     pub(crate) fn register(shared: Arc<Shared<T>>) -> Result<Producer<T>, Error> {
         let (ring, consumer) = ring::channel(shared.config.ring_capacity);
-        let lane = Arc::new(Lane {
-            ring: ring.ring().clone(),
-            full: AtomicU64::new(0),
-            shut_down: AtomicU64::new(0),
-            invalid_name: AtomicU64::new(0),
-            urgent_timeout: AtomicU64::new(0),
-            reclaimed: AtomicU64::new(0),
-            ext_pushed: AtomicU64::new(0),
-            ext_popped: AtomicU64::new(0),
-            drops_total: AtomicU64::new(0),
-            drops_by_prefix: Mutex::new(AHashMap::new()),
-            wake_hint: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            waiter: Mutex::new(None),
-            orphan: Mutex::new(None),
-        });
+        let lane = Arc::new(Lane::new(ring.ring().clone()));
         shared.register_lane(lane.clone(), consumer)?;
         Ok(Producer {
             shared,
@@ -161,7 +86,7 @@ impl<T: Send + 'static> Producer<T> {
         match self.shared.interner.key(name) {
             Ok(key) => self.publish_key(key, payload),
             Err(_) => {
-                self.lane.count_drop(&self.lane.invalid_name, None);
+                self.lane.count_drop(&self.lane.drops.invalid_name, None);
                 Err(PublishError::InvalidName(payload))
             }
         }
@@ -176,7 +101,7 @@ impl<T: Send + 'static> Producer<T> {
     /// Publishes with a caller sub-key: under `Policy::latest`, events
     /// coalesce per `(name, sub_key)` (e.g. per message id).
     #[inline]
-    pub fn publish_keyed(
+    pub fn publish_with_sub_key(
         &mut self,
         key: EventKey,
         sub_key: u64,
@@ -194,7 +119,7 @@ impl<T: Send + 'static> Producer<T> {
     }
 
     /// Like [`Producer::publish_urgent`] with a sub-key.
-    pub fn publish_urgent_keyed(
+    pub fn publish_urgent_with_sub_key(
         &mut self,
         key: EventKey,
         sub_key: u64,
@@ -204,8 +129,11 @@ impl<T: Send + 'static> Producer<T> {
     }
 
     /// Publishes as many events from `events` as fit in the ring, with one
-    /// tail store, and returns how many it took; the rest stay in the
+    /// tail store, and returns how many it published; the rest stay in the
     /// iterator (not counted as drops: the caller still holds them).
+    /// Events it took but could not publish (a key not interned in this
+    /// engine, or the engine shutting down) come back in the error with
+    /// their payloads; see [`PublishManyError`].
     ///
     /// ```
     /// use ringfold::{Engine, Value};
@@ -214,14 +142,16 @@ impl<T: Send + 'static> Producer<T> {
     /// let mut producer = engine.producer()?;
     /// let mut rows = (0..10u64).map(|i| (key, Value::from(i)));
     /// assert_eq!(producer.publish_many(&mut rows)?, 10);
-    /// # Ok::<(), ringfold::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn publish_many(
         &mut self,
         events: &mut impl Iterator<Item = (EventKey, T)>,
-    ) -> Result<usize, Error> {
-        if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
-            return Err(Error::ShutDown);
+    ) -> Result<usize, PublishManyError<T>> {
+        if self.shared.state.peek().closed() {
+            return Err(PublishManyError::ShutDown {
+                rejected: Vec::new(),
+            });
         }
         let stamp = self.stamp();
         // One snapshot read per call: keys at or above it are not interned
@@ -232,6 +162,7 @@ impl<T: Send + 'static> Producer<T> {
         let fit = (self.ring.ring().capacity() - self.ring.refresh_len()) / per_event;
         let lane = &self.lane;
         let mut accepted = 0;
+        let mut invalid = Vec::new();
         let mut slots = events
             .take(fit)
             .filter_map(|(key, payload)| {
@@ -245,7 +176,8 @@ impl<T: Send + 'static> Producer<T> {
                         payload,
                     })
                 } else {
-                    lane.count_drop(&lane.invalid_name, None);
+                    lane.count_drop(&lane.drops.invalid_name, None);
+                    invalid.push(payload);
                     None
                 }
             })
@@ -254,21 +186,30 @@ impl<T: Send + 'static> Producer<T> {
         drop(slots);
         if written > 0 {
             self.count_ext((per_event - 1) * accepted);
-            if let Err(taken_back) = self.after_push(false) {
+            if let Err(mut taken_back) = self.after_push(false) {
                 // The engine closed under us and the events were not
                 // drained: they were never accepted.
                 self.lane
+                    .drops
                     .shut_down
                     .fetch_add(taken_back.len() as u64, Ordering::Relaxed);
-                return Err(Error::ShutDown);
+                invalid.append(&mut taken_back);
+                return Err(PublishManyError::ShutDown { rejected: invalid });
             }
         }
-        Ok(accepted)
+        if invalid.is_empty() {
+            Ok(accepted)
+        } else {
+            Err(PublishManyError::InvalidName {
+                accepted,
+                rejected: invalid,
+            })
+        }
     }
 
     /// True once the engine has begun shutting down.
     pub fn is_closed(&self) -> bool {
-        self.shared.state.load(Ordering::Relaxed) & CLOSED != 0
+        self.shared.state.peek().closed()
     }
 
     /// Keys below `known_names` are valid; refresh when a key is above it.
@@ -350,7 +291,7 @@ impl<T: Send + 'static> Producer<T> {
             return Err(self.reject_invalid(payload));
         }
         // Cheap early out; the exact check is the one after the push.
-        if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
+        if self.shared.state.peek().closed() {
             return Err(self.reject_closed(payload));
         }
         let out = Outgoing {
@@ -383,7 +324,7 @@ impl<T: Send + 'static> Producer<T> {
     #[cold]
     #[inline(never)]
     fn reject_invalid(&self, payload: T) -> PublishError<T> {
-        self.lane.count_drop(&self.lane.invalid_name, None);
+        self.lane.count_drop(&self.lane.drops.invalid_name, None);
         PublishError::InvalidName(payload)
     }
 
@@ -391,7 +332,7 @@ impl<T: Send + 'static> Producer<T> {
     #[cold]
     #[inline(never)]
     fn reject_closed(&self, payload: T) -> PublishError<T> {
-        self.lane.count_drop(&self.lane.shut_down, None);
+        self.lane.count_drop(&self.lane.drops.shut_down, None);
         PublishError::ShutDown(payload)
     }
 
@@ -400,7 +341,7 @@ impl<T: Send + 'static> Producer<T> {
     #[cold]
     #[inline(never)]
     fn closed_under_us(&self, mut taken_back: Vec<T>) -> Result<(), PublishError<T>> {
-        self.lane.shut_down.fetch_add(1, Ordering::Relaxed);
+        self.lane.drops.shut_down.fetch_add(1, Ordering::Relaxed);
         match taken_back.pop() {
             Some(payload) => Err(PublishError::ShutDown(payload)),
             // Unreachable by the protocol (our event is the one taken
@@ -420,8 +361,8 @@ impl<T: Send + 'static> Producer<T> {
         // tails. At least one side sees the other's store. On Linux this is
         // only a compiler barrier (see barrier.rs).
         barrier::light();
-        let state = self.shared.state.load(Ordering::Relaxed);
-        if state == 0 {
+        let state = self.shared.state.peek();
+        if state.is_quiet() {
             return Ok(());
         }
         self.after_push_slow(state, urgent)
@@ -429,19 +370,19 @@ impl<T: Send + 'static> Producer<T> {
 
     #[cold]
     #[inline(never)]
-    fn after_push_slow(&mut self, state: usize, urgent: bool) -> Result<(), Vec<T>> {
-        if state & CLOSED != 0 {
+    fn after_push_slow(&mut self, state: Seen, urgent: bool) -> Result<(), Vec<T>> {
+        if state.closed() {
             return match self.take_back() {
                 taken if taken.is_empty() => Ok(()),
                 taken => Err(taken),
             };
         }
-        let wake = state & DEEP != 0
+        let wake = state.deep()
             || urgent
-            || (state & PARKED != 0
+            || (state.parked()
                 && self.ring.len_upper_bound() >= self.shared.config.high_water
                 && self.ring.refresh_len() >= self.shared.config.high_water);
-        if wake && self.shared.wake_flusher() && !urgent && state & DEEP == 0 {
+        if wake && self.shared.state.wake() && !urgent && !state.deep() {
             self.shared
                 .high_water_wakeups
                 .fetch_add(1, Ordering::Relaxed);
@@ -454,7 +395,7 @@ impl<T: Send + 'static> Producer<T> {
     /// it did not drain (only events whose publish saw CLOSED, i.e. ours).
     #[cold]
     fn take_back(&mut self) -> Vec<T> {
-        self.shared.wait_stopped();
+        self.shared.control.wait_stopped();
         let mut taken = Vec::new();
         let mut ext = 0;
         if let Some(consumer) = lock(&self.lane.orphan).as_mut() {
@@ -479,7 +420,7 @@ impl<T: Send + 'static> Producer<T> {
         let wait = match (urgent, self.shared.config.on_full) {
             // A subscriber publishing from the flusher thread must never
             // wait for the flusher: that would be waiting for itself.
-            _ if self.shared.on_flusher_thread() => Duration::ZERO,
+            _ if self.shared.state.on_flusher_thread() => Duration::ZERO,
             (true, _) => self.shared.config.urgent_wait,
             (false, FullPolicy::Block(timeout)) => timeout,
             (false, FullPolicy::DropNewest) => Duration::ZERO,
@@ -487,9 +428,9 @@ impl<T: Send + 'static> Producer<T> {
         // Counts the rejection under its reason.
         let give_up = |lane: &Lane<T>| {
             let counter = if urgent {
-                &lane.urgent_timeout
+                &lane.drops.urgent_timeout
             } else {
-                &lane.full
+                &lane.drops.full
             };
             lane.count_drop(counter, prefix);
         };
@@ -503,7 +444,7 @@ impl<T: Send + 'static> Producer<T> {
         // few yields, without the futex park/unpark round trip (tens of
         // microseconds on a VM) that the loop below costs.
         let mut out = out;
-        self.shared.wake_flusher();
+        self.shared.state.wake();
         for _ in 0..FULL_YIELDS {
             sync::yield_now();
             match self.try_push(out) {
@@ -514,11 +455,11 @@ impl<T: Send + 'static> Producer<T> {
         let deadline = Instant::now() + wait;
         *lock(&self.lane.waiter) = Some(sync::current());
         let result = loop {
-            if self.shared.state.load(Ordering::Relaxed) & CLOSED != 0 {
-                self.lane.count_drop(&self.lane.shut_down, None);
+            if self.shared.state.peek().closed() {
+                self.lane.count_drop(&self.lane.drops.shut_down, None);
                 break Err(PublishError::ShutDown(out.payload));
             }
-            self.shared.wake_flusher();
+            self.shared.state.wake();
             self.ring.announce_waiting(true);
             match self.try_push(out) {
                 Ok(()) => break Ok(()),
@@ -543,8 +484,8 @@ impl<T: Send + 'static> Drop for Producer<T> {
         self.lane.gone.store(true, Ordering::Release);
         // A flusher in DEEP sleep would otherwise keep the dead lane (and
         // its ring memory) registered until it next wakes.
-        if self.shared.state.load(Ordering::Relaxed) & DEEP != 0 {
-            self.shared.wake_flusher();
+        if self.shared.state.peek().deep() {
+            self.shared.state.wake();
         }
     }
 }

@@ -43,7 +43,7 @@ pub(crate) struct Slot<T> {
 }
 
 /// A slot taken apart by the flusher.
-pub(crate) enum Parts<T> {
+enum Parts<T> {
     Event {
         name_id: u32,
         urgent: bool,
@@ -56,15 +56,15 @@ pub(crate) enum Parts<T> {
 
 /// Extension words collected for the next event slot of the same ring.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Ext {
-    pub(crate) sub_key_high: u32,
+struct Ext {
+    sub_key_high: u32,
     /// Nanoseconds since the epoch plus one; 0: not stamped.
-    pub(crate) stamp: u64,
+    stamp: u64,
 }
 
 impl Ext {
     /// Applies one extension slot's word.
-    pub(crate) fn set(&mut self, kind: u32, data: u32) {
+    fn set(&mut self, kind: u32, data: u32) {
         match kind {
             SUB_KEY_HIGH => self.sub_key_high = data,
             STAMP_LOW => self.stamp = (self.stamp & !0xffff_ffff) | u64::from(data),
@@ -89,7 +89,7 @@ impl<T> Slot<T> {
 
     /// Takes the slot apart, moving the payload out of event slots.
     #[inline]
-    pub(crate) fn into_parts(self) -> Parts<T> {
+    fn into_parts(self) -> Parts<T> {
         // The payload is moved out below; the slot's own drop must not run.
         let slot = ManuallyDrop::new(self);
         if slot.header & EXT != 0 {
@@ -126,6 +126,70 @@ impl<T> Drop for Slot<T> {
             // this is its only drop (`into_parts` suppresses this one).
             unsafe { self.payload.assume_init_drop() }
         }
+    }
+}
+
+/// An event as the flusher folds it: its extension words already applied.
+pub(crate) struct Decoded<T> {
+    pub(crate) name_id: u32,
+    /// Published with `publish_urgent*`.
+    pub(crate) urgent: bool,
+    pub(crate) sub_key: u64,
+    /// Nanoseconds since the epoch, if stamped at publish.
+    pub(crate) stamp: Option<u64>,
+    pub(crate) payload: T,
+}
+
+/// Reassembles events from one ring's slots: extension slots are collected
+/// for the event slot that follows them, so nothing outside this module
+/// handles extension words. One per ring being drained (an event's slots
+/// are contiguous in its ring, published by one tail store).
+#[derive(Default)]
+pub(crate) struct Decoder {
+    ext: Ext,
+    /// Extension slots consumed since `take_ext_count`.
+    ext_taken: u64,
+}
+
+impl Decoder {
+    /// The event this slot completes, or `None` for an extension slot.
+    #[inline]
+    pub(crate) fn decode<T>(&mut self, slot: Slot<T>) -> Option<Decoded<T>> {
+        match slot.into_parts() {
+            Parts::Event {
+                name_id,
+                urgent,
+                sub_key_low,
+                payload,
+            } => {
+                // Taking the words leaves zeros (no wide sub-key, no stamp)
+                // for the next event.
+                let ext = std::mem::take(&mut self.ext);
+                Some(Decoded {
+                    name_id,
+                    urgent,
+                    sub_key: u64::from(ext.sub_key_high) << 32 | u64::from(sub_key_low),
+                    stamp: ext.stamp.checked_sub(1),
+                    payload,
+                })
+            }
+            Parts::Ext { kind, data } => {
+                self.take_ext(kind, data);
+                None
+            }
+        }
+    }
+
+    #[cold]
+    fn take_ext(&mut self, kind: u32, data: u32) {
+        self.ext.set(kind, data);
+        self.ext_taken += 1;
+    }
+
+    /// Extension slots consumed since the last call (for the lane's
+    /// event count).
+    pub(crate) fn take_ext_count(&mut self) -> u64 {
+        std::mem::take(&mut self.ext_taken)
     }
 }
 

@@ -13,8 +13,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::intern::Table;
+use crate::sync::{AtomicU64, Ordering};
+
 /// Rejections by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DropStats {
     /// Ring full (`FullPolicy::DropNewest`, or `Block` timed out).
     pub full: u64,
@@ -38,6 +42,7 @@ impl DropStats {
 
 /// Per-prefix counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PrefixStats {
     /// Events taken off rings for this prefix.
     pub received: u64,
@@ -65,6 +70,7 @@ pub struct PrefixStats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Accepted publishes.
     pub published: u64,
@@ -98,5 +104,135 @@ impl Stats {
     /// a quiescent moment (after `flush`, or from `shutdown`).
     pub fn is_conserved(&self) -> bool {
         self.published == self.delivered + self.folded + self.dropped.not_numeric + self.pending
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Assembly: the only place a `Stats` is put together. The parts come from
+// three owners (the flusher's `Report`, each lane's `DropCounters`, the
+// engine's counters of publishes that never reached a lane), and all are
+// plain counters, so Relaxed loads do: a snapshot is exact only at a
+// quiescent moment anyway, and the moments that make it exact (a flush's
+// acknowledgement under the control mutex, the registry mutex) order it.
+
+/// Rejection counters written on the producer's slow paths (Relaxed: plain
+/// counters, read only for stats).
+#[derive(Default)]
+pub(crate) struct DropCounters {
+    pub(crate) full: AtomicU64,
+    pub(crate) shut_down: AtomicU64,
+    pub(crate) invalid_name: AtomicU64,
+    pub(crate) urgent_timeout: AtomicU64,
+}
+
+impl DropCounters {
+    /// Adds these counters to `into` (a live lane's at a snapshot, or a
+    /// retiring lane's into the retired totals).
+    pub(crate) fn add_to(&self, into: &mut DropStats) {
+        into.full += self.full.load(Ordering::Relaxed);
+        into.shut_down += self.shut_down.load(Ordering::Relaxed);
+        into.invalid_name += self.invalid_name.load(Ordering::Relaxed);
+        into.urgent_timeout += self.urgent_timeout.load(Ordering::Relaxed);
+    }
+}
+
+/// What retired (dropped and drained) producers left behind.
+#[derive(Default)]
+pub(crate) struct Retired {
+    pub(crate) published: u64,
+    pub(crate) dropped: DropStats,
+}
+
+/// The flusher's counters, published to `Shared::report` after each pass.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) delivered: u64,
+    pub(crate) folded: u64,
+    pub(crate) not_numeric: u64,
+    pub(crate) batches: u64,
+    pub(crate) panics: u64,
+    pub(crate) ticks: u64,
+    pub(crate) sweeps: u64,
+    /// Events held in accumulators (taken off rings, not yet emitted).
+    pub(crate) accumulated: u64,
+    /// By prefix id.
+    pub(crate) prefixes: Vec<PrefixStats>,
+}
+
+impl Clone for Report {
+    fn clone(&self) -> Self {
+        let mut copy = Report::default();
+        copy.clone_from(self);
+        copy
+    }
+
+    /// Field-wise, reusing `prefixes`' buffer: publishing the report after
+    /// every pass must not allocate in steady state.
+    fn clone_from(&mut self, source: &Self) {
+        self.delivered = source.delivered;
+        self.folded = source.folded;
+        self.not_numeric = source.not_numeric;
+        self.batches = source.batches;
+        self.panics = source.panics;
+        self.ticks = source.ticks;
+        self.sweeps = source.sweeps;
+        self.accumulated = source.accumulated;
+        self.prefixes.clone_from(&source.prefixes);
+    }
+}
+
+/// One live lane's share of a snapshot.
+pub(crate) struct LaneShare<'a> {
+    /// Events accepted into the lane's ring.
+    pub(crate) published: u64,
+    /// Of those, still in the ring.
+    pub(crate) in_ring: u64,
+    pub(crate) dropped: &'a DropCounters,
+}
+
+/// Everything a snapshot is assembled from.
+pub(crate) struct Parts<'a, L> {
+    pub(crate) report: &'a Report,
+    pub(crate) table: &'a Table,
+    pub(crate) retired: &'a Retired,
+    pub(crate) live: L,
+    /// Rejections of `Engine::publish*` calls that never reached a lane.
+    pub(crate) unlaned: &'a DropCounters,
+    pub(crate) high_water_wakeups: u64,
+}
+
+impl Stats {
+    pub(crate) fn assemble<'a>(
+        parts: Parts<'a, impl ExactSizeIterator<Item = LaneShare<'a>>>,
+    ) -> Stats {
+        let report = parts.report;
+        let mut stats = Stats {
+            published: parts.retired.published,
+            delivered: report.delivered,
+            folded: report.folded,
+            batches: report.batches,
+            subscriber_panics: report.panics,
+            ticks: report.ticks,
+            sweeps: report.sweeps,
+            dropped: parts.retired.dropped,
+            high_water_wakeups: parts.high_water_wakeups,
+            producers: parts.live.len(),
+            ..Stats::default()
+        };
+        stats.dropped.not_numeric = report.not_numeric;
+        parts.unlaned.add_to(&mut stats.dropped);
+        let mut in_rings = 0u64;
+        for lane in parts.live {
+            stats.published += lane.published;
+            in_rings += lane.in_ring;
+            lane.dropped.add_to(&mut stats.dropped);
+        }
+        stats.pending = report.accumulated + in_rings;
+        for (id, p) in report.prefixes.iter().enumerate() {
+            if let Some(info) = parts.table.prefixes.get(id) {
+                stats.prefixes.insert(info.prefix.to_string(), *p);
+            }
+        }
+        stats
     }
 }

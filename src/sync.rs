@@ -172,7 +172,7 @@ mod imp {
         }
     }
 
-    /// Offers the core to another thread (a scheduling point for ringfold_loom).
+    /// Offers the core to another thread (a scheduling point for loom).
     pub(crate) fn yield_now() {
         loom::thread::yield_now()
     }

@@ -1,0 +1,173 @@
+//! The control plane's hand-offs between callers and the flusher: flush
+//! requests and their acknowledgements, and the flusher's "stopped" signal
+//! that shutdown (and a publish racing it) waits for. Every wait goes
+//! through one deadline-aware helper, [`Control::wait_until`].
+
+use std::time::{Duration, Instant};
+
+use crate::policy::Pattern;
+use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+
+/// Flush requests and the flusher's acknowledgements.
+#[derive(Default)]
+struct Requests {
+    /// Last generation handed out to a flush caller.
+    requested: u64,
+    /// Last generation the flusher completed.
+    completed: u64,
+    /// A full flush is among the outstanding requests.
+    full: bool,
+    /// Prefix patterns among the outstanding requests.
+    patterns: Vec<Pattern>,
+    /// The flusher has finished its final drain and exited its loop.
+    stopped: bool,
+}
+
+/// Outstanding flush requests, taken by the flusher in one go.
+pub(crate) struct FlushRequest {
+    pub(crate) generation: u64,
+    pub(crate) full: bool,
+    pub(crate) patterns: Vec<Pattern>,
+}
+
+/// Flush requests, acknowledgements and the stopped signal.
+pub(crate) struct Control {
+    requests: Mutex<Requests>,
+    cv: Condvar,
+    /// A flush request is waiting: the flusher's lock-free check, so a pass
+    /// without a request takes no lock.
+    pending: AtomicBool,
+}
+
+impl Control {
+    pub(crate) fn new() -> Self {
+        Control {
+            requests: Mutex::new(Requests::default()),
+            cv: Condvar::new(),
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits on the condition variable until `done` holds (true) or
+    /// `deadline` passes (false). The one timed wait of the control plane.
+    fn wait_until<'a>(
+        &self,
+        mut guard: MutexGuard<'a, Requests>,
+        deadline: Option<Instant>,
+        done: impl Fn(&Requests) -> bool,
+    ) -> (MutexGuard<'a, Requests>, bool) {
+        while !done(&guard) {
+            guard = match deadline {
+                None => self.cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return (guard, false);
+                    }
+                    wait_timeout(&self.cv, guard, d - now)
+                }
+            };
+        }
+        (guard, true)
+    }
+
+    /// Caller side: requests a flush (of everything, or of the prefixes
+    /// matching `pattern`), runs `wake` to get the flusher going, and waits
+    /// until the flusher acknowledges it or stops. False if `deadline`
+    /// passed first.
+    pub(crate) fn flush(
+        &self,
+        pattern: Option<Pattern>,
+        deadline: Option<Instant>,
+        wake: impl FnOnce(),
+    ) -> bool {
+        let mut req = lock(&self.requests);
+        if req.stopped {
+            // Shutdown already delivered every accepted event.
+            return true;
+        }
+        req.requested += 1;
+        let generation = req.requested;
+        match pattern {
+            Some(p) => req.patterns.push(p),
+            None => req.full = true,
+        }
+        // SeqCst kept from before the split (the loom flush model checks
+        // it). What it needs is Release, paired with the flusher's AcqRel
+        // swap in `take_request`; the request itself travels under the
+        // mutex either way.
+        self.pending.store(true, Ordering::SeqCst);
+        wake();
+        let (_req, done) =
+            self.wait_until(req, deadline, |r| r.completed >= generation || r.stopped);
+        done
+    }
+
+    /// Blocks until the flusher has stopped (true), or `deadline` passes.
+    pub(crate) fn wait_stopped_until(&self, deadline: Option<Instant>) -> bool {
+        let req = lock(&self.requests);
+        self.wait_until(req, deadline, |r| r.stopped).1
+    }
+
+    /// Blocks until the flusher has stopped.
+    pub(crate) fn wait_stopped(&self) {
+        self.wait_stopped_until(None);
+    }
+
+    /// Flusher: a Relaxed peek at the request flag, for `has_work` (a stale
+    /// answer costs at most one more pass; the flusher re-checks after its
+    /// park announcement, and a request also unparks it).
+    pub(crate) fn flush_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Flusher: takes the outstanding flush requests, if any. AcqRel swap:
+    /// Acquire pairs with the requester's store, so events it published
+    /// before asking are visible to the sweep that follows.
+    pub(crate) fn take_request(&self) -> Option<FlushRequest> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let mut req = lock(&self.requests);
+        Some(FlushRequest {
+            generation: req.requested,
+            full: std::mem::take(&mut req.full),
+            patterns: std::mem::take(&mut req.patterns),
+        })
+    }
+
+    /// Flusher: the flushes up to `generation` are delivered.
+    pub(crate) fn complete(&self, generation: u64) {
+        let mut req = lock(&self.requests);
+        req.completed = req.completed.max(generation);
+        self.cv.notify_all();
+    }
+
+    /// Flusher: the final drain is done; releases every waiter.
+    pub(crate) fn stop(&self) {
+        let mut req = lock(&self.requests);
+        req.stopped = true;
+        req.completed = req.requested;
+        self.cv.notify_all();
+    }
+}
+
+fn wait_timeout<'a, C>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, C>,
+    timeout: Duration,
+) -> MutexGuard<'a, C> {
+    #[cfg(not(ringfold_loom))]
+    {
+        match cv.wait_timeout(guard, timeout) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+    #[cfg(ringfold_loom)]
+    {
+        // loom has no timed waits; a spurious wake-up models the timer.
+        let _ = timeout;
+        cv.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,332 @@
+//! The fold: events in, one batch per prefix per window out. Independent of
+//! threads and of the wall clock: the flusher feeds it decoded events and
+//! the time of its pass (`set_now`), and asks it to close windows that are
+//! due (`emit_due`) or all of them (`emit_all`); closed windows wait as
+//! sealed batches until `deliver` hands them to the subscribers.
+//!
+//! A window closes on time (its deadline: the earliest `now + interval`
+//! among its events), on count (its smallest `max_count`), at once for an
+//! urgent event, or on flush/shutdown. Names of one prefix share its window
+//! even under different policies.
+
+mod route;
+#[cfg(all(test, not(ringfold_loom)))]
+mod tests;
+mod window;
+
+use std::time::Instant;
+
+use crate::event::{Batch, BatchReason, Event};
+use crate::intern::{Interner, Table};
+use crate::policy::Pattern;
+use crate::record::Decoded;
+use crate::stats::{PrefixStats, Report};
+use crate::sync::Arc;
+
+use route::Route;
+use window::{Acc, Fold, Sealed};
+
+/// Accumulators, routes and counters: everything a sweep folds into.
+pub(crate) struct Folder<T> {
+    /// Latest interner snapshot; also keeps every `InternedStr` and
+    /// `NameRef` valid.
+    table: Arc<Table>,
+    /// By name id, for every name in `table` (see `Route`).
+    routes: Vec<Route>,
+    accs: Vec<Acc<T>>,
+    /// Prefix ids with a non-empty window.
+    pending: Vec<u32>,
+    /// Windows closed during the current step, delivered after it.
+    sealed: Vec<Sealed<T>>,
+    /// Emptied buffers for the next windows.
+    spare: Vec<Sealed<T>>,
+    /// Counters of closed windows; `publish_report` adds the open ones.
+    report: Report,
+    sampler: Option<fn(&T) -> Option<f64>>,
+    /// The interner's epoch, for event timestamps.
+    epoch: Instant,
+    /// Counters changed since the last `publish_report`.
+    dirty: bool,
+    /// Time of the current pass, also as nanoseconds since the epoch (the
+    /// timestamp of events not stamped at publish).
+    now: Instant,
+    now_nanos: u64,
+}
+
+impl<T> Folder<T> {
+    /// A fold over `interner`'s names, reading aggregate samples through
+    /// `sampler`, starting at time `now`.
+    pub(crate) fn new(
+        interner: &Interner,
+        sampler: Option<fn(&T) -> Option<f64>>,
+        now: Instant,
+    ) -> Self {
+        let epoch = interner.epoch();
+        let mut folder = Folder {
+            table: interner.snapshot(),
+            routes: Vec::new(),
+            accs: Vec::new(),
+            pending: Vec::new(),
+            sealed: Vec::new(),
+            spare: Vec::new(),
+            report: Report::default(),
+            sampler,
+            epoch,
+            dirty: false,
+            now,
+            now_nanos: 0,
+        };
+        folder.set_now(now);
+        folder
+    }
+
+    /// The time of the current pass: windows opened now close at
+    /// `now + interval`, and `emit_due` compares deadlines against it.
+    pub(crate) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The flusher's own counters (sweeps, ticks, panics) live in the same
+    /// report, so that one snapshot carries them all.
+    pub(crate) fn report_mut(&mut self) -> &mut Report {
+        self.dirty = true;
+        &mut self.report
+    }
+
+    /// Marks the counters for publication even if nothing changed.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    fn ensure_prefix(&mut self, pid: usize) {
+        if pid >= self.accs.len() {
+            let now = self.now;
+            self.accs.resize_with(pid + 1, || Acc::new(now));
+            self.report.prefixes.resize(pid + 1, PrefixStats::default());
+        }
+    }
+
+    /// The route of name `id`, extending `routes` from a newer snapshot if
+    /// the name is newer than the ones seen so far.
+    #[cold]
+    fn route_new_name(&mut self, id: usize, interner: &Interner) -> Option<Route> {
+        if id >= self.table.names.len() {
+            self.table = interner.snapshot();
+        }
+        while self.routes.len() < self.table.names.len() {
+            let info = &self.table.names[self.routes.len()];
+            let route = Route::of(info);
+            self.routes.push(route);
+            self.ensure_prefix(route.prefix as usize);
+        }
+        // Producers only send keys below the snapshot length they saw, and
+        // snapshots only grow, so the lookup cannot miss.
+        let route = self.routes.get(id).copied();
+        debug_assert!(route.is_some(), "unknown name id {id}");
+        route
+    }
+
+    /// Folds one event into its prefix's window, sealing the window if the
+    /// event closes it. The flusher's hot loop: one route read, one window
+    /// update, one 32-byte push for batch policies. `interner` is read only
+    /// for a name newer than the ones seen so far.
+    #[inline]
+    pub(crate) fn take(&mut self, event: Decoded<T>, interner: &Interner) {
+        let id = event.name_id as usize;
+        let route = match self.routes.get(id) {
+            Some(route) => *route,
+            None => match self.route_new_name(id, interner) {
+                Some(route) => route,
+                None => return,
+            },
+        };
+        let pid = route.prefix as usize;
+        let nanos = event.stamp.unwrap_or(self.now_nanos);
+        let acc = &mut self.accs[pid];
+        if acc.taken == 0 {
+            acc.deadline = self.now + route.interval;
+            acc.interval = route.interval;
+            acc.max_count = route.max_count;
+            if !acc.queued {
+                acc.queued = true;
+                self.pending.push(pid as u32);
+            }
+        } else if route.interval < acc.interval || route.max_count < acc.max_count {
+            // Only when a prefix mixes policies. The deadline is the minimum
+            // of `now + interval` over the window's events; `now` never
+            // decreases, so only a shorter interval can lower it.
+            if route.interval < acc.interval {
+                acc.interval = route.interval;
+                acc.deadline = acc.deadline.min(self.now + route.interval);
+            }
+            acc.max_count = acc.max_count.min(route.max_count);
+        }
+        acc.taken += 1;
+        let urgent = event.urgent;
+        let folded = Event {
+            meta: route.meta,
+            sub_key: event.sub_key,
+            nanos,
+            payload: event.payload,
+        };
+        match route.fold {
+            Fold::Keep => acc.events.push(folded),
+            Fold::Latest => acc.fold_latest(event.name_id, folded),
+            Fold::Aggregate => {
+                if !acc.fold_aggregate(self.sampler, folded) {
+                    self.report.not_numeric += 1;
+                    self.report.prefixes[pid].dropped += 1;
+                }
+            }
+        }
+        let full = acc.taken >= acc.max_count;
+        if route.urgent || urgent {
+            self.emit(pid, BatchReason::Urgent);
+        } else if full {
+            let reason = if route.passthrough {
+                BatchReason::Passthrough
+            } else {
+                BatchReason::Count
+            };
+            self.emit(pid, reason);
+        }
+    }
+
+    /// Closes prefix `pid`'s window: its buffers move into a sealed batch
+    /// (swapped with recycled ones, so nothing allocates in steady state)
+    /// and the window restarts empty. Delivery happens in `deliver`, after
+    /// the ring range being drained has been released, so a slow subscriber
+    /// never holds ring slots.
+    fn emit(&mut self, pid: usize, reason: BatchReason) {
+        let Some(acc) = self.accs.get_mut(pid) else {
+            return;
+        };
+        if acc.taken == 0 {
+            return;
+        }
+        let mut spare = self.spare.pop().unwrap_or_default();
+        std::mem::swap(&mut spare.events, &mut acc.events);
+        std::mem::swap(&mut spare.aggregates, &mut acc.aggregates);
+        spare.pid = pid;
+        spare.reason = reason;
+        spare.folded = acc.folded;
+        spare.dropped = 0;
+        if !spare.events.is_empty() || !spare.aggregates.is_empty() {
+            spare.dropped = std::mem::take(&mut acc.dropped_since);
+        }
+        self.sealed.push(spare);
+        self.report.prefixes[pid].received += acc.taken as u64;
+        acc.reset();
+        self.dirty = true;
+    }
+
+    /// Hands sealed batches, in the order they were sealed, to `on_batch`
+    /// (which returns how many subscribers panicked on it), then recycles
+    /// their buffers.
+    pub(crate) fn deliver(&mut self, mut on_batch: impl FnMut(&Batch<'_, T>) -> u64) {
+        for mut sealed in self.sealed.drain(..) {
+            let pid = sealed.pid;
+            let stats = &mut self.report.prefixes[pid];
+            if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
+                let info = &self.table.prefixes[pid];
+                let batch = Batch {
+                    prefix: &info.prefix,
+                    name: &info.batch_name,
+                    events: &sealed.events,
+                    aggregates: &sealed.aggregates,
+                    reason: sealed.reason,
+                    dropped: sealed.dropped,
+                    folded: sealed.folded,
+                };
+                self.report.panics += on_batch(&batch);
+                self.report.batches += 1;
+                stats.batches += 1;
+            }
+            let delivered = sealed.events.len() as u64;
+            self.report.delivered += delivered;
+            self.report.folded += sealed.folded;
+            stats.delivered += delivered;
+            stats.folded += sealed.folded;
+            sealed.events.clear();
+            sealed.aggregates.clear();
+            self.spare.push(sealed);
+        }
+        self.dirty = true;
+    }
+
+    /// Seals every prefix whose window has elapsed by `now`.
+    pub(crate) fn emit_due(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let pid = self.pending[i] as usize;
+            if self.accs[pid].taken > 0 && self.now >= self.accs[pid].deadline {
+                self.emit(pid, BatchReason::Interval);
+            }
+            i += 1;
+        }
+        self.compact_pending();
+    }
+
+    /// Seals every pending prefix (flush, shutdown), optionally only those
+    /// matching one of `filter`'s patterns.
+    pub(crate) fn emit_all(&mut self, reason: BatchReason, filter: Option<&[Pattern]>) {
+        for i in 0..self.pending.len() {
+            let pid = self.pending[i] as usize;
+            let selected = filter.is_none_or(|patterns| {
+                let prefix = &self.table.prefixes[pid].prefix;
+                patterns.iter().any(|p| p.matches(prefix))
+            });
+            if selected {
+                self.emit(pid, reason);
+            }
+        }
+        self.compact_pending();
+    }
+
+    fn compact_pending(&mut self) {
+        let accs = &mut self.accs;
+        self.pending.retain(|&pid| {
+            let acc = &mut accs[pid as usize];
+            acc.queued = acc.taken > 0;
+            acc.queued
+        });
+    }
+
+    /// The earliest deadline among open windows; `None` when none is open.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .map(|&pid| self.accs[pid as usize].deadline)
+            .min()
+    }
+
+    /// Counts `n` events of prefix `pid` rejected at a producer; the next
+    /// batch of that prefix reports them as `dropped`.
+    pub(crate) fn note_drops(&mut self, pid: u32, n: u64) {
+        self.ensure_prefix(pid as usize);
+        self.accs[pid as usize].dropped_since += n;
+        self.report.prefixes[pid as usize].dropped += n;
+        self.dirty = true;
+    }
+
+    /// Copies the counters of closed windows plus those of the open ones
+    /// into `into` (kept per window, not per event, to keep the fold lean),
+    /// if anything changed since the last call.
+    pub(crate) fn publish_report(&mut self, into: &mut Report) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        into.clone_from(&self.report);
+        into.accumulated = 0;
+        for &pid in &self.pending {
+            let acc = &self.accs[pid as usize];
+            into.accumulated += acc.held();
+            into.prefixes[pid as usize].received += acc.taken as u64;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What producers, engine handles and the flusher share: the settings, the
+//! interner, the state word, the control plane, the lane registry and the
+//! published counters. Each part's protocol lives in its own module
+//! (`state`, `control`, `lane`, `stats`); this one only holds them together
+//! and registers lanes.
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::Error;
+use crate::intern::Interner;
+use crate::lane::Lane;
+use crate::record::Slot;
+use crate::ring::Consumer;
+use crate::state::State;
+use crate::stats::{DropCounters, Parts, Report, Retired, Stats};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+
+/// A lane registered by a new producer, with the ring's reading end for the
+/// flusher to adopt.
+pub(crate) type NewLane<T> = (Arc<Lane<T>>, Consumer<Slot<T>>);
+
+/// Lanes waiting to be adopted by the flusher, and every live lane (for
+/// stats), plus the totals of retired lanes. One mutex, so stats never see
+/// a lane both retired and live.
+pub(crate) struct Registry<T> {
+    pub(crate) new: Vec<NewLane<T>>,
+    pub(crate) live: Vec<Arc<Lane<T>>>,
+    pub(crate) retired: Retired,
+}
+
+/// Everything producers, handles and the flusher share.
+pub(crate) struct Shared<T> {
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) interner: Interner,
+    pub(crate) sampler: Option<fn(&T) -> Option<f64>>,
+    /// Closed / parked / deep, and the flusher's handle (see `state.rs`).
+    pub(crate) state: State,
+    pub(crate) control: Control,
+    pub(crate) high_water_wakeups: AtomicU64,
+    /// Rejections of `Engine::publish*` calls that never reached a producer
+    /// (engine shut down, or the name invalid before a producer existed).
+    pub(crate) unlaned: DropCounters,
+    pub(crate) registry: Mutex<Registry<T>>,
+    /// New lanes are waiting in `registry.new`: the flusher's lock-free
+    /// check, so a pass without a new producer takes no lock.
+    pub(crate) registry_dirty: AtomicBool,
+    /// The flusher's counters, as of its last pass.
+    pub(crate) report: Mutex<Report>,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    pub(crate) fn new(
+        id: u64,
+        config: Config,
+        interner: Interner,
+        sampler: Option<fn(&T) -> Option<f64>>,
+    ) -> Self {
+        Shared {
+            id,
+            config,
+            interner,
+            sampler,
+            state: State::new(),
+            control: Control::new(),
+            high_water_wakeups: AtomicU64::new(0),
+            unlaned: DropCounters::default(),
+            registry: Mutex::new(Registry {
+                new: Vec::new(),
+                live: Vec::new(),
+                retired: Retired::default(),
+            }),
+            registry_dirty: AtomicBool::new(false),
+            report: Mutex::new(Report::default()),
+        }
+    }
+
+    pub(crate) fn register_lane(
+        &self,
+        lane: Arc<Lane<T>>,
+        consumer: Consumer<Slot<T>>,
+    ) -> Result<(), Error> {
+        let mut reg = lock(&self.registry);
+        // Checked under the registry lock: the flusher's final adoption
+        // takes the same lock after CLOSED is set, so a lane is either
+        // adopted (and drained) or refused here.
+        if self.state.is_closed() {
+            return Err(Error::ShutDown);
+        }
+        reg.live.push(lane.clone());
+        reg.new.push((lane, consumer));
+        // Release: pairs with the flusher's AcqRel swap in `adopt_lanes`
+        // (the lane itself travels under the registry mutex).
+        self.registry_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A snapshot of the counters (see `Stats::assemble`).
+    pub(crate) fn stats(&self) -> Stats {
+        let report = lock(&self.report).clone();
+        let table = self.interner.snapshot();
+        let reg = lock(&self.registry);
+        Stats::assemble(Parts {
+            report: &report,
+            table: &table,
+            retired: &reg.retired,
+            live: reg.live.iter().map(|lane| lane.share()),
+            unlaned: &self.unlaned,
+            high_water_wakeups: self.high_water_wakeups.load(Ordering::Relaxed),
+        })
+    }
+}
