@@ -27,7 +27,7 @@ fn five_deltas_in_one_window_become_one_update_with_the_final_state() {
     let mut text = String::new();
     for token in ["He", "llo", ", ", "wor", "ld"] {
         text.push_str(token);
-        p.publish_keyed(key, 42, Value::from(text.as_str()))
+        p.publish_with_sub_key(key, 42, Value::from(text.as_str()))
             .unwrap();
     }
     engine.flush().unwrap();
@@ -119,11 +119,11 @@ fn a_new_entity_within_a_window_keeps_both_in_first_appearance_order() {
         .unwrap();
     let key = engine.key("chat:s1:delta").unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish_keyed(key, 7, Value::from("a1")).unwrap();
-    p.publish_keyed(key, 8, Value::from("b1")).unwrap();
-    p.publish_keyed(key, 7, Value::from("a2")).unwrap();
-    p.publish_keyed(key, 8, Value::from("b2")).unwrap();
-    p.publish_keyed(key, 7, Value::from("a3")).unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a1")).unwrap();
+    p.publish_with_sub_key(key, 8, Value::from("b1")).unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a2")).unwrap();
+    p.publish_with_sub_key(key, 8, Value::from("b2")).unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a3")).unwrap();
     engine.flush().unwrap();
     let log = log.lock().unwrap();
     let survivors: Vec<_> = log[0].events.iter().map(|e| (e.1, e.2.clone())).collect();
@@ -153,7 +153,7 @@ fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), V
         .collect();
     let mut p = engine.producer().unwrap();
     for (i, &(k, sub, v)) in ops.iter().enumerate() {
-        p.publish_keyed(keys[k], sub, Value::from(v)).unwrap();
+        p.publish_with_sub_key(keys[k], sub, Value::from(v)).unwrap();
         if i % 97 == 0 {
             engine.flush().unwrap();
         }

@@ -781,7 +781,7 @@ fn precise_stamps_and_wide_sub_keys_cross_the_ring_intact() {
             _ => rng.next() | 1 << 63,
         };
         let before = std::time::Instant::now();
-        p.publish_keyed(key, sub_key, i).unwrap();
+        p.publish_with_sub_key(key, sub_key, i).unwrap();
         sent.push((sub_key, i, before, std::time::Instant::now()));
     }
     engine.flush().unwrap();
