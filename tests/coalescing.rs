@@ -153,7 +153,8 @@ fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), V
         .collect();
     let mut p = engine.producer().unwrap();
     for (i, &(k, sub, v)) in ops.iter().enumerate() {
-        p.publish_with_sub_key(keys[k], sub, Value::from(v)).unwrap();
+        p.publish_with_sub_key(keys[k], sub, Value::from(v))
+            .unwrap();
         if i % 97 == 0 {
             engine.flush().unwrap();
         }
