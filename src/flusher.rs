@@ -15,7 +15,6 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::barrier;
 use crate::event::{Batch, BatchReason};
 use crate::fold::Folder;
 use crate::lane::Lane;
@@ -53,10 +52,6 @@ pub(crate) fn spawn<T: Send + 'static>(
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("ringfold-flusher-{}", shared.id);
-    // Register for membarrier before any producer exists, so producers take
-    // the light barrier from their first publish (a failed registration
-    // leaves both sides on SeqCst fences).
-    barrier::init();
     sync::spawn_named(name, move || {
         shared.state.register_flusher();
         if let Some(core) = core {
@@ -103,13 +98,9 @@ impl<T: Send + 'static> Flusher<T> {
     /// answer a flush, sleep; on shutdown, the final drain.
     fn run(mut self) {
         loop {
-            let closing = self.shared.state.is_closed();
-            if closing {
-                // Pairs with the producers' post-publish barrier: a publish
-                // that did not see CLOSED has its tail visible to the final
-                // sweep below.
-                barrier::heavy();
-            }
+            // On closing, also the heavy barrier (see `State::closing`): the
+            // final sweep below sees every publish that did not see CLOSED.
+            let closing = self.shared.state.closing();
             let flush = self.shared.control.take_request();
             self.adopt_lanes(closing);
             self.folder.set_now(Instant::now());

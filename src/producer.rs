@@ -19,7 +19,6 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::barrier;
 use crate::config::FullPolicy;
 use crate::error::{Error, PublishError, PublishManyError};
 use crate::intern::EventKey;
@@ -355,13 +354,9 @@ impl<T: Send + 'static> Producer<T> {
     /// closed before draining them.
     #[inline]
     fn after_push(&mut self, urgent: bool) -> Result<(), Vec<T>> {
-        // Store-load barrier: orders our tail store (and urgent hint) before
-        // the load of the state word below; the flusher runs the heavy half
-        // between setting PARKED/DEEP (or seeing CLOSED) and re-reading the
-        // tails. At least one side sees the other's store. On Linux this is
-        // only a compiler barrier (see barrier.rs).
-        barrier::light();
-        let state = self.shared.state.peek();
+        // The Dekker check (see state.rs): a store-load barrier, then one
+        // Relaxed load of the state word.
+        let state = self.shared.state.after_publish();
         if state.is_quiet() {
             return Ok(());
         }

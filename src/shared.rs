@@ -102,7 +102,7 @@ impl<T: Send + 'static> Shared<T> {
         let reg = lock(&self.registry);
         Stats::assemble(Parts {
             report: &report,
-            table: &table,
+            prefix_name: &|id| table.prefixes.get(id).map(|p| p.prefix.to_string()),
             retired: &reg.retired,
             live: reg.live.iter().map(|lane| lane.share()),
             unlaned: &self.unlaned,

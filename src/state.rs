@@ -66,6 +66,11 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new() -> Self {
+        // Register for membarrier before any producer exists (the state is
+        // created before the engine's flusher and producers), so producers
+        // take the light barrier from their first publish (a failed
+        // registration leaves both sides on SeqCst fences).
+        barrier::init();
         State {
             word: AtomicUsize::new(0),
             flusher: Mutex::new(None),
@@ -93,6 +98,30 @@ impl State {
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.word.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Producer, after publishing (tail store, maybe the urgent hint): the
+    /// light half of the asymmetric barrier, then [`State::peek`]. The
+    /// barrier orders the producer's stores before this load; the flusher
+    /// runs the heavy half between setting PARKED/DEEP (or seeing CLOSED)
+    /// and re-reading the tails, so at least one side sees the other's
+    /// store. On Linux `light` is only a compiler barrier (see barrier.rs).
+    #[inline]
+    pub(crate) fn after_publish(&self) -> Seen {
+        barrier::light();
+        self.peek()
+    }
+
+    /// Flusher, at the top of each pass: has shutdown begun? If so, runs
+    /// the heavy half of the barrier before returning, pairing with the
+    /// producers' [`State::after_publish`]: a publish that did not see
+    /// CLOSED has its tail visible to the final sweep that follows.
+    pub(crate) fn closing(&self) -> bool {
+        let closed = self.is_closed();
+        if closed {
+            barrier::heavy();
+        }
+        closed
     }
 
     /// Begins shutdown; true if this call closed the engine. SeqCst, as it

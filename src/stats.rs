@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::intern::Table;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Rejections by reason.
@@ -193,7 +192,9 @@ pub(crate) struct LaneShare<'a> {
 /// Everything a snapshot is assembled from.
 pub(crate) struct Parts<'a, L> {
     pub(crate) report: &'a Report,
-    pub(crate) table: &'a Table,
+    /// The name of prefix id `n` (from the interner's snapshot; a closure
+    /// so that stats need not know the interner).
+    pub(crate) prefix_name: &'a dyn Fn(usize) -> Option<String>,
     pub(crate) retired: &'a Retired,
     pub(crate) live: L,
     /// Rejections of `Engine::publish*` calls that never reached a lane.
@@ -229,8 +230,8 @@ impl Stats {
         }
         stats.pending = report.accumulated + in_rings;
         for (id, p) in report.prefixes.iter().enumerate() {
-            if let Some(info) = parts.table.prefixes.get(id) {
-                stats.prefixes.insert(info.prefix.to_string(), *p);
+            if let Some(name) = (parts.prefix_name)(id) {
+                stats.prefixes.insert(name, *p);
             }
         }
         stats
