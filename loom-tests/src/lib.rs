@@ -44,3 +44,35 @@ pub fn spin_until(mut done: impl FnMut() -> bool) {
         loom::thread::yield_now();
     }
 }
+
+/// A window no model waits out: only a flush, a shutdown, a count or a
+/// wake-up can deliver.
+#[cfg(ringfold_loom)]
+pub const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The engine most models race against: 2-slot rings, a tick of an hour
+/// (the timer never decides anything), `policy` for every name, and a
+/// subscriber that sets bit `payload` in `seen` for each delivered event
+/// and, given `count`, counts deliveries (to catch duplicates).
+#[cfg(ringfold_loom)]
+pub fn recording_engine(
+    policy: ringfold::Policy,
+    seen: loom::sync::Arc<loom::sync::atomic::AtomicUsize>,
+    count: Option<loom::sync::Arc<loom::sync::atomic::AtomicUsize>>,
+) -> ringfold::Engine<u64> {
+    use loom::sync::atomic::Ordering;
+    ringfold::Engine::<u64>::builder()
+        .ring_capacity(2)
+        .tick(HOUR)
+        .default_policy(policy)
+        .subscriber(move |batch: &ringfold::Batch<'_, u64>| {
+            for event in batch.events() {
+                seen.fetch_or(1 << *event.payload(), Ordering::Relaxed);
+                if let Some(count) = &count {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .build()
+        .unwrap()
+}

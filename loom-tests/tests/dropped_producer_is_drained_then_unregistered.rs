@@ -9,34 +9,20 @@
 //! leaked ring, fails the model too.
 #![cfg(ringfold_loom)]
 
-use std::time::Duration;
-
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use loom_tests::model;
-use ringfold::{Batch, Engine, Policy};
+use loom_tests::{model, recording_engine};
+use ringfold::Policy;
 
 #[test]
 fn dropped_producer_ring_is_drained_completely_then_unregistered() {
     model(|| {
         let seen = Arc::new(AtomicUsize::new(0));
         let count = Arc::new(AtomicUsize::new(0));
-        let (s, c) = (seen.clone(), count.clone());
-        let engine = Engine::<u64>::builder()
-            .ring_capacity(2)
-            .tick(Duration::from_secs(3600))
-            // Passthrough: every event goes out on the sweep that takes it,
-            // so the sweeps woken by the publishes race the drop.
-            .default_policy(Policy::Passthrough)
-            .subscriber(move |batch: &Batch<'_, u64>| {
-                for event in batch.events() {
-                    s.fetch_or(1 << *event.payload(), Ordering::Relaxed);
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build()
-            .unwrap();
+        // Passthrough: every event goes out on the sweep that takes it, so
+        // the sweeps woken by the publishes race the drop.
+        let engine = recording_engine(Policy::Passthrough, seen.clone(), Some(count.clone()));
         let key = engine.key("m:drop").unwrap();
         let mut producer = engine.producer().unwrap();
         let publisher = thread::spawn(move || {

@@ -11,29 +11,15 @@
 //! synchronisation (loom would otherwise let the load see the old value).
 #![cfg(ringfold_loom)]
 
-use std::time::Duration;
-
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use loom_tests::model;
-use ringfold::{Batch, Engine, Policy};
-
-const HOUR: Duration = Duration::from_secs(3600);
+use loom_tests::{model, recording_engine, HOUR};
+use ringfold::{Engine, Policy};
 
 fn engine(seen: Arc<AtomicUsize>) -> Engine<u64> {
-    Engine::<u64>::builder()
-        .ring_capacity(2)
-        .tick(HOUR)
-        // A long window: without the flush nothing would be emitted.
-        .default_policy(Policy::batch(HOUR, 8))
-        .subscriber(move |batch: &Batch<'_, u64>| {
-            for event in batch.events() {
-                seen.fetch_or(1 << *event.payload(), Ordering::Relaxed);
-            }
-        })
-        .build()
-        .unwrap()
+    // A long window: without the flush nothing would be emitted.
+    recording_engine(Policy::batch(HOUR, 8), seen, None)
 }
 
 #[test]

@@ -21,15 +21,11 @@
 //! second event must wake it to complete the batch.
 #![cfg(ringfold_loom)]
 
-use std::time::Duration;
-
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use loom_tests::model;
+use loom_tests::{model, HOUR};
 use ringfold::{Batch, Engine, Policy};
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 /// Interleavings in which the flusher was asleep PARKED and the second
 /// publish crossed the mark and woke it (summed over all runs).

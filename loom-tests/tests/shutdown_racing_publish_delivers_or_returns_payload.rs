@@ -6,32 +6,18 @@
 //! with its own payload and the event is not delivered. The counters agree.
 #![cfg(ringfold_loom)]
 
-use std::time::Duration;
-
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use loom_tests::model;
-use ringfold::{Batch, Engine, Policy, PublishError};
+use loom_tests::{model, recording_engine, HOUR};
+use ringfold::{Policy, PublishError};
 
 #[test]
 fn publish_racing_shutdown_is_delivered_or_handed_back() {
     model(|| {
         let seen = Arc::new(AtomicUsize::new(0));
         let count = Arc::new(AtomicUsize::new(0));
-        let (s, c) = (seen.clone(), count.clone());
-        let engine = Engine::<u64>::builder()
-            .ring_capacity(2)
-            .tick(Duration::from_secs(3600))
-            .default_policy(Policy::batch(Duration::from_secs(3600), 8))
-            .subscriber(move |batch: &Batch<'_, u64>| {
-                for event in batch.events() {
-                    s.fetch_or(1 << *event.payload(), Ordering::Relaxed);
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build()
-            .unwrap();
+        let engine = recording_engine(Policy::batch(HOUR, 8), seen.clone(), Some(count.clone()));
         let key = engine.key("m:shutdown").unwrap();
         let mut producer = engine.producer().unwrap();
         let publisher = thread::spawn(move || {
