@@ -8,11 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{recorder, wait_until, Rng};
+use common::{recorder, wait_until, Rng, HOUR, LONG};
 use ringfold::{Batch, BatchReason, Engine, Policy, PublishError, Value};
-
-const LONG: Duration = Duration::from_secs(10);
-const HOUR: Duration = Duration::from_secs(3600);
 
 #[test]
 fn five_deltas_in_one_window_become_one_update_with_the_final_state() {

@@ -4,37 +4,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{recorder, wait_until, Rng};
+use common::{gate, recorder, stamp_recorder, wait_until, Rng, LONG};
 use ringfold::{
     Batch, BatchReason, Engine, Error, Event, FullPolicy, Policy, PublishError, Subscriber, Value,
 };
-
-const LONG: Duration = Duration::from_secs(10);
-
-/// A subscriber that blocks inside its first batch until released: a
-/// deterministic way to keep the flusher busy while a ring fills.
-fn gate() -> (
-    impl FnMut(&Batch<'_, u64>) + Send + 'static,
-    mpsc::Receiver<()>,
-    mpsc::Sender<()>,
-) {
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let mut first = true;
-    let subscriber = move |_b: &Batch<'_, u64>| {
-        if std::mem::take(&mut first) {
-            entered_tx.send(()).unwrap();
-            // Bounded, so a failing test fails instead of hanging its
-            // engine's shutdown on this gate.
-            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-        }
-    };
-    (subscriber, entered_rx, release_tx)
-}
 
 #[test]
 fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() {
@@ -738,21 +714,6 @@ fn engine_is_send_and_sync_producer_is_send() {
     send_sync::<Engine<Value>>();
     send_sync::<Engine<u64>>();
     send::<ringfold::Producer<Value>>();
-}
-
-/// What a subscriber saw of each event: sub-key, payload, timestamp.
-type StampLog = Arc<Mutex<Vec<(u64, u64, std::time::Instant)>>>;
-
-fn stamp_recorder() -> (impl FnMut(&Batch<'_, u64>) + Send + 'static, StampLog) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let subscriber = move |b: &Batch<'_, u64>| {
-        let mut sink = sink.lock().unwrap();
-        for e in b.events() {
-            sink.push((e.sub_key(), *e.payload(), e.timestamp()));
-        }
-    };
-    (subscriber, seen)
 }
 
 #[test]

@@ -1,10 +1,17 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfold::{Batch, BatchReason};
+
+/// A generous bound for waits that should end almost at once: a failing
+/// test fails after it instead of hanging.
+pub const LONG: Duration = Duration::from_secs(10);
+/// A window no test waits out: only a flush, a count or an urgent event
+/// delivers.
+pub const HOUR: Duration = Duration::from_secs(3600);
 
 /// A delivered batch, copied out of the subscriber call.
 #[derive(Debug, Clone)]
@@ -87,4 +94,41 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// A subscriber that blocks inside its first batch until released: a
+/// deterministic way to keep the flusher busy while a ring fills.
+pub fn gate() -> (
+    impl FnMut(&Batch<'_, u64>) + Send + 'static,
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let mut first = true;
+    let subscriber = move |_b: &Batch<'_, u64>| {
+        if std::mem::take(&mut first) {
+            entered_tx.send(()).unwrap();
+            // Bounded, so a failing test fails instead of hanging its
+            // engine's shutdown on this gate.
+            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
+        }
+    };
+    (subscriber, entered_rx, release_tx)
+}
+
+/// What a subscriber saw of each event: sub-key, payload, timestamp.
+pub type StampLog = Arc<Mutex<Vec<(u64, u64, std::time::Instant)>>>;
+
+pub fn stamp_recorder() -> (impl FnMut(&Batch<'_, u64>) + Send + 'static, StampLog) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let subscriber = move |b: &Batch<'_, u64>| {
+        let mut sink = sink.lock().unwrap();
+        for e in b.events() {
+            sink.push((e.sub_key(), *e.payload(), e.timestamp()));
+        }
+    };
+    (subscriber, seen)
 }
