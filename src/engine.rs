@@ -147,6 +147,7 @@ impl<T: Send + 'static> Engine<T> {
             }),
             Err(_) => {
                 let unlaned = &self.handle.shared.unlaned;
+                // Relaxed: a stats counter.
                 unlaned.invalid_name.fetch_add(1, Ordering::Relaxed);
                 Err(PublishError::InvalidName(payload))
             }

@@ -61,6 +61,10 @@ impl<T> Lane<T> {
     /// slots. Exact when the lane is quiescent; read mid-publish it can be
     /// off by the event in flight.
     pub(crate) fn events(&self) -> (u64, u64) {
+        // Acquire on the extension and reclaim counters, which pair with
+        // the Release of the flusher's `ext_popped` increment: the ring
+        // counts read after them are at least as new, so the subtraction
+        // below does not underflow from a torn view.
         let reclaimed = self.reclaimed.load(Ordering::Acquire);
         let ext_popped = self.ext_popped.load(Ordering::Acquire);
         let popped = self.ring.popped() as u64;
@@ -86,6 +90,7 @@ impl<T> Lane<T> {
     /// Counts a rejection under `counter` (one of `self.drops`), and under
     /// its prefix for `Batch::dropped` when it has one.
     pub(crate) fn count_drop(&self, counter: &AtomicU64, prefix: Option<u32>) {
+        // Relaxed: a stats counter.
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(prefix) = prefix {
             *lock(&self.drops_by_prefix).entry(prefix).or_default() += 1;

@@ -69,6 +69,7 @@ pub(crate) fn with_producer<T: Send + 'static>(
         // thread is exiting.
         _ => {
             let unlaned = &shared.unlaned;
+            // Relaxed: a stats counter.
             unlaned.shut_down.fetch_add(1, Ordering::Relaxed);
             match payload {
                 Some(payload) => Err(PublishError::ShutDown(payload)),

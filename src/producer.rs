@@ -378,6 +378,7 @@ impl<T: Send + 'static> Producer<T> {
                 && self.ring.len_upper_bound() >= self.shared.config.high_water
                 && self.ring.refresh_len() >= self.shared.config.high_water);
         if wake && self.shared.state.wake() && !urgent && !state.deep() {
+            // Relaxed: a stats counter.
             self.shared
                 .high_water_wakeups
                 .fetch_add(1, Ordering::Relaxed);
@@ -399,6 +400,10 @@ impl<T: Send + 'static> Producer<T> {
                 None => ext += 1,
             });
         }
+        // Relaxed: stats counters. The flusher has stopped (we waited for
+        // it under the control mutex), so nothing else writes them now, and
+        // a stats reader is ordered by the same mutex or sees the old value
+        // (a snapshot is exact only at quiescent moments).
         self.lane.ext_popped.fetch_add(ext, Ordering::Relaxed);
         self.lane
             .reclaimed

@@ -795,3 +795,32 @@ fn a_stamped_event_that_does_not_fit_whole_is_dropped_whole() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
 }
+
+#[test]
+fn publish_errors_are_errors_for_any_payload_and_hand_payloads_back() {
+    // Not `Debug`: `PublishError<T>` must still be an `Error`.
+    struct Opaque(u64);
+    fn as_error<E: std::error::Error + 'static>(e: E) -> Box<dyn std::error::Error> {
+        Box::new(e)
+    }
+    let engine = Engine::<Opaque>::builder().build().unwrap();
+    let other = Engine::<Opaque>::builder().build().unwrap();
+    let mut p = engine.producer().unwrap();
+    let _ = other.key("a:known").unwrap();
+    let unknown = other.key("a:unknown").unwrap();
+    let err = p.publish_key(unknown, Opaque(7)).unwrap_err();
+    assert_eq!(format!("{err:?}"), "InvalidName(..)");
+    assert_eq!(as_error(err).to_string(), "invalid event name");
+    let mut events = vec![(unknown, Opaque(1)), (unknown, Opaque(2))].into_iter();
+    let rejected = p.publish_many(&mut events).unwrap_err().into_rejected();
+    let back: Vec<u64> = rejected.iter().map(|o| o.0).collect();
+    assert_eq!(back, vec![1, 2], "publish_many hands back what it rejects");
+    assert_eq!(engine.stats().dropped.invalid_name, 3);
+    engine.shutdown().unwrap();
+    let mut events = vec![(unknown, Opaque(3))].into_iter();
+    assert!(matches!(
+        p.publish_many(&mut events),
+        Err(ringfold::PublishManyError::ShutDown { .. })
+    ));
+    assert_eq!(events.len(), 1, "a closed engine takes nothing");
+}
