@@ -89,7 +89,12 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// assert!(Metric::FanPct.is_slow());
 /// assert_eq!(Metric::ALL.len(), Metric::COUNT);
 /// ```
+///
+/// `#[non_exhaustive]`: metrics may be added; a [`GpuSource`] matching on
+/// them needs a wildcard arm (report unknown ones as
+/// [`ReadError::NotSupported`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Metric {
     /// GPU (kernel) utilisation over NVML's last sample period, %.
     UtilGpuPct,
@@ -258,12 +263,16 @@ impl fmt::Display for Metric {
 /// use ringfold::gpu::{GpuReading, Metric};
 /// use ringfold::Value;
 /// use std::time::Instant;
-/// let r = GpuReading { device: 0, metric: Metric::PowerMw, value: 312_500.0, at: Instant::now() };
+/// let r = GpuReading::new(0, Metric::PowerMw, 312_500.0, Instant::now());
 /// assert_eq!(Value::from(r), Value::F64(312_500.0));
-/// let r = GpuReading { metric: Metric::MemUsedBytes, value: 4096.0, ..r };
+/// let r = GpuReading::new(0, Metric::MemUsedBytes, 4096.0, r.at);
 /// assert_eq!(Value::from(r), Value::U64(4096));
 /// ```
+///
+/// `#[non_exhaustive]`: fields may be added; read the fields, build one
+/// with [`GpuReading::new`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct GpuReading {
     /// NVML device index.
     pub device: u32,
@@ -274,6 +283,18 @@ pub struct GpuReading {
     pub value: f64,
     /// When the pass that took it started.
     pub at: Instant,
+}
+
+impl GpuReading {
+    /// A reading of `metric` on `device`, taken in the pass started `at`.
+    pub fn new(device: u32, metric: Metric, value: f64, at: Instant) -> Self {
+        GpuReading {
+            device,
+            metric,
+            value,
+            at,
+        }
+    }
 }
 
 impl From<GpuReading> for Value {
@@ -294,6 +315,7 @@ impl Sample for GpuReading {
 
 /// Why one reading could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The device does not support this metric: skipped from then on.
     NotSupported,

@@ -9,6 +9,7 @@ use super::{DeviceError, GpuSource, Metric, ReadError};
 
 /// What one scripted read of a metric returns.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Step {
     /// A reading.
     Value(f64),
