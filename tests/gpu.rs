@@ -1,7 +1,10 @@
 //! GPU sampler tests with a scripted source: naming, units, slow period,
 //! unsupported metrics, device errors and back-off, failed readings, and
-//! aggregation through a real engine. Everything the sampler schedules is
-//! counted in passes, so no assertion depends on wall-clock time.
+//! aggregation through a real engine, bounded stops on a wedged source,
+//! huge durations and absurd device counts. Everything the sampler
+//! schedules is counted in passes, so no assertion depends on wall-clock
+//! speed; the wedged-source tests only bound a wait generously (30 s) to
+//! tell "returned" from "hung".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -639,4 +642,24 @@ fn huge_backoff_and_slow_interval_with_a_short_interval_never_panic() {
     assert_eq!(stats.slow_passes, 1, "slow metrics on the first pass only");
     // Doubling back-off, uncapped: fails at 1, retried at 3, 6, 11, 20, 37.
     assert_eq!(log.calls(0), [0, 1, 3, 6, 11, 20, 37]);
+}
+
+#[test]
+fn engine_shutdown_is_not_held_up_by_a_detached_wedged_sampler() {
+    let (engine, _seen) = passthrough_engine();
+    let wedge = Wedge::default();
+    let sampler =
+        GpuSampler::start_with_source(&engine, wedge.clone(), config(0).max_passes(None)).unwrap();
+    wedge.wait_entered();
+    assert!(sampler.stop_timeout(Duration::from_millis(10)).is_err());
+    // The detached thread is still inside the source call, holding its
+    // producer: shutting the engine down must not wait for it.
+    let returned = returns_within(Duration::from_secs(30), move || {
+        engine.shutdown().unwrap();
+    });
+    wedge.release();
+    assert!(
+        returned,
+        "engine shutdown waited for the wedged sampler thread"
+    );
 }
