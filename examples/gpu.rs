@@ -96,10 +96,7 @@ fn main() {
         .build()
         .expect("engine");
 
-    let config = SamplerConfig {
-        interval,
-        ..SamplerConfig::default()
-    };
+    let config = SamplerConfig::default().interval(interval);
     let t = Instant::now();
     let started = match scripted_devices {
         Some(n) => GpuSampler::start_with_source(&engine, scripted(n as u32), config),

@@ -30,11 +30,9 @@
 //!     })
 //!     .build()?;
 //! let source = ScriptedSource::new(1).values(0, Metric::PowerMw, [100.0, 200.0, 300.0]);
-//! let config = SamplerConfig {
-//!     interval: Duration::from_millis(1),
-//!     max_passes: Some(3),
-//!     ..SamplerConfig::default()
-//! };
+//! let config = SamplerConfig::default()
+//!     .interval(Duration::from_millis(1))
+//!     .max_passes(3);
 //! let stats = GpuSampler::start_with_source(&engine, source, config)?.join();
 //! assert_eq!(stats.passes, 3);
 //! engine.flush()?;
@@ -68,6 +66,19 @@ pub const NVML_PATH_ENV: &str = "RINGFOLD_NVML_PATH";
 /// [`NVML_PATH_ENV`] names one.
 pub const DEFAULT_NVML_LIB: &str = "libnvidia-ml.so.1";
 
+/// The most devices one sampler samples. A source reporting more is refused
+/// at start with [`GpuError::TooManyDevices`], before anything is allocated
+/// or any name interned: a count that large is a broken source or driver,
+/// and sampling it would take `MAX_DEVICES * Metric::COUNT` (here 1,152)
+/// of the engine's names (4,096 by default). NVML machines have at most a
+/// few dozen devices.
+pub const MAX_DEVICES: u32 = 64;
+
+/// Default of [`SamplerConfig::stop_timeout`]: how long
+/// [`GpuSampler::stop`] and dropping a sampler wait for a source call
+/// under way before detaching the thread.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One GPU metric. The event name is `gpu:<device>:<name>`, the unit is part
 /// of the name.
 ///
@@ -78,7 +89,12 @@ pub const DEFAULT_NVML_LIB: &str = "libnvidia-ml.so.1";
 /// assert!(Metric::FanPct.is_slow());
 /// assert_eq!(Metric::ALL.len(), Metric::COUNT);
 /// ```
+///
+/// `#[non_exhaustive]`: metrics may be added; a [`GpuSource`] matching on
+/// them needs a wildcard arm (report unknown ones as
+/// [`ReadError::NotSupported`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Metric {
     /// GPU (kernel) utilisation over NVML's last sample period, %.
     UtilGpuPct,
@@ -247,12 +263,16 @@ impl fmt::Display for Metric {
 /// use ringfold::gpu::{GpuReading, Metric};
 /// use ringfold::Value;
 /// use std::time::Instant;
-/// let r = GpuReading { device: 0, metric: Metric::PowerMw, value: 312_500.0, at: Instant::now() };
+/// let r = GpuReading::new(0, Metric::PowerMw, 312_500.0, Instant::now());
 /// assert_eq!(Value::from(r), Value::F64(312_500.0));
-/// let r = GpuReading { metric: Metric::MemUsedBytes, value: 4096.0, ..r };
+/// let r = GpuReading::new(0, Metric::MemUsedBytes, 4096.0, r.at);
 /// assert_eq!(Value::from(r), Value::U64(4096));
 /// ```
+///
+/// `#[non_exhaustive]`: fields may be added; read the fields, build one
+/// with [`GpuReading::new`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct GpuReading {
     /// NVML device index.
     pub device: u32,
@@ -263,6 +283,18 @@ pub struct GpuReading {
     pub value: f64,
     /// When the pass that took it started.
     pub at: Instant,
+}
+
+impl GpuReading {
+    /// A reading of `metric` on `device`, taken in the pass started `at`.
+    pub fn new(device: u32, metric: Metric, value: f64, at: Instant) -> Self {
+        GpuReading {
+            device,
+            metric,
+            value,
+            at,
+        }
+    }
 }
 
 impl From<GpuReading> for Value {
@@ -283,6 +315,7 @@ impl Sample for GpuReading {
 
 /// Why one reading could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The device does not support this metric: skipped from then on.
     NotSupported,
@@ -344,13 +377,30 @@ impl<S: GpuSource + ?Sized> GpuSource for Box<S> {
 
 /// Sampler settings.
 ///
+/// `#[non_exhaustive]`: build one from [`SamplerConfig::default`] and the
+/// setters (or assign the public fields of a default one).
+///
+/// **Durations never panic.** Every duration may be as large as
+/// `Duration::MAX`; one too large to add to an `Instant` means "no limit":
+/// an `interval` that large runs one pass and then waits until stopped, a
+/// `slow_interval` that large reads the slow metrics on the first pass
+/// only, a `max_backoff` that large lets the back-off keep doubling (a
+/// failing device is then practically never retried), and a
+/// `stop_timeout` that large makes stopping wait without bound.
+///
 /// ```
 /// use ringfold::gpu::SamplerConfig;
 /// use std::time::Duration;
-/// let c = SamplerConfig { interval: Duration::from_millis(50), ..SamplerConfig::default() };
+/// let c = SamplerConfig::default()
+///     .interval(Duration::from_millis(50))
+///     .max_passes(100)
+///     .log(false);
+/// assert_eq!(c.interval, Duration::from_millis(50));
 /// assert_eq!(c.slow_interval, Duration::from_secs(10));
+/// assert_eq!(c.max_passes, Some(100));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SamplerConfig {
     /// Time between passes (default 1 s; sub-100 ms is allowed, but polling
     /// NVML very often stalls the driver). Zero runs passes back to back,
@@ -368,11 +418,17 @@ pub struct SamplerConfig {
     /// failure from one pass up to this. Default 30 s.
     pub max_backoff: Duration,
     /// Stop by itself after this many passes (tests, measurements,
-    /// fixed-length runs). Default: run until stopped.
+    /// fixed-length runs); `Some(0)` runs no pass at all (the sampler
+    /// starts, checks its source and interns its names, and its thread
+    /// ends at once). Default: run until stopped.
     pub max_passes: Option<u64>,
     /// Log unsupported metrics and device errors/recoveries to stderr (once
     /// each). Default true.
     pub log: bool,
+    /// How long [`GpuSampler::stop`] and dropping the sampler wait for the
+    /// source call under way before detaching the thread; default
+    /// [`DEFAULT_STOP_TIMEOUT`] (2 s).
+    pub stop_timeout: Duration,
 }
 
 impl Default for SamplerConfig {
@@ -384,11 +440,63 @@ impl Default for SamplerConfig {
             max_backoff: Duration::from_secs(30),
             max_passes: None,
             log: true,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
     }
 }
 
-/// Errors starting a sampler.
+impl SamplerConfig {
+    /// Sets [`SamplerConfig::interval`].
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets [`SamplerConfig::slow_interval`].
+    pub fn slow_interval(mut self, slow_interval: Duration) -> Self {
+        self.slow_interval = slow_interval;
+        self
+    }
+
+    /// Sets [`SamplerConfig::lib_path`].
+    pub fn lib_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lib_path = Some(path.into());
+        self
+    }
+
+    /// Sets [`SamplerConfig::max_backoff`].
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`SamplerConfig::max_passes`]: a number, or `None` to run
+    /// until stopped.
+    ///
+    /// ```
+    /// use ringfold::gpu::SamplerConfig;
+    /// assert_eq!(SamplerConfig::default().max_passes(3).max_passes, Some(3));
+    /// assert_eq!(SamplerConfig::default().max_passes(None).max_passes, None);
+    /// ```
+    pub fn max_passes(mut self, max_passes: impl Into<Option<u64>>) -> Self {
+        self.max_passes = max_passes.into();
+        self
+    }
+
+    /// Sets [`SamplerConfig::log`].
+    pub fn log(mut self, log: bool) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Sets [`SamplerConfig::stop_timeout`].
+    pub fn stop_timeout(mut self, stop_timeout: Duration) -> Self {
+        self.stop_timeout = stop_timeout;
+        self
+    }
+}
+
+/// Errors starting or stopping a sampler.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum GpuError {
@@ -406,12 +514,29 @@ pub enum GpuError {
     FeatureDisabled,
     /// The source reports no devices.
     NoDevices,
+    /// The source reports more than [`MAX_DEVICES`] devices; nothing was
+    /// allocated or interned.
+    TooManyDevices {
+        /// The count the source reported.
+        reported: u32,
+        /// [`MAX_DEVICES`].
+        max: u32,
+    },
     /// The source could not list its devices.
     Source(DeviceError),
     /// The engine refused a producer or a name (e.g. it is shut down).
     Engine(crate::Error),
     /// The sampler thread could not be spawned.
     Spawn(std::io::Error),
+    /// [`GpuSampler::stop_timeout`]: the source call under way did not
+    /// return in time. The thread was detached; it ends, publishing nothing
+    /// more, as soon as that call returns.
+    StopTimeout {
+        /// The timeout that passed.
+        timeout: Duration,
+        /// The counters when the wait gave up (`finished` is false).
+        stats: GpuStats,
+    },
 }
 
 impl fmt::Display for GpuError {
@@ -427,9 +552,17 @@ impl fmt::Display for GpuError {
                 "ringfold was built without the `gpu` feature: no NVML source (enable the feature)",
             ),
             GpuError::NoDevices => f.write_str("no GPU devices found"),
+            GpuError::TooManyDevices { reported, max } => write!(
+                f,
+                "the GPU source reports {reported} devices, more than the {max} a sampler supports (ringfold::gpu::MAX_DEVICES)"
+            ),
             GpuError::Source(e) => write!(f, "cannot list GPU devices: {e}"),
             GpuError::Engine(e) => write!(f, "engine refused the GPU sampler: {e}"),
             GpuError::Spawn(e) => write!(f, "cannot spawn the GPU sampler thread: {e}"),
+            GpuError::StopTimeout { timeout, .. } => write!(
+                f,
+                "the GPU sampler did not stop within {timeout:?} (a source call is blocked); its thread was detached"
+            ),
         }
     }
 }

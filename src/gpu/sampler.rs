@@ -2,15 +2,27 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{DeviceError, GpuError, GpuReading, GpuSource, Metric, ReadError, SamplerConfig};
+use super::{
+    DeviceError, GpuError, GpuReading, GpuSource, Metric, ReadError, SamplerConfig, MAX_DEVICES,
+};
 use crate::{Engine, EventKey, Producer, PublishError};
 
 /// A snapshot of a sampler's counters ([`GpuSampler::stats`]).
+///
+/// `#[non_exhaustive]`: counters may be added; read the fields, start from
+/// `GpuStats::default()` to build one.
+///
+/// ```
+/// use ringfold::gpu::GpuStats;
+/// let s = GpuStats::default();
+/// assert_eq!((s.passes, s.finished, s.panicked), (0, false, false));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GpuStats {
     /// Devices being sampled.
     pub devices: u32,
@@ -41,8 +53,14 @@ pub struct GpuStats {
     /// Longest pass, ns.
     pub max_pass_ns: u64,
     /// The sampler thread has ended (stopped, `max_passes` reached, or the
-    /// engine shut down).
+    /// engine shut down). False in the stats of a stop that timed out: the
+    /// thread was detached while still inside a source call.
     pub finished: bool,
+    /// The sampler thread ended by a panic outside the source (source
+    /// panics are caught and counted in `device_errors`): a bug in the
+    /// sampler, or a panicking `From<GpuReading>` of the payload type. The
+    /// panic is contained; the engine is unaffected.
+    pub panicked: bool,
 }
 
 impl GpuStats {
@@ -67,6 +85,57 @@ struct Counters {
     busy_ns: AtomicU64,
     max_pass_ns: AtomicU64,
     finished: AtomicBool,
+    panicked: AtomicBool,
+}
+
+/// What the sampler thread and its handle share.
+#[derive(Default)]
+struct Shared {
+    counters: Counters,
+    /// Asks the thread to end after the pass (source call) under way.
+    stop: AtomicBool,
+    /// Set (under the lock, then notified) when the thread has ended, so a
+    /// stop can wait for it with a timeout: `JoinHandle::join` has none.
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl Shared {
+    /// Waits until the thread has ended, at most `timeout`; true if it
+    /// has. A timeout too large for an `Instant` waits without bound.
+    fn wait_done(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            done = match deadline {
+                None => self.done_cv.wait(done),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    self.done_cv
+                        .wait_timeout(done, deadline - now)
+                        .map(|(g, _)| g)
+                        .map_err(|p| std::sync::PoisonError::new(p.into_inner().0))
+                }
+            }
+            .unwrap_or_else(|p| p.into_inner());
+        }
+        true
+    }
+}
+
+/// Marks the thread as ended when dropped: on return and on unwind alike,
+/// so a waiting `stop` is always woken.
+struct DoneGuard(Arc<Shared>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.counters.finished.store(true, Ordering::Release);
+        *self.0.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.done_cv.notify_all();
+    }
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -83,6 +152,16 @@ fn bump(c: &AtomicU64, n: u64) {
 /// panics (a panicking source counts as a device error) and never stops the
 /// engine.
 ///
+/// **Stopping is bounded.** A source call cannot be interrupted, so a
+/// wedged driver call would block a join forever. [`GpuSampler::stop`] and
+/// `Drop` wait at most [`SamplerConfig::stop_timeout`] (default
+/// [`DEFAULT_STOP_TIMEOUT`](super::DEFAULT_STOP_TIMEOUT), 2 s) and
+/// [`GpuSampler::stop_timeout`] takes its own bound and returns
+/// [`GpuError::StopTimeout`]. On a timeout the thread is *detached*: it
+/// has been told to stop and ends as soon as the source call returns,
+/// publishing nothing more; until then it keeps the source and one engine
+/// producer alive.
+///
 /// ```
 /// use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource, Step};
 /// use ringfold::{Engine, Value};
@@ -91,7 +170,7 @@ fn bump(c: &AtomicU64, n: u64) {
 /// let source = ScriptedSource::new(1)
 ///     .script(0, Metric::FanPct, [Step::Unsupported])
 ///     .script(0, Metric::TempC, [Step::Value(50.0), Step::Fail]);
-/// let config = SamplerConfig { interval: Duration::ZERO, max_passes: Some(4), log: false, ..Default::default() };
+/// let config = SamplerConfig::default().interval(Duration::ZERO).max_passes(4).log(false);
 /// let stats = GpuSampler::start_with_source(&engine, source, config)?.join();
 /// assert_eq!(stats.passes, 4);
 /// assert_eq!(stats.unsupported, 1);
@@ -99,9 +178,9 @@ fn bump(c: &AtomicU64, n: u64) {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct GpuSampler {
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     devices: u32,
+    stop_timeout: Duration,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -153,6 +232,21 @@ impl GpuSampler {
     /// Starts sampling `source`. Interns every `gpu:<i>:<metric>` name and
     /// registers the producer before returning, so engine errors come back
     /// here; the first pass runs at once on the new thread.
+    ///
+    /// A source reporting more than [`MAX_DEVICES`] devices is refused with
+    /// [`GpuError::TooManyDevices`] before any name is interned (so a
+    /// misbehaving source cannot fill the engine's name table), as is one
+    /// reporting none ([`GpuError::NoDevices`]).
+    ///
+    /// ```
+    /// use ringfold::gpu::{GpuError, GpuSampler, SamplerConfig, ScriptedSource, MAX_DEVICES};
+    /// use ringfold::{Engine, Value};
+    /// let engine = Engine::<Value>::builder().default_rules().build()?;
+    /// let err = GpuSampler::start_with_source(&engine, ScriptedSource::new(u32::MAX), SamplerConfig::default())
+    ///     .unwrap_err();
+    /// assert!(matches!(err, GpuError::TooManyDevices { reported: u32::MAX, max: MAX_DEVICES }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start_with_source<T, S>(
         engine: &Engine<T>,
         mut source: S,
@@ -168,6 +262,14 @@ impl GpuSampler {
         if n == 0 {
             return Err(GpuError::NoDevices);
         }
+        // Checked before anything is allocated or interned: a bogus count
+        // must neither abort on allocation nor use up the engine's names.
+        if n > MAX_DEVICES {
+            return Err(GpuError::TooManyDevices {
+                reported: n,
+                max: MAX_DEVICES,
+            });
+        }
         let mut devices = Vec::with_capacity(n as usize);
         for index in 0..n {
             let mut keys = Vec::with_capacity(Metric::COUNT);
@@ -177,34 +279,42 @@ impl GpuSampler {
             devices.push(DeviceState::new(index, keys));
         }
         let producer = engine.producer()?;
-        let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
+        let stop_timeout = config.stop_timeout;
         let worker = Worker {
             source,
             producer,
             devices,
             schedule: Schedule::new(&config),
             config,
-            counters: counters.clone(),
-            stop: stop.clone(),
+            shared: shared.clone(),
             buf: Vec::with_capacity(Metric::COUNT),
             fast: Vec::with_capacity(Metric::COUNT),
         };
+        let guard = DoneGuard(shared.clone());
         let thread = std::thread::Builder::new()
             .name("ringfold-gpu".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                let guard = guard;
+                // Source panics are caught per call; this catches the rest
+                // (the payload's `From<GpuReading>`, a sampler bug) so it is
+                // reported in the stats rather than lost with the thread.
+                if catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
+                    guard.0.counters.panicked.store(true, Ordering::Release);
+                }
+            })
             .map_err(GpuError::Spawn)?;
         Ok(GpuSampler {
-            counters,
-            stop,
+            shared,
             devices: n,
+            stop_timeout,
             thread: Some(thread),
         })
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> GpuStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         GpuStats {
             devices: self.devices,
@@ -221,46 +331,94 @@ impl GpuSampler {
             busy_ns: r(&c.busy_ns),
             max_pass_ns: r(&c.max_pass_ns),
             finished: c.finished.load(Ordering::Acquire),
+            panicked: c.panicked.load(Ordering::Acquire),
         }
     }
 
     /// True once the sampler thread has ended.
     pub fn is_finished(&self) -> bool {
-        self.counters.finished.load(Ordering::Acquire)
+        self.shared.counters.finished.load(Ordering::Acquire)
     }
 
-    /// Stops the thread (it finishes the pass under way), joins it and
-    /// returns the final counters. Dropping the sampler does the same.
+    /// Stops the thread (it finishes the source call under way) and returns
+    /// the final counters, waiting at most [`SamplerConfig::stop_timeout`].
+    /// If the source call does not return in time the thread is detached
+    /// (see [the type's docs](GpuSampler)) and the returned stats have
+    /// `finished == false`; use [`GpuSampler::stop_timeout`] to get that
+    /// as an error instead. Dropping the sampler does the same.
     pub fn stop(mut self) -> GpuStats {
-        self.halt(true);
+        let timeout = self.stop_timeout;
+        self.halt(true, timeout);
         self.stats()
+    }
+
+    /// Stops the thread like [`GpuSampler::stop`], waiting at most
+    /// `timeout` (`Duration::MAX`, or any timeout too large to add to
+    /// `Instant::now()`, waits without bound). If the source call under
+    /// way has not returned by then, the thread is detached and
+    /// [`GpuError::StopTimeout`] carries the counters so far.
+    ///
+    /// ```
+    /// use ringfold::gpu::{GpuSampler, SamplerConfig, ScriptedSource};
+    /// use ringfold::{Engine, Value};
+    /// use std::time::Duration;
+    /// let engine = Engine::<Value>::builder().default_rules().build()?;
+    /// let sampler = GpuSampler::start_with_source(&engine, ScriptedSource::new(1), SamplerConfig::default())?;
+    /// let stats = sampler.stop_timeout(Duration::from_secs(10))?;
+    /// assert!(stats.finished && stats.passes <= 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stop_timeout(mut self, timeout: Duration) -> Result<GpuStats, GpuError> {
+        if self.halt(true, timeout) {
+            Ok(self.stats())
+        } else {
+            Err(GpuError::StopTimeout {
+                timeout,
+                stats: self.stats(),
+            })
+        }
     }
 
     /// Waits for the thread to end by itself ([`SamplerConfig::max_passes`]
     /// reached, or the engine shut down) and returns the final counters.
-    /// Without either it waits until the engine shuts down.
+    /// Without either it waits until the engine shuts down; this wait is
+    /// not bounded (a wedged source call blocks it), by design: use
+    /// [`GpuSampler::stop_timeout`] for a bounded end.
     pub fn join(mut self) -> GpuStats {
-        self.halt(false);
+        self.halt(false, Duration::MAX);
         self.stats()
     }
 
-    fn halt(&mut self, stop: bool) {
-        if let Some(thread) = self.thread.take() {
-            if stop {
-                self.stop.store(true, Ordering::Release);
-                thread.thread().unpark();
-            }
-            // The worker catches source panics; a panic here would be a bug
-            // in the sampler itself, and is not propagated.
+    /// Ends the thread (`stop`: asks it to) and waits at most `timeout`.
+    /// True if it ended (and was joined); false if it was detached.
+    fn halt(&mut self, stop: bool, timeout: Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return self.is_finished();
+        };
+        if stop {
+            self.shared.stop.store(true, Ordering::Release);
+            thread.thread().unpark();
+        }
+        if self.shared.wait_done(timeout) {
+            // Done is signalled by the thread's last act, so this join is
+            // immediate. Panics were caught inside the thread.
             let _ = thread.join();
-            self.counters.finished.store(true, Ordering::Release);
+            true
+        } else {
+            // Detach: dropping the handle leaves the thread running until
+            // its source call returns; `stop` is set, so it then ends.
+            drop(thread);
+            false
         }
     }
 }
 
 impl Drop for GpuSampler {
+    /// Stops the thread, waiting at most [`SamplerConfig::stop_timeout`]
+    /// (then detaching it): a drop never blocks without bound.
     fn drop(&mut self) {
-        self.halt(true);
+        let timeout = self.stop_timeout;
+        self.halt(true, timeout);
     }
 }
 
@@ -332,8 +490,7 @@ struct Worker<T: Send + 'static, S> {
     devices: Vec<DeviceState>,
     schedule: Schedule,
     config: SamplerConfig,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     buf: Vec<(Metric, Result<f64, ReadError>)>,
     fast: Vec<Metric>,
 }
@@ -341,43 +498,61 @@ struct Worker<T: Send + 'static, S> {
 impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
     fn run(mut self) {
         let interval = self.config.interval;
-        let mut next = Instant::now();
+        let max_passes = self.config.max_passes;
+        // A clone, so the counters can be read while `self.pass` borrows
+        // `self` mutably.
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        // When the previous pass was due. Every later instant is computed
+        // with checked arithmetic: an interval too large to add to an
+        // `Instant` (e.g. `Duration::MAX`) means "no next pass", i.e. wait
+        // until stopped, never a panic.
+        let mut due = Some(Instant::now());
         let mut pass = 0u64;
         loop {
-            if self.stop.load(Ordering::Acquire) {
+            // Checked first, so `max_passes: Some(0)` runs no pass.
+            if shared.stop.load(Ordering::Acquire) || max_passes.is_some_and(|m| pass >= m) {
                 break;
             }
             let started = Instant::now();
             let engine_open = self.pass(pass, started);
-            let took = started.elapsed().as_nanos() as u64;
-            bump(&self.counters.busy_ns, took);
-            self.counters.max_pass_ns.fetch_max(took, Ordering::Relaxed);
-            self.counters.passes.fetch_add(1, Ordering::Release);
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            bump(&counters.busy_ns, took);
+            counters.max_pass_ns.fetch_max(took, Ordering::Relaxed);
+            counters.passes.fetch_add(1, Ordering::Release);
             pass += 1;
-            if !engine_open || self.config.max_passes.is_some_and(|m| pass >= m) {
+            if !engine_open || max_passes.is_some_and(|m| pass >= m) {
                 break;
             }
             if interval.is_zero() {
                 continue;
             }
-            next += interval;
+            due = due.and_then(|d| d.checked_add(interval));
             let now = Instant::now();
-            if now > next + interval {
-                // Far behind (a slow pass, a suspended machine): start a
-                // fresh schedule instead of a burst of catch-up passes.
-                bump(&self.counters.overruns, 1);
-                next = now;
-                continue;
-            }
-            while !self.stop.load(Ordering::Acquire) {
-                let now = Instant::now();
-                if now >= next {
-                    break;
+            if let Some(d) = due {
+                if now.saturating_duration_since(d) > interval {
+                    // Far behind (a slow pass, a suspended machine): start
+                    // a fresh schedule instead of a burst of catch-up
+                    // passes.
+                    bump(&counters.overruns, 1);
+                    due = Some(now);
+                    continue;
                 }
-                std::thread::park_timeout(next - now);
+            }
+            while !shared.stop.load(Ordering::Acquire) {
+                match due {
+                    // Never due: sleep until `stop` unparks us.
+                    None => std::thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            break;
+                        }
+                        std::thread::park_timeout(d - now);
+                    }
+                }
             }
         }
-        self.counters.finished.store(true, Ordering::Release);
     }
 
     /// One pass over every device. Returns false once the engine is shut
@@ -385,7 +560,7 @@ impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
     fn pass(&mut self, pass: u64, at: Instant) -> bool {
         let slow = self.schedule.is_slow(pass);
         if slow {
-            bump(&self.counters.slow_passes, 1);
+            bump(&self.shared.counters.slow_passes, 1);
         }
         for d in 0..self.devices.len() {
             if !self.sample_device(d, pass, slow, at) {
@@ -398,11 +573,11 @@ impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
     fn sample_device(&mut self, d: usize, pass: u64, slow: bool, at: Instant) -> bool {
         let dev = &mut self.devices[d];
         if pass < dev.next_try {
-            bump(&self.counters.backoff_skips, 1);
+            bump(&self.shared.counters.backoff_skips, 1);
             return true;
         }
         if dev.failures > 0 {
-            bump(&self.counters.retries, 1);
+            bump(&self.shared.counters.retries, 1);
         }
         self.fast.clear();
         let everything = !dev.probed || slow;
@@ -421,7 +596,7 @@ impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
         }))
         .unwrap_or_else(|_| Err(DeviceError("the GPU source panicked".into())));
         if let Err(e) = result {
-            bump(&self.counters.device_errors, 1);
+            bump(&self.shared.counters.device_errors, 1);
             dev.failures = dev.failures.saturating_add(1);
             dev.next_try = pass
                 .saturating_add(1)
@@ -470,7 +645,7 @@ impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
         }
         // Requested but never reported: missing, counted as failed.
         failed += u64::from(requested.count_ones());
-        let c = &self.counters;
+        let c = &self.shared.counters;
         bump(&c.published, published);
         bump(&c.failed, failed);
         bump(&c.publish_dropped, dropped);

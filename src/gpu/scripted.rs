@@ -1,4 +1,5 @@
-//! A scripted [`GpuSource`] for tests, examples and measurements.
+//! A scripted [`GpuSource`]: a test double for tests, examples and
+//! measurements. It reads no hardware.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -8,6 +9,7 @@ use super::{DeviceError, GpuSource, Metric, ReadError};
 
 /// What one scripted read of a metric returns.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Step {
     /// A reading.
     Value(f64),
@@ -19,9 +21,18 @@ pub enum Step {
     Missing,
 }
 
-/// A [`GpuSource`] that plays a script: per device and metric, a sequence of
+/// **A test double, not a GPU.** A [`GpuSource`] that plays a script and
+/// touches no hardware, driver or NVML: per device and metric, a sequence of
 /// [`Step`]s consumed one per read (the last one repeats); device errors and
 /// panics at given passes. Unscripted metrics read a constant (default 1.0).
+///
+/// It exists so that everything the sampler does on top of its source
+/// (scheduling, slow periods, naming, unsupported metrics, failed readings,
+/// back-off, publishing) can be tested and measured on machines without a
+/// GPU, deterministically (every step is counted in passes, not time), and
+/// so examples and demos can run anywhere. Its readings mean nothing; do not
+/// use it to report on real devices. It is compiled with and without the
+/// `gpu` feature.
 ///
 /// What the sampler asked for is recorded in a [`ScriptLog`].
 ///
