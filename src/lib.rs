@@ -4,6 +4,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod barrier;
+pub mod delivery;
 mod engine;
 mod error;
 mod event;
@@ -22,6 +23,10 @@ mod subscriber;
 mod sync;
 mod value;
 
+pub use delivery::{
+    LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, SubscriberStats,
+    Subscription, TryRecvError,
+};
 pub use engine::{Engine, EngineBuilder, FullPolicy};
 pub use error::{Error, PublishError};
 pub use event::{Aggregate, Batch, BatchReason, Event};
