@@ -61,12 +61,14 @@ fn run(block: bool, discard: bool, callback: bool) {
         unsubscriber.join().unwrap();
         let seen = consumer.join().unwrap();
 
-        let ([sealed, delivered, lagged, discarded, queued, in_flight], conserved) =
-            queue.counts();
+        let ([sealed, delivered, lagged, discarded, queued, in_flight], conserved) = queue.counts();
         assert!(conserved);
         assert_eq!((queued, in_flight), (0, 0), "closed and drained");
         assert_eq!(sealed, target);
-        let closed = outcomes.iter().filter(|o| **o == DeliveryPush::Closed).count() as u64;
+        let closed = outcomes
+            .iter()
+            .filter(|o| **o == DeliveryPush::Closed)
+            .count() as u64;
         assert_eq!(sealed + closed, 2, "every push queued or refused");
         assert_eq!(delivered, seen.len() as u64);
         if block {
@@ -75,9 +77,15 @@ fn run(block: bool, discard: bool, callback: bool) {
         if !discard {
             assert_eq!(discarded, 0);
         }
-        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "in order, once: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "in order, once: {seen:?}"
+        );
         let reported: u64 = seen.iter().map(|s| s.1).sum();
-        assert!(reported <= lagged, "in-band loss {reported} > counted {lagged}");
+        assert!(
+            reported <= lagged,
+            "in-band loss {reported} > counted {lagged}"
+        );
     });
 }
 

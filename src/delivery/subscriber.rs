@@ -111,7 +111,10 @@ impl<T: Send + Sync + 'static> Subscription<T> {
         let (registration, queue) = registry.add(pattern, options)?;
         let worker_id = Arc::new(Mutex::new(None));
         let (q, id) = (queue.clone(), worker_id.clone());
-        let spawned = spawn_named(format!("ringfold-sub-{}", options.name()), move || {
+        // std panics on a thread name with a NUL byte: a subscriber's name is
+        // caller input, so it is cleaned rather than trusted.
+        let thread_name = format!("ringfold-sub-{}", options.name().replace('\0', "?"));
+        let spawned = spawn_named(thread_name, move || {
             *lock(&id) = Some(current().id());
             run(&q, subscriber);
         });

@@ -556,6 +556,10 @@ fn bad_subscriptions_are_typed_errors() {
         Receiver::new(&registry, "*", &zero),
         Err(Error::InvalidConfig(_))
     ));
+    // A name that std could not give a thread is not a panic.
+    let nul = SubscribeOptions::new("a\0b");
+    let sub = Subscription::spawn(&registry, "*", &nul, Box::new(|_: &Batch<u64>| {})).unwrap();
+    assert_eq!(sub.unsubscribe().name, "a\0b");
     registry.close_all();
     assert!(matches!(
         Receiver::new(&registry, "*", &opts),
