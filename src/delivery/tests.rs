@@ -656,6 +656,95 @@ fn slow_subscriber_costs_only_itself() {
     assert!(s.is_conserved());
 }
 
+#[test]
+fn dropping_a_deliver_subscription_still_delivers_what_was_queued() {
+    let mut f = Fixture::new(8);
+    let registry = Registry::<u64>::new();
+    let gate = StdArc::new(StdMutex::new(()));
+    let held = gate.lock().unwrap();
+    let (g2, count) = (gate.clone(), StdArc::new(AtomicU64::new(0)));
+    let c2 = count.clone();
+    let sub = Subscription::spawn(
+        &registry,
+        "*",
+        &SubscribeOptions::new("deliver"),
+        Box::new(move |_: &Batch<u64>| {
+            drop(g2.lock().unwrap());
+            c2.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
+    .unwrap();
+    let queue = sub.queue().clone();
+    let mut cache = RouteCache::default();
+    for i in 0..5 {
+        cache.deliver(&registry, &f.seal("data:a:x", vec![i]));
+    }
+    // Dropping never waits for the (stuck) delivery thread...
+    drop(sub);
+    assert_eq!(cache.deliver(&registry, &f.seal("data:a:x", vec![9])), 0);
+    drop(held);
+    // ...which still delivers the five queued batches, then exits.
+    assert!(queue.wait_done(5, deadline_after(Instant::now(), Duration::from_secs(10))));
+    assert_eq!(count.load(Ordering::SeqCst), 5);
+    let s = queue.stats();
+    assert_eq!(
+        (s.sealed, s.delivered_batches, s.discarded_batches),
+        (5, 5, 0)
+    );
+}
+
+/// An async flush (`FlushTicket::poll`) behind a slow callback subscriber
+/// never blocks the runtime: on a current-thread runtime another task
+/// keeps running while the flush waits.
+async fn async_flush_scenario() {
+    let mut f = Fixture::new(8);
+    let registry = Registry::<u64>::new();
+    let sub = Subscription::spawn(
+        &registry,
+        "*",
+        &SubscribeOptions::new("slow"),
+        Box::new(|_: &Batch<u64>| std::thread::sleep(Duration::from_millis(2))),
+    )
+    .unwrap();
+    let mut cache = RouteCache::default();
+    for i in 0..20 {
+        cache.deliver(&registry, &f.seal("data:a:x", vec![i]));
+    }
+    let ticks = StdArc::new(AtomicU64::new(0));
+    let t2 = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            t2.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+    });
+    let ticket = registry.flush_ticket();
+    std::future::poll_fn(|cx| ticket.poll(cx)).await;
+    assert!(ticks.load(Ordering::SeqCst) > 0, "the runtime kept running");
+    ticker.abort();
+    let s = sub.stats();
+    assert_eq!(s.delivered_batches, 20);
+}
+
+#[test]
+fn async_flush_on_current_thread_runtime() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async_flush_scenario());
+}
+
+#[test]
+fn async_flush_on_multi_thread_runtime() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async_flush_scenario());
+}
+
 #[cfg(feature = "stream")]
 mod stream {
     use super::*;
