@@ -39,6 +39,7 @@ pub use subscriber::{Subscriber, Subscription};
 pub(crate) use batch::{clear_events, BatchPool, Epoch, Header, KeepAlive, Sealed};
 pub(crate) use queue::{deadline_after, Hand, PopError, Push, Queue};
 pub(crate) use registry::{FlushTicket, Registration, Registry, RouteCache};
+pub(crate) use subscriber::on_delivery_thread;
 
 #[cfg(all(test, not(loom)))]
 mod tests;

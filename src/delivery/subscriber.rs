@@ -65,8 +65,26 @@ where
     }
 }
 
+#[cfg(not(loom))]
+std::thread_local! {
+    static ON_DELIVERY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static ON_DELIVERY_THREAD: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+/// True on a delivery thread, i.e. inside a callback subscriber. `Engine::
+/// flush` must refuse there (`Error::FlushFromSubscriber`): it would wait
+/// for this very thread's queue to advance, which it cannot while the
+/// callback runs.
+pub(crate) fn on_delivery_thread() -> bool {
+    ON_DELIVERY_THREAD.with(|f| f.get())
+}
+
 /// The delivery thread's loop: runs until the queue is closed and drained.
 fn run<T>(queue: &Queue<T>, mut subscriber: Box<dyn Subscriber<T>>) {
+    ON_DELIVERY_THREAD.with(|f| f.set(true));
     while let Ok(batch) = queue.pop(Hand::Callback, None) {
         let events = batch.len();
         let panicked = catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err();

@@ -420,6 +420,7 @@ fn callback_subscribers_run_on_their_own_thread_in_order() {
         "data:*",
         &SubscribeOptions::new("rec"),
         Box::new(move |b: &Batch<u64>| {
+            assert!(on_delivery_thread());
             *ts.lock().unwrap() = Some(std::thread::current().id());
             rec(b)
         }),
@@ -439,6 +440,8 @@ fn callback_subscribers_run_on_their_own_thread_in_order() {
         .enumerate()
         .all(|(i, s)| s.1 == i as u64 && s.2 == 2));
     assert_ne!(*thread_seen.lock().unwrap(), Some(flusher));
+    assert!(!on_delivery_thread());
+    assert_eq!(sub.stats().panics, 0, "the callback's assertion held");
     let s = sub.unsubscribe();
     assert_eq!((s.delivered_batches, s.delivered_events), (10, 20));
     assert!(s.closed && s.is_conserved());
