@@ -218,7 +218,11 @@ impl DeliveryQueue {
             keep_alive: std::sync::Arc::new(()),
         };
         let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());
-        match self.0.push(&sealed) {
+        let (outcome, displaced) = self.0.push(&sealed);
+        if let Some(batch) = displaced {
+            pool.0.recycle(batch);
+        }
+        match outcome {
             Push::Queued => DeliveryPush::Queued,
             Push::QueuedDroppingOldest => DeliveryPush::DroppedOldest,
             Push::Closed => DeliveryPush::Closed,

@@ -198,6 +198,10 @@ impl<T> Batch<T> {
         &self.sealed
     }
 
+    pub(crate) fn into_sealed(self) -> Arc<Sealed<T>> {
+        self.sealed
+    }
+
     /// The prefix, e.g. `data:users`.
     ///
     /// ```
@@ -352,6 +356,13 @@ impl<T> fmt::Debug for Batch<T> {
 /// `Drop` is caught and counted ([`BatchPool::drop_panics`]).
 pub(crate) struct BatchPool<T> {
     kept: std::collections::VecDeque<Arc<Sealed<T>>>,
+    /// Cleared batches nobody else holds, handed back by [`recycle`]
+    /// (batches a queue dropped for lag): a subscriber that lags keeps the
+    /// newest batches, which `kept` then only ever sees held, so without
+    /// this every seal behind a lagging subscriber would allocate.
+    ///
+    /// [`recycle`]: BatchPool::recycle
+    free: Vec<Arc<Sealed<T>>>,
     capacity: usize,
     epoch: Epoch,
     allocated: u64,
@@ -369,6 +380,7 @@ impl<T> BatchPool<T> {
         let capacity = capacity.max(1);
         BatchPool {
             kept: std::collections::VecDeque::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
             capacity,
             epoch,
             allocated: 0,
@@ -404,8 +416,34 @@ impl<T> BatchPool<T> {
         sealed
     }
 
+    /// Takes back a batch handle the flusher holds (one a queue displaced
+    /// for lag): if it was the last handle, the batch is cleared and kept
+    /// for the next seal (up to the pool's capacity); otherwise the handle
+    /// is just dropped. A panicking payload `Drop` is caught and counted.
+    pub(crate) fn recycle(&mut self, batch: Batch<T>) {
+        let mut sealed = batch.into_sealed();
+        if self.free.len() < self.capacity {
+            if let Some(inner) = Arc::get_mut(&mut sealed) {
+                self.drop_panics += clear_events(&mut inner.events);
+                inner.aggregates.clear();
+                inner.keep_alive = None;
+                self.free.push(sealed);
+                return;
+            }
+        }
+        // Another holder may let go meanwhile, making this the last handle:
+        // its payloads would drop here, so the drop is caught too.
+        if catch_unwind(AssertUnwindSafe(move || drop(sealed))).is_err() {
+            self.drop_panics += 1;
+        }
+    }
+
     /// A cleared batch held by nobody else.
     fn take_free(&mut self) -> Arc<Sealed<T>> {
+        if let Some(free) = self.free.pop() {
+            self.reused += 1;
+            return free;
+        }
         for _ in 0..PROBES.min(self.kept.len()) {
             let Some(mut candidate) = self.kept.pop_front() else {
                 break;

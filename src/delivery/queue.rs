@@ -217,18 +217,20 @@ impl<T> Queue<T> {
     /// The flusher's delivery: queues a handle to `sealed`, applying the lag
     /// policy when full. Never runs subscriber code; under
     /// `LagPolicy::Block` it may wait (bounded by the policy's timeout or
-    /// the close).
-    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> Push {
+    /// the close). A batch dropped for lag is handed back (not dropped
+    /// here, under the lock) so the flusher can recycle it
+    /// (`BatchPool::recycle`).
+    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
         let mut st = lock(&self.state);
         if st.closed {
-            return Push::Closed;
+            return (Push::Closed, None);
         }
-        let mut outcome = Push::Queued;
+        let mut displaced = None;
         if st.items.len() >= self.capacity() {
             if let LagPolicy::Block { timeout, .. } = self.policy {
                 st = self.wait_for_space(st, timeout);
                 if st.closed {
-                    return Push::Closed;
+                    return (Push::Closed, None);
                 }
             }
             if st.items.len() >= self.capacity() {
@@ -237,17 +239,19 @@ impl<T> Queue<T> {
                     st.lag_events += oldest.len() as u64;
                     st.lagged += 1;
                     st.done += 1;
-                    if drop_caught(oldest) {
-                        st.panics += 1;
-                    }
+                    displaced = Some(oldest);
                 }
-                outcome = Push::QueuedDroppingOldest;
             }
         }
         st.items.push_back(Batch::new(sealed.clone()));
         st.enqueued += 1;
         let waker = st.waker.take();
-        let done_wakers = if outcome == Push::QueuedDroppingOldest {
+        let outcome = if displaced.is_some() {
+            Push::QueuedDroppingOldest
+        } else {
+            Push::Queued
+        };
+        let done_wakers = if displaced.is_some() {
             self.progressed(&mut st)
         } else {
             Vec::new()
@@ -258,7 +262,7 @@ impl<T> Queue<T> {
             w.wake();
         }
         done_wakers.into_iter().for_each(Waker::wake);
-        outcome
+        (outcome, displaced)
     }
 
     /// `LagPolicy::Block`: waits until there is space, the queue closes, or

@@ -9,7 +9,7 @@
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::batch::Sealed;
+use super::batch::{BatchPool, Sealed};
 use super::queue::{LagPolicy, OnUnsubscribe, Push, Queue};
 use super::stats::SubscriberStats;
 use crate::error::Error;
@@ -326,13 +326,24 @@ impl<T> RouteCache<T> {
         })
     }
 
-    /// Queues `sealed` for every subscriber of its prefix; returns how many
-    /// queues took it. The flusher's whole per-batch delivery cost.
-    pub(crate) fn deliver(&mut self, registry: &Registry<T>, sealed: &Arc<Sealed<T>>) -> usize {
+    /// Queues `sealed` for every subscriber of its prefix, handing batches
+    /// displaced for lag back to `pool`; returns how many queues took it.
+    /// The flusher's whole per-batch delivery cost.
+    pub(crate) fn deliver(
+        &mut self,
+        registry: &Registry<T>,
+        pool: &mut BatchPool<T>,
+        sealed: &Arc<Sealed<T>>,
+    ) -> usize {
         let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
-        queues
-            .iter()
-            .filter(|q| q.push(sealed) != Push::Closed)
-            .count()
+        let mut taken = 0;
+        for q in queues {
+            let (outcome, displaced) = q.push(sealed);
+            taken += usize::from(outcome != Push::Closed);
+            if let Some(batch) = displaced {
+                pool.recycle(batch);
+            }
+        }
+        taken
     }
 }

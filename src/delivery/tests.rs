@@ -75,6 +75,28 @@ impl Fixture {
         pool.seal(header, &mut events, &mut aggregates)
     }
 
+    /// Seals and delivers through `cache`, recycling displaced batches
+    /// into the fixture's pool, as the flusher will.
+    fn deliver(
+        &mut self,
+        cache: &mut RouteCache<u64>,
+        registry: &Registry<u64>,
+        name: &str,
+        payloads: Vec<u64>,
+    ) -> usize {
+        let sealed = self.seal(name, payloads);
+        self.deliver_sealed(cache, registry, &sealed)
+    }
+
+    fn deliver_sealed(
+        &mut self,
+        cache: &mut RouteCache<u64>,
+        registry: &Registry<u64>,
+        sealed: &Arc<Sealed<u64>>,
+    ) -> usize {
+        cache.deliver(registry, &mut self.pool, sealed)
+    }
+
     fn seal(&mut self, name: &str, payloads: Vec<u64>) -> Arc<Sealed<u64>> {
         let mut pool = std::mem::replace(&mut self.pool, BatchPool::new(1, self.epoch));
         let sealed = self.seal_with(&mut pool, name, payloads);
@@ -235,7 +257,7 @@ fn drop_oldest_counts_loss_and_reports_it_in_band() {
     let mut f = Fixture::new(8);
     let q = queue(2);
     for i in 0..5 {
-        let outcome = q.push(&f.seal("data:a:x", vec![i, i]));
+        let outcome = q.push(&f.seal("data:a:x", vec![i, i])).0;
         assert_eq!(
             outcome,
             if i < 2 {
@@ -273,7 +295,7 @@ fn lag_is_the_oldest_queued_batch_age() {
     let mut f = Fixture::new(4);
     let q = queue(4);
     assert_eq!(q.stats().lag, Duration::ZERO);
-    q.push(&f.seal("data:a:x", vec![1]));
+    q.push(&f.seal("data:a:x", vec![1])).0;
     // The fixture's batches closed "now"; 5 ms later the lag is at least 5.
     std::thread::sleep(Duration::from_millis(5));
     assert!(q.stats().lag >= Duration::from_millis(5));
@@ -290,11 +312,11 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
         },
         OnUnsubscribe::Deliver,
     ));
-    assert_eq!(q.push(&f.seal("data:a:x", vec![0])), Push::Queued);
+    assert_eq!(q.push(&f.seal("data:a:x", vec![0])).0, Push::Queued);
     // No consumer: the push waits its timeout, then drops the oldest.
     let start = Instant::now();
     assert_eq!(
-        q.push(&f.seal("data:a:x", vec![1])),
+        q.push(&f.seal("data:a:x", vec![1])).0,
         Push::QueuedDroppingOldest
     );
     assert!(start.elapsed() >= Duration::from_millis(20));
@@ -320,7 +342,7 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
     };
     for i in 0..20 {
         assert_ne!(
-            q2.push(&f.seal("data:b:x", vec![i])),
+            q2.push(&f.seal("data:b:x", vec![i])).0,
             Push::QueuedDroppingOldest
         );
     }
@@ -337,7 +359,7 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
         },
         OnUnsubscribe::Discard,
     ));
-    q3.push(&f.seal("data:c:x", vec![0]));
+    q3.push(&f.seal("data:c:x", vec![0])).0;
     let closer = {
         let q3 = q3.clone();
         std::thread::spawn(move || {
@@ -345,7 +367,7 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
             q3.close(OnUnsubscribe::Discard);
         })
     };
-    assert_eq!(q3.push(&f.seal("data:c:x", vec![1])), Push::Closed);
+    assert_eq!(q3.push(&f.seal("data:c:x", vec![1])).0, Push::Closed);
     closer.join().unwrap();
     let s = q3.stats();
     assert_eq!((s.sealed, s.discarded_batches), (1, 1));
@@ -357,14 +379,14 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
     let mut f = Fixture::new(8);
     let q = queue(8);
     for i in 0..3 {
-        q.push(&f.seal("data:a:x", vec![i]));
+        q.push(&f.seal("data:a:x", vec![i])).0;
     }
     let target = q.target();
     assert_eq!(target, 3);
     let soon = Instant::now() + Duration::from_millis(10);
     assert!(!q.wait_done(target, Some(soon)), "nothing processed yet");
     q.close(OnUnsubscribe::Deliver);
-    assert_eq!(q.push(&f.seal("data:a:x", vec![9])), Push::Closed);
+    assert_eq!(q.push(&f.seal("data:a:x", vec![9])).0, Push::Closed);
     assert_eq!(q.try_pop(Hand::Out).unwrap().seq(), 0);
     assert_eq!(q.pop(Hand::Out, None).unwrap().seq(), 1);
     assert!(!q.wait_done(target, Some(Instant::now())));
@@ -374,7 +396,7 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
 
     let q = queue(8);
     for i in 0..3 {
-        q.push(&f.seal("data:a:x", vec![i, i]));
+        q.push(&f.seal("data:a:x", vec![i, i])).0;
     }
     let target = q.target();
     q.close(OnUnsubscribe::Discard);
@@ -428,10 +450,10 @@ fn callback_subscribers_run_on_their_own_thread_in_order() {
     .unwrap();
     let mut cache = RouteCache::default();
     for i in 0..10 {
-        let taken = cache.deliver(&registry, &f.seal("data:a:x", vec![i; 2]));
+        let taken = f.deliver(&mut cache, &registry, "data:a:x", vec![i; 2]);
         assert_eq!(taken, 1);
     }
-    assert_eq!(cache.deliver(&registry, &f.seal("chat:a:x", vec![1])), 0);
+    assert_eq!(f.deliver(&mut cache, &registry, "chat:a:x", vec![1]), 0);
     assert!(registry.flush_ticket().wait(None));
     let seen = log.lock().unwrap().clone();
     assert_eq!(seen.len(), 10);
@@ -467,7 +489,7 @@ fn a_panicking_subscriber_is_counted_and_keeps_receiving() {
     .unwrap();
     let mut cache = RouteCache::default();
     for i in 0..6 {
-        cache.deliver(&registry, &f.seal("data:a:x", vec![i]));
+        f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
     }
     assert!(registry.flush_ticket().wait(None));
     let s = sub.stats();
@@ -502,11 +524,11 @@ fn a_subscriber_can_unsubscribe_itself_without_deadlock_or_loss() {
     let queue = sub.queue().clone();
     *slot.lock().unwrap() = Some(sub);
     let mut cache = RouteCache::default();
-    cache.deliver(&registry, &f.seal("data:a:x", vec![7]));
+    f.deliver(&mut cache, &registry, "data:a:x", vec![7]);
     assert!(queue.wait_done(1, deadline_after(Instant::now(), Duration::from_secs(10))));
     assert_eq!(*got.lock().unwrap(), vec![7]);
     // Unsubscribed: the registry no longer routes to it.
-    assert_eq!(cache.deliver(&registry, &f.seal("data:a:x", vec![8])), 0);
+    assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![8]), 0);
     let s = queue.stats();
     assert_eq!((s.sealed, s.delivered_batches), (1, 1));
     assert!(s.closed && s.is_conserved());
@@ -521,8 +543,8 @@ fn registry_routes_by_prefix_pattern_and_follows_changes() {
     let mut cache = RouteCache::default();
     let d = f.seal("data:users:created", vec![1]);
     let c = f.seal("chat:s1:delta", vec![2]);
-    assert_eq!(cache.deliver(&registry, &d), 2);
-    assert_eq!(cache.deliver(&registry, &c), 1);
+    assert_eq!(f.deliver_sealed(&mut cache, &registry, &d), 2);
+    assert_eq!(f.deliver_sealed(&mut cache, &registry, &c), 1);
     let g = registry.generation();
     // Resolved once per prefix: same generation, same cached queues.
     let before = cache.queues_for(&registry, d.prefix_id, &d.prefix).as_ptr();
@@ -533,10 +555,10 @@ fn registry_routes_by_prefix_pattern_and_follows_changes() {
     // A new subscription at run time is picked up on the next delivery.
     let chat = Receiver::new(&registry, "chat:*", &SubscribeOptions::new("chat")).unwrap();
     assert_ne!(registry.generation(), g);
-    assert_eq!(cache.deliver(&registry, &c), 2);
+    assert_eq!(f.deliver_sealed(&mut cache, &registry, &c), 2);
     drop(all);
-    assert_eq!(cache.deliver(&registry, &c), 1);
-    assert_eq!(cache.deliver(&registry, &d), 1);
+    assert_eq!(f.deliver_sealed(&mut cache, &registry, &c), 1);
+    assert_eq!(f.deliver_sealed(&mut cache, &registry, &d), 1);
     assert_eq!(data.try_recv().unwrap().prefix(), "data:users");
     assert_eq!(chat.try_recv().unwrap().prefix(), "chat:s1");
     assert_eq!(registry.stats().len(), 2);
@@ -585,9 +607,9 @@ fn receiver_recv_variants_and_shutdown_end() {
         RecvTimeoutError::Timeout
     );
     let mut cache = RouteCache::default();
-    cache.deliver(&registry, &f.seal("data:a:x", vec![1]));
-    cache.deliver(&registry, &f.seal("data:a:x", vec![2]));
-    cache.deliver(&registry, &f.seal("data:a:x", vec![3]));
+    f.deliver(&mut cache, &registry, "data:a:x", vec![1]);
+    f.deliver(&mut cache, &registry, "data:a:x", vec![2]);
+    f.deliver(&mut cache, &registry, "data:a:x", vec![3]);
     assert_eq!(rx.recv_timeout(Duration::MAX).unwrap().seq(), 0);
     assert_eq!(rx.recv().unwrap().seq(), 1);
     // Shutdown closes: what is queued still comes out, then the end.
@@ -611,7 +633,7 @@ fn dropping_a_receiver_discards_and_releases_flush() {
     let rx = Receiver::new(&registry, "*", &SubscribeOptions::new("rx")).unwrap();
     let queue = rx.queue().clone();
     let mut cache = RouteCache::default();
-    cache.deliver(&registry, &f.seal("data:a:x", vec![1, 2]));
+    f.deliver(&mut cache, &registry, "data:a:x", vec![1, 2]);
     let ticket = registry.flush_ticket();
     assert!(!ticket.wait(Some(Instant::now())));
     drop(rx);
@@ -641,7 +663,7 @@ fn slow_subscriber_costs_only_itself() {
     let fast = Receiver::new(&registry, "*", &SubscribeOptions::new("fast")).unwrap();
     let mut cache = RouteCache::default();
     for i in 0..100 {
-        assert_eq!(cache.deliver(&registry, &f.seal("data:a:x", vec![i])), 2);
+        assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![i]), 2);
     }
     let mut got = 0;
     while fast.try_recv().is_ok() {
@@ -657,6 +679,31 @@ fn slow_subscriber_costs_only_itself() {
     let s = slow.unsubscribe();
     assert_eq!(s.delivered_batches + s.lag_dropped_batches, 100);
     assert!(s.is_conserved());
+}
+
+#[test]
+fn a_lagging_subscriber_does_not_make_sealing_allocate() {
+    // The lagging queue always holds the newest batches, which the pool's
+    // recently-sealed list then only sees held; batches the queue drops for
+    // lag come back to the pool instead, so sealing keeps recycling.
+    let mut f = Fixture::new(4);
+    let registry = Registry::<u64>::new();
+    let stuck = Receiver::new(
+        &registry,
+        "*",
+        &SubscribeOptions::new("stuck").lag(LagPolicy::DropOldest { capacity: 4 }),
+    )
+    .unwrap();
+    let fast = Receiver::new(&registry, "*", &SubscribeOptions::new("fast")).unwrap();
+    let mut cache = RouteCache::default();
+    for i in 0..100 {
+        f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
+        drop(fast.try_recv().unwrap());
+    }
+    let s = stuck.stats();
+    assert_eq!((s.queued, s.lag_dropped_batches), (4, 96));
+    assert!(f.pool.allocated() <= 10, "allocated {}", f.pool.allocated());
+    assert_eq!(f.pool.allocated() + f.pool.reused(), 100);
 }
 
 #[test]
@@ -680,11 +727,11 @@ fn dropping_a_deliver_subscription_still_delivers_what_was_queued() {
     let queue = sub.queue().clone();
     let mut cache = RouteCache::default();
     for i in 0..5 {
-        cache.deliver(&registry, &f.seal("data:a:x", vec![i]));
+        f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
     }
     // Dropping never waits for the (stuck) delivery thread...
     drop(sub);
-    assert_eq!(cache.deliver(&registry, &f.seal("data:a:x", vec![9])), 0);
+    assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![9]), 0);
     drop(held);
     // ...which still delivers the five queued batches, then exits.
     assert!(queue.wait_done(5, deadline_after(Instant::now(), Duration::from_secs(10))));
@@ -711,7 +758,7 @@ async fn async_flush_scenario() {
     .unwrap();
     let mut cache = RouteCache::default();
     for i in 0..20 {
-        cache.deliver(&registry, &f.seal("data:a:x", vec![i]));
+        f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
     }
     let ticks = StdArc::new(AtomicU64::new(0));
     let t2 = ticks.clone();
@@ -775,7 +822,7 @@ mod stream {
             let mut f = Fixture::new(8);
             let mut cache = RouteCache::default();
             for i in 0..50 {
-                cache.deliver(&reg, &f.seal("data:a:x", vec![i]));
+                f.deliver(&mut cache, &reg, "data:a:x", vec![i]);
                 if i % 10 == 0 {
                     std::thread::sleep(Duration::from_millis(1));
                 }
