@@ -295,7 +295,7 @@ fn lag_is_the_oldest_queued_batch_age() {
     let mut f = Fixture::new(4);
     let q = queue(4);
     assert_eq!(q.stats().lag, Duration::ZERO);
-    q.push(&f.seal("data:a:x", vec![1])).0;
+    let _ = q.push(&f.seal("data:a:x", vec![1]));
     // The fixture's batches closed "now"; 5 ms later the lag is at least 5.
     std::thread::sleep(Duration::from_millis(5));
     assert!(q.stats().lag >= Duration::from_millis(5));
@@ -359,7 +359,7 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
         },
         OnUnsubscribe::Discard,
     ));
-    q3.push(&f.seal("data:c:x", vec![0])).0;
+    let _ = q3.push(&f.seal("data:c:x", vec![0]));
     let closer = {
         let q3 = q3.clone();
         std::thread::spawn(move || {
@@ -379,7 +379,7 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
     let mut f = Fixture::new(8);
     let q = queue(8);
     for i in 0..3 {
-        q.push(&f.seal("data:a:x", vec![i])).0;
+        let _ = q.push(&f.seal("data:a:x", vec![i]));
     }
     let target = q.target();
     assert_eq!(target, 3);
@@ -396,7 +396,7 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
 
     let q = queue(8);
     for i in 0..3 {
-        q.push(&f.seal("data:a:x", vec![i, i])).0;
+        let _ = q.push(&f.seal("data:a:x", vec![i, i]));
     }
     let target = q.target();
     q.close(OnUnsubscribe::Discard);
