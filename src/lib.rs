@@ -14,6 +14,7 @@ mod barrier;
 mod builder;
 mod config;
 mod control;
+pub mod delivery;
 mod engine;
 mod error;
 mod event;
@@ -42,6 +43,10 @@ mod value;
 
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
+pub use delivery::{
+    LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, SubscriberStats,
+    Subscription, TryRecvError,
+};
 pub use engine::Engine;
 pub use error::{Error, PublishError, PublishManyError};
 pub use event::{Aggregate, Batch, BatchReason, Event};

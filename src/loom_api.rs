@@ -141,3 +141,146 @@ impl Snapshot {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------
+// Delivery layer (issue 13): one subscriber's queue, the batch pool, and
+// flush accounting, for loom-tests/tests/delivery_*.rs.
+// ---------------------------------------------------------------------------
+
+use crate::delivery::{BatchPool, Epoch, Hand, Header, OnUnsubscribe, Push, Queue};
+use crate::event::BatchReason;
+
+/// The flusher's batch pool (`delivery::BatchPool`), sealing empty batches
+/// of one prefix numbered by `seq`.
+pub struct DeliveryPool(BatchPool<u64>, Epoch);
+
+impl DeliveryPool {
+    /// A pool keeping at most `capacity` batches.
+    pub fn new(capacity: usize) -> Self {
+        let epoch = Epoch::now();
+        DeliveryPool(BatchPool::new(capacity, epoch), epoch)
+    }
+
+    /// Batches recycled so far (`BatchPool::reused`).
+    pub fn reused(&self) -> u64 {
+        self.0.reused()
+    }
+}
+
+/// One subscriber's queue (`delivery::Queue`); clones share it.
+#[derive(Clone)]
+pub struct DeliveryQueue(Arc<Queue<u64>>);
+
+/// Outcome of [`DeliveryQueue::push`] (`delivery::Push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPush {
+    /// Queued.
+    Queued,
+    /// Queued after dropping the oldest batch.
+    DroppedOldest,
+    /// The queue was closed.
+    Closed,
+}
+
+impl DeliveryQueue {
+    /// `LagPolicy::DropOldest { capacity }` (or `Block` with an unbounded
+    /// timeout: under loom a timed wait never times out anyway).
+    pub fn new(capacity: usize, block: bool, discard_on_close: bool) -> Self {
+        let policy = if block {
+            crate::delivery::LagPolicy::Block {
+                capacity,
+                timeout: std::time::Duration::MAX,
+            }
+        } else {
+            crate::delivery::LagPolicy::DropOldest { capacity }
+        };
+        let mode = if discard_on_close {
+            OnUnsubscribe::Discard
+        } else {
+            OnUnsubscribe::Deliver
+        };
+        DeliveryQueue(Arc::new(Queue::new("loom", policy, mode)))
+    }
+
+    /// Seals batch `seq` through `pool` and queues it (`Queue::push`).
+    pub fn push(&self, pool: &mut DeliveryPool, seq: u64) -> DeliveryPush {
+        let header = Header {
+            prefix: "m".into(),
+            name: "m:batch".into(),
+            prefix_id: 0,
+            reason: BatchReason::Count,
+            seq,
+            opened: pool.1.instant,
+            closed: pool.1.instant,
+            epoch: pool.1,
+            dropped: 0,
+            folded: 0,
+            keep_alive: std::sync::Arc::new(()),
+        };
+        let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());
+        let (outcome, displaced) = self.0.push(&sealed);
+        if let Some(batch) = displaced {
+            pool.0.recycle(batch);
+        }
+        match outcome {
+            Push::Queued => DeliveryPush::Queued,
+            Push::QueuedDroppingOldest => DeliveryPush::DroppedOldest,
+            Push::Closed => DeliveryPush::Closed,
+        }
+    }
+
+    /// A receiver's blocking pop (`Queue::pop` with `Hand::Out`): `(seq,
+    /// lagged)`, or `None` once closed and drained.
+    pub fn recv(&self) -> Option<(u64, u64)> {
+        self.0
+            .pop(Hand::Out, None)
+            .ok()
+            .map(|b| (b.seq(), b.lagged()))
+    }
+
+    /// A delivery thread's pop (`Hand::Callback`); the batch is done only
+    /// at [`finish`](Self::finish).
+    pub fn take(&self) -> Option<(u64, u64)> {
+        self.0
+            .pop(Hand::Callback, None)
+            .ok()
+            .map(|b| (b.seq(), b.lagged()))
+    }
+
+    /// `Queue::finish`: the callback returned.
+    pub fn finish(&self) {
+        self.0.finish(0, false)
+    }
+
+    /// `Queue::close` (unsubscribe / shutdown), with the queue's mode.
+    pub fn close(&self) {
+        self.0.close(self.0.on_unsubscribe())
+    }
+
+    /// `Queue::target`: batches queued so far (a flush captures it).
+    pub fn target(&self) -> u64 {
+        self.0.target()
+    }
+
+    /// `Queue::wait_done` with no deadline.
+    pub fn wait_done(&self, target: u64) -> bool {
+        self.0.wait_done(target, None)
+    }
+
+    /// `(sealed, delivered, lag_dropped, discarded, queued, in_flight)`
+    /// from one stats snapshot, and whether it is conserved.
+    pub fn counts(&self) -> ([u64; 6], bool) {
+        let s = self.0.stats();
+        (
+            [
+                s.sealed,
+                s.delivered_batches,
+                s.lag_dropped_batches,
+                s.discarded_batches,
+                s.queued,
+                s.in_flight,
+            ],
+            s.is_conserved(),
+        )
+    }
+}

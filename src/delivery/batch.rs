@@ -1,0 +1,479 @@
+//! Owned, shareable batches and the pool that recycles their buffers.
+//!
+//! A sealed window becomes one [`Sealed`] behind an `Arc`; every subscriber
+//! that receives it gets a [`Batch`] handle (one reference count plus its own
+//! `lagged` figure), so a delivery to N subscribers copies no event. The
+//! flusher's [`BatchPool`] keeps the recently sealed `Arc`s and reuses one as
+//! soon as no handle to it is left, so the steady state allocates nothing.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::event::{Aggregate, BatchReason, Event};
+use crate::sync::Arc;
+
+/// Keeps the engine's interned names alive. Events hold raw thin pointers to
+/// interned `NameMeta`s (see `event::NameRef`), which are valid only while
+/// an interner snapshot lives; a batch that may outlive the flusher's own
+/// snapshot therefore carries one. A std `Arc` (not `crate::sync`): it is
+/// plain ownership, never part of a modelled hand-off, and loom's `Arc`
+/// cannot hold an unsized `dyn Any`.
+pub(crate) type KeepAlive = std::sync::Arc<dyn Any + Send + Sync>;
+
+/// One `(Instant, SystemTime)` pair read together, from which every batch's
+/// wall-clock times are derived: a batch reads no clock beyond the
+/// monotonic reads the flusher already makes, and its wall-clock times keep
+/// the monotonic ones' order and spacing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epoch {
+    pub(crate) instant: Instant,
+    pub(crate) system: SystemTime,
+}
+
+impl Epoch {
+    /// Reads both clocks now.
+    pub(crate) fn now() -> Self {
+        Epoch {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    /// The wall-clock time of `at`. Checked arithmetic: an instant the
+    /// `SystemTime` range cannot express saturates to the epoch itself
+    /// rather than panicking.
+    pub(crate) fn system_at(&self, at: Instant) -> SystemTime {
+        let t = match at.checked_duration_since(self.instant) {
+            Some(after) => self.system.checked_add(after),
+            None => self.system.checked_sub(self.instant.duration_since(at)),
+        };
+        t.unwrap_or(self.system)
+    }
+}
+
+/// A closed window's contents, shared by every [`Batch`] handle to it.
+///
+/// Field order matters: `keep_alive` is declared (and so dropped) last, after
+/// the events whose name pointers it keeps valid.
+pub(crate) struct Sealed<T> {
+    pub(crate) prefix: std::sync::Arc<str>,
+    pub(crate) name: std::sync::Arc<str>,
+    pub(crate) prefix_id: u32,
+    pub(crate) events: Vec<Event<T>>,
+    pub(crate) aggregates: Vec<Aggregate>,
+    pub(crate) reason: BatchReason,
+    pub(crate) seq: u64,
+    pub(crate) opened: Instant,
+    pub(crate) closed: Instant,
+    pub(crate) epoch: Epoch,
+    pub(crate) dropped: u64,
+    pub(crate) folded: u64,
+    pub(crate) keep_alive: Option<KeepAlive>,
+}
+
+/// What the flusher knows about a window when it seals it (everything but
+/// the buffers, which are swapped in).
+#[derive(Clone)]
+pub(crate) struct Header {
+    pub(crate) prefix: std::sync::Arc<str>,
+    pub(crate) name: std::sync::Arc<str>,
+    pub(crate) prefix_id: u32,
+    pub(crate) reason: BatchReason,
+    pub(crate) seq: u64,
+    pub(crate) opened: Instant,
+    pub(crate) closed: Instant,
+    pub(crate) epoch: Epoch,
+    pub(crate) dropped: u64,
+    pub(crate) folded: u64,
+    pub(crate) keep_alive: KeepAlive,
+}
+
+impl<T> Sealed<T> {
+    fn empty(epoch: Epoch) -> Self {
+        Sealed {
+            prefix: "".into(),
+            name: "".into(),
+            prefix_id: 0,
+            events: Vec::new(),
+            aggregates: Vec::new(),
+            reason: BatchReason::Flush,
+            seq: 0,
+            opened: epoch.instant,
+            closed: epoch.instant,
+            epoch,
+            dropped: 0,
+            folded: 0,
+            keep_alive: None,
+        }
+    }
+
+    fn set_header(&mut self, h: Header) {
+        self.prefix = h.prefix;
+        self.name = h.name;
+        self.prefix_id = h.prefix_id;
+        self.reason = h.reason;
+        self.seq = h.seq;
+        self.opened = h.opened;
+        self.closed = h.closed;
+        self.epoch = h.epoch;
+        self.dropped = h.dropped;
+        self.folded = h.folded;
+        self.keep_alive = Some(h.keep_alive);
+    }
+}
+
+/// Drops every event of `events`, each inside `catch_unwind`, and returns
+/// how many payload drops panicked. A panicking payload `Drop` must never
+/// take the flusher (or a delivery thread) down, and dropping one element
+/// at a time means a second panicking payload is caught too instead of
+/// aborting the process as a double panic inside `Vec::clear` would.
+/// Payloads without drop glue cost nothing: the vector is just truncated.
+pub(crate) fn clear_events<T>(events: &mut Vec<Event<T>>) -> u64 {
+    if !std::mem::needs_drop::<T>() {
+        events.clear();
+        return 0;
+    }
+    let mut panics = 0;
+    while let Some(event) = events.pop() {
+        if catch_unwind(AssertUnwindSafe(move || drop(event))).is_err() {
+            panics += 1;
+        }
+    }
+    panics
+}
+
+/// One delivered batch: an owned, cheap handle to a sealed window.
+///
+/// Every subscriber that receives the same window gets a handle to the same
+/// shared contents (cloning a `Batch` costs one reference count); a handle
+/// may be kept, cloned, or sent to another thread or task, and nothing it
+/// gives out can dangle (it keeps the engine's interned names alive).
+///
+/// ```
+/// use ringfold::delivery::Batch;
+///
+/// /// Detects loss and duplicates with the per-prefix sequence number.
+/// fn check(last_seq: &mut Option<u64>, batch: &Batch<u64>) -> Result<(), String> {
+///     if let Some(last) = *last_seq {
+///         if batch.seq() <= last {
+///             return Err(format!("{}: duplicate #{}", batch.prefix(), batch.seq()));
+///         }
+///         if batch.seq() != last + 1 {
+///             return Err(format!("{}: gap before #{}", batch.prefix(), batch.seq()));
+///         }
+///     }
+///     *last_seq = Some(batch.seq());
+///     Ok(())
+/// }
+/// # let _ = check;
+/// ```
+pub struct Batch<T> {
+    sealed: Arc<Sealed<T>>,
+    lagged: u64,
+}
+
+impl<T> Clone for Batch<T> {
+    fn clone(&self) -> Self {
+        Batch {
+            sealed: self.sealed.clone(),
+            lagged: self.lagged,
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    /// A handle to `sealed` for one receiver (`lagged` = 0 until the queue
+    /// that hands it out sets it).
+    pub(crate) fn new(sealed: Arc<Sealed<T>>) -> Self {
+        Batch { sealed, lagged: 0 }
+    }
+
+    pub(crate) fn set_lagged(&mut self, lagged: u64) {
+        self.lagged = lagged;
+    }
+
+    pub(crate) fn sealed(&self) -> &Arc<Sealed<T>> {
+        &self.sealed
+    }
+
+    pub(crate) fn into_sealed(self) -> Arc<Sealed<T>> {
+        self.sealed
+    }
+
+    /// The prefix, e.g. `data:users`.
+    ///
+    /// ```
+    /// fn route(batch: &ringfold::delivery::Batch<u64>) -> &str {
+    ///     batch.prefix().split(':').next().unwrap_or("")
+    /// }
+    /// # let _ = route;
+    /// ```
+    pub fn prefix(&self) -> &str {
+        &self.sealed.prefix
+    }
+
+    /// `"<prefix>:batch"`.
+    pub fn name(&self) -> &str {
+        &self.sealed.name
+    }
+
+    /// Number of events carried (aggregated readings are in
+    /// [`aggregates`](Self::aggregates)).
+    pub fn len(&self) -> usize {
+        self.sealed.events.len()
+    }
+
+    /// True if no events are carried.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.events.is_empty()
+    }
+
+    /// The events, in publish order per producer (for `latest`: the
+    /// survivors, in the order of their first appearance in the window).
+    ///
+    /// ```
+    /// fn total(batch: &ringfold::delivery::Batch<u64>) -> u64 {
+    ///     batch.events().iter().map(|e| *e.payload()).sum()
+    /// }
+    /// # let _ = total;
+    /// ```
+    pub fn events(&self) -> &[Event<T>] {
+        &self.sealed.events
+    }
+
+    /// Per-name numeric summaries (`Policy::aggregate`), in order of first
+    /// appearance.
+    pub fn aggregates(&self) -> &[Aggregate] {
+        &self.sealed.aggregates
+    }
+
+    /// Why the batch was emitted.
+    pub fn reason(&self) -> BatchReason {
+        self.sealed.reason
+    }
+
+    /// Per-prefix sequence number: the prefix's batches are numbered 0, 1,
+    /// 2, ... in the order they were sealed, with no gap, so a sink can
+    /// detect a lost batch (a gap) and de-duplicate a retried one.
+    pub fn seq(&self) -> u64 {
+        self.sealed.seq
+    }
+
+    /// When the window opened (its first event was taken), monotonic clock.
+    pub fn opened_at(&self) -> Instant {
+        self.sealed.opened
+    }
+
+    /// When the window closed (the batch was sealed), monotonic clock.
+    pub fn closed_at(&self) -> Instant {
+        self.sealed.closed
+    }
+
+    /// [`opened_at`](Self::opened_at) on the wall clock.
+    ///
+    /// ```
+    /// use std::time::UNIX_EPOCH;
+    /// fn unix_millis(batch: &ringfold::delivery::Batch<u64>) -> u128 {
+    ///     batch.opened_at_system().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    /// }
+    /// # let _ = unix_millis;
+    /// ```
+    pub fn opened_at_system(&self) -> SystemTime {
+        self.sealed.epoch.system_at(self.sealed.opened)
+    }
+
+    /// [`closed_at`](Self::closed_at) on the wall clock.
+    pub fn closed_at_system(&self) -> SystemTime {
+        self.sealed.epoch.system_at(self.sealed.closed)
+    }
+
+    /// How long the window was open.
+    pub fn window(&self) -> Duration {
+        self.sealed
+            .closed
+            .saturating_duration_since(self.sealed.opened)
+    }
+
+    /// Events of this prefix rejected (ring full, urgent timeout, not
+    /// numeric) since the previous batch of the prefix: loss, in band.
+    pub fn dropped(&self) -> u64 {
+        self.sealed.dropped
+    }
+
+    /// Events folded away in this window: replaced by a later value of the
+    /// same key (`latest`) or summarised into `aggregates`.
+    pub fn folded(&self) -> u64 {
+        self.sealed.folded
+    }
+
+    /// Batches this subscriber lost to its lag policy since the previous
+    /// batch it received (any prefix): its own loss, in band.
+    ///
+    /// ```
+    /// fn note_loss(batch: &ringfold::delivery::Batch<u64>, lost: &mut u64) {
+    ///     *lost += batch.lagged();
+    /// }
+    /// # let _ = note_loss;
+    /// ```
+    pub fn lagged(&self) -> u64 {
+        self.lagged
+    }
+}
+
+impl<T> fmt::Debug for Batch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("prefix", &self.prefix())
+            .field("seq", &self.seq())
+            .field("len", &self.len())
+            .field("aggregates", &self.aggregates().len())
+            .field("reason", &self.reason())
+            .field("dropped", &self.dropped())
+            .field("folded", &self.folded())
+            .field("lagged", &self.lagged)
+            .finish()
+    }
+}
+
+/// Recycles sealed batches on the flusher.
+///
+/// The pool keeps a handle to each of the last `capacity` batches it sealed.
+/// Sealing first looks at the oldest few: one that no subscriber holds any
+/// more (`Arc::get_mut` succeeds: only the pool has it) is cleared and
+/// reused, keeping its buffers' capacity; otherwise a new one is allocated
+/// (and the oldest kept handle is let go, so a subscriber that holds on to
+/// batches costs allocations, never an unbounded pool).
+///
+/// Where payloads are dropped: a recycled batch's payloads are dropped on
+/// the flusher when it is reused, not on the delivery thread that let go of
+/// it last. That is what the flusher did before this layer existed (it
+/// cleared every batch after delivering it), costs nothing for payloads
+/// without drop glue, and needs no unsafe shared mutation. The price: the
+/// payloads of up to `capacity` delivered batches stay alive until reuse,
+/// and a slow payload `Drop` is paid by the flusher. A panicking payload
+/// `Drop` is caught and counted ([`BatchPool::drop_panics`]).
+pub(crate) struct BatchPool<T> {
+    kept: std::collections::VecDeque<Arc<Sealed<T>>>,
+    /// Cleared batches nobody else holds, handed back by [`recycle`]
+    /// (batches a queue dropped for lag): a subscriber that lags keeps the
+    /// newest batches, which `kept` then only ever sees held, so without
+    /// this every seal behind a lagging subscriber would allocate.
+    ///
+    /// [`recycle`]: BatchPool::recycle
+    free: Vec<Arc<Sealed<T>>>,
+    capacity: usize,
+    epoch: Epoch,
+    allocated: u64,
+    reused: u64,
+    drop_panics: u64,
+}
+
+/// How many of the oldest kept batches sealing looks at before allocating:
+/// bounded work per seal when subscribers hold on to batches.
+const PROBES: usize = 4;
+
+impl<T> BatchPool<T> {
+    /// A pool keeping at most `capacity` (at least 1) batches.
+    pub(crate) fn new(capacity: usize, epoch: Epoch) -> Self {
+        let capacity = capacity.max(1);
+        BatchPool {
+            kept: std::collections::VecDeque::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            capacity,
+            epoch,
+            allocated: 0,
+            reused: 0,
+            drop_panics: 0,
+        }
+    }
+
+    /// Seals a window: swaps `events` and `aggregates` into a recycled (or
+    /// new) batch, leaving the caller's vectors empty with the recycled
+    /// buffers' capacity, and returns the shared batch.
+    pub(crate) fn seal(
+        &mut self,
+        header: Header,
+        events: &mut Vec<Event<T>>,
+        aggregates: &mut Vec<Aggregate>,
+    ) -> Arc<Sealed<T>> {
+        let mut sealed = self.take_free();
+        if Arc::get_mut(&mut sealed).is_none() {
+            // Cannot happen (`take_free` only returns batches nobody else
+            // holds); a fresh batch keeps this path panic-free regardless.
+            sealed = Arc::new(Sealed::empty(self.epoch));
+        }
+        if let Some(inner) = Arc::get_mut(&mut sealed) {
+            std::mem::swap(&mut inner.events, events);
+            std::mem::swap(&mut inner.aggregates, aggregates);
+            inner.set_header(header);
+        }
+        if self.kept.len() == self.capacity {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(sealed.clone());
+        sealed
+    }
+
+    /// Takes back a batch handle the flusher holds (one a queue displaced
+    /// for lag): if it was the last handle, the batch is cleared and kept
+    /// for the next seal (up to the pool's capacity); otherwise the handle
+    /// is just dropped. A panicking payload `Drop` is caught and counted.
+    pub(crate) fn recycle(&mut self, batch: Batch<T>) {
+        let mut sealed = batch.into_sealed();
+        if self.free.len() < self.capacity {
+            if let Some(inner) = Arc::get_mut(&mut sealed) {
+                self.drop_panics += clear_events(&mut inner.events);
+                inner.aggregates.clear();
+                inner.keep_alive = None;
+                self.free.push(sealed);
+                return;
+            }
+        }
+        // Another holder may let go meanwhile, making this the last handle:
+        // its payloads would drop here, so the drop is caught too.
+        if catch_unwind(AssertUnwindSafe(move || drop(sealed))).is_err() {
+            self.drop_panics += 1;
+        }
+    }
+
+    /// A cleared batch held by nobody else.
+    fn take_free(&mut self) -> Arc<Sealed<T>> {
+        if let Some(free) = self.free.pop() {
+            self.reused += 1;
+            return free;
+        }
+        for _ in 0..PROBES.min(self.kept.len()) {
+            let Some(mut candidate) = self.kept.pop_front() else {
+                break;
+            };
+            if let Some(inner) = Arc::get_mut(&mut candidate) {
+                self.drop_panics += clear_events(&mut inner.events);
+                inner.aggregates.clear();
+                inner.keep_alive = None;
+                self.reused += 1;
+                return candidate;
+            }
+            // Still held by a subscriber: back of the line.
+            self.kept.push_back(candidate);
+        }
+        self.allocated += 1;
+        Arc::new(Sealed::empty(self.epoch))
+    }
+
+    /// Batches allocated (not recycled) so far.
+    pub(crate) fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Batches recycled so far.
+    pub(crate) fn reused(&self) -> u64 {
+        self.reused
+    }
+
+    /// Payload drops that panicked while recycling.
+    pub(crate) fn drop_panics(&self) -> u64 {
+        self.drop_panics
+    }
+}

@@ -1,0 +1,45 @@
+//! The delivery layer: subscribers off the flusher thread.
+//!
+//! The flusher seals a window into a shared [`Batch`] (buffers recycled by
+//! a pool, so the steady state allocates nothing) and pushes one handle per
+//! subscriber into that subscriber's own bounded queue; that push is its
+//! whole cost per delivery. Each queue is drained by its consumer: a
+//! callback [`Subscriber`] on its own delivery thread, or a [`Receiver`]
+//! pulled by a plain thread or polled as a `Stream` (feature `stream`).
+//! A slow consumer fills only its own queue, and its [`LagPolicy`] decides
+//! what then happens: drop the oldest batch and report it in band (the
+//! default), or make the flusher wait a bounded time (`Block`).
+//!
+//! Layout: `batch` (owned batches, the recycling pool), `queue` (one
+//! subscriber's queue, lag policies, flush accounting), `registry`
+//! (run-time subscriptions, per-prefix routing cache, flush tickets),
+//! `subscriber` (callback subscribers and their threads), `receiver`
+//! (blocking and async pull), `stats` (per-subscriber counters).
+
+// Phase 1 of issue 13: the layer is complete and unit-tested but not yet
+// wired into the flusher and `Engine`, so the crate-internal seams
+// (`BatchPool`, `RouteCache`, `Registry`, `FlushTicket`, constructors) have
+// no caller outside the tests yet. Remove when it is wired in.
+#![allow(dead_code, unused_imports)]
+
+mod batch;
+mod queue;
+mod receiver;
+mod registry;
+mod stats;
+mod subscriber;
+
+pub use batch::Batch;
+pub use queue::{LagPolicy, OnUnsubscribe};
+pub use receiver::{Receiver, RecvTimeoutError, TryRecvError};
+pub use registry::SubscribeOptions;
+pub use stats::SubscriberStats;
+pub use subscriber::{Subscriber, Subscription};
+
+pub(crate) use batch::{clear_events, BatchPool, Epoch, Header, KeepAlive, Sealed};
+pub(crate) use queue::{deadline_after, Hand, PopError, Push, Queue};
+pub(crate) use registry::{FlushTicket, Registration, Registry, RouteCache};
+pub(crate) use subscriber::on_delivery_thread;
+
+#[cfg(all(test, not(ringfold_loom)))]
+mod tests;

@@ -1,0 +1,349 @@
+//! The set of subscriptions, changed at run time, and the flusher's cached
+//! per-prefix routing over it.
+//!
+//! Subscribing and unsubscribing take the registry lock and bump its
+//! generation. The flusher never takes that lock per batch: its
+//! [`RouteCache`] resolves each prefix once against the subscriptions'
+//! patterns and reuses the answer until the generation changes.
+
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::batch::{BatchPool, Sealed};
+use super::queue::{LagPolicy, OnUnsubscribe, Push, Queue};
+use super::stats::SubscriberStats;
+use crate::error::Error;
+use crate::policy::Pattern;
+use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+
+/// How to subscribe: the subscriber's name (shown in its stats), its lag
+/// policy, and what happens to its queue when it unsubscribes.
+///
+/// ```
+/// use ringfold::{LagPolicy, OnUnsubscribe, SubscribeOptions};
+/// let opts = SubscribeOptions::new("sqlite")
+///     .lag(LagPolicy::DropOldest { capacity: 256 })
+///     .on_unsubscribe(OnUnsubscribe::Discard);
+/// assert_eq!(opts.name(), "sqlite");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    name: String,
+    lag: LagPolicy,
+    on_unsubscribe: OnUnsubscribe,
+}
+
+impl SubscribeOptions {
+    /// Defaults: `LagPolicy::default()`, `OnUnsubscribe::Deliver`.
+    pub fn new(name: impl Into<String>) -> Self {
+        SubscribeOptions {
+            name: name.into(),
+            lag: LagPolicy::default(),
+            on_unsubscribe: OnUnsubscribe::default(),
+        }
+    }
+
+    /// Sets the lag policy.
+    pub fn lag(mut self, lag: LagPolicy) -> Self {
+        self.lag = lag;
+        self
+    }
+
+    /// Sets what unsubscribing does with queued batches.
+    pub fn on_unsubscribe(mut self, on_unsubscribe: OnUnsubscribe) -> Self {
+        self.on_unsubscribe = on_unsubscribe;
+        self
+    }
+
+    /// The subscriber's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.lag.capacity() == 0 {
+            return Err(Error::InvalidConfig(
+                "subscriber queue capacity must be non-zero",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queue<T>(&self) -> Queue<T> {
+        Queue::new(&self.name, self.lag, self.on_unsubscribe)
+    }
+}
+
+struct Entry<T> {
+    id: u64,
+    pattern: Pattern,
+    queue: Arc<Queue<T>>,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Entry {
+            id: self.id,
+            pattern: self.pattern.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+struct State<T> {
+    next_id: u64,
+    closed: bool,
+    entries: Vec<Entry<T>>,
+}
+
+pub(crate) struct Inner<T> {
+    state: Mutex<State<T>>,
+    /// Bumped (under the lock) by every add and remove; the flusher's cache
+    /// compares it without the lock.
+    generation: AtomicU64,
+}
+
+/// The engine's subscriptions.
+pub(crate) struct Registry<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Registry<T> {
+    fn clone(&self) -> Self {
+        Registry {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Registry<T> {
+    pub(crate) fn new() -> Self {
+        Registry {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    next_id: 0,
+                    closed: false,
+                    entries: Vec::new(),
+                }),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Adds a subscription for the prefixes `pattern` matches; the returned
+    /// registration removes it when dropped. `Error::InvalidPattern` for a
+    /// pattern that does not parse, `Error::InvalidConfig` for a zero
+    /// capacity, `Error::ShutDown` after [`Registry::close_all`].
+    pub(crate) fn add(
+        &self,
+        pattern: &str,
+        options: &SubscribeOptions,
+    ) -> Result<(Registration<T>, Arc<Queue<T>>), Error> {
+        let pattern = Pattern::parse(pattern)?;
+        options.validate()?;
+        let queue = Arc::new(options.queue());
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.entries.push(Entry {
+            id,
+            pattern,
+            queue: queue.clone(),
+        });
+        self.inner.generation.fetch_add(1, Ordering::Release);
+        drop(st);
+        Ok((
+            Registration {
+                inner: self.inner.clone(),
+                id,
+            },
+            queue,
+        ))
+    }
+
+    /// The current generation (changes whenever the set changes).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Shutdown: refuses new subscriptions and closes every queue with its
+    /// own `OnUnsubscribe` choice, waking every consumer. Delivery threads
+    /// drain (`Deliver`) and exit; receivers return what is queued, then
+    /// the end.
+    pub(crate) fn close_all(&self) {
+        let entries = {
+            let mut st = lock(&self.inner.state);
+            st.closed = true;
+            self.inner.generation.fetch_add(1, Ordering::Release);
+            std::mem::take(&mut st.entries)
+        };
+        for e in entries {
+            e.queue.close(e.queue.on_unsubscribe());
+        }
+    }
+
+    /// Every current subscription's counters.
+    pub(crate) fn stats(&self) -> Vec<SubscriberStats> {
+        let queues: Vec<_> = lock(&self.inner.state)
+            .entries
+            .iter()
+            .map(|e| e.queue.clone())
+            .collect();
+        queues.iter().map(|q| q.stats()).collect()
+    }
+
+    /// Captures, for every current subscription, the number of batches
+    /// queued for it so far: call it after the flusher has sealed and
+    /// queued everything a flush covers, then wait on the ticket.
+    pub(crate) fn flush_ticket(&self) -> FlushTicket<T> {
+        let queues: Vec<_> = lock(&self.inner.state)
+            .entries
+            .iter()
+            .map(|e| e.queue.clone())
+            .collect();
+        FlushTicket {
+            targets: queues
+                .into_iter()
+                .map(|q| {
+                    let t = q.target();
+                    (q, t)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Removes its subscription from the registry when dropped (the flusher's
+/// cache drops the queue at its next generation check). Does not close the
+/// queue: its owner does, with its own `OnUnsubscribe` choice.
+pub(crate) struct Registration<T> {
+    inner: Arc<Inner<T>>,
+    id: u64,
+}
+
+impl<T> Registration<T> {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl<T> Drop for Registration<T> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.inner.state);
+        if let Some(i) = st.entries.iter().position(|e| e.id == self.id) {
+            st.entries.remove(i);
+            self.inner.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// What a flush waits for: per queue, the batch count to reach.
+pub(crate) struct FlushTicket<T> {
+    targets: Vec<(Arc<Queue<T>>, u64)>,
+}
+
+impl<T> FlushTicket<T> {
+    /// Blocks until every queue's `done` reached its target, or `deadline`
+    /// passes (`None`: no deadline). Returns whether all were reached. A
+    /// queue closed meanwhile still counts its queued batches done when
+    /// they are delivered or discarded, so closing cannot strand a flush.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        self.targets
+            .iter()
+            .all(|(q, target)| q.wait_done(*target, deadline))
+    }
+
+    /// The async `wait`: never blocks the polling thread.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        for (q, target) in &self.targets {
+            if q.poll_done(*target, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The flusher's view of the registry: per prefix id, the queues whose
+/// pattern matches the prefix, resolved once per prefix and generation.
+pub(crate) struct RouteCache<T> {
+    generation: u64,
+    entries: Vec<Entry<T>>,
+    /// By prefix id: `None` = not resolved since the last refresh.
+    routes: Vec<Option<Vec<Arc<Queue<T>>>>>,
+}
+
+impl<T> Default for RouteCache<T> {
+    fn default() -> Self {
+        RouteCache {
+            generation: u64::MAX,
+            entries: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl<T> RouteCache<T> {
+    /// The queues subscribed to `prefix` (whose id is `prefix_id`). One
+    /// atomic load per call; a registry lock and pattern matches only after
+    /// the set of subscriptions changed.
+    pub(crate) fn queues_for(
+        &mut self,
+        registry: &Registry<T>,
+        prefix_id: u32,
+        prefix: &str,
+    ) -> &[Arc<Queue<T>>] {
+        let generation = registry.generation();
+        if generation != self.generation {
+            let st = lock(&registry.inner.state);
+            // Re-read under the lock: the generation only changes under it.
+            self.generation = registry.generation();
+            self.entries.clear();
+            self.entries.extend(st.entries.iter().cloned());
+            drop(st);
+            self.routes.iter_mut().for_each(|r| *r = None);
+        }
+        let pid = prefix_id as usize;
+        if pid >= self.routes.len() {
+            self.routes.resize_with(pid + 1, || None);
+        }
+        let entries = &self.entries;
+        self.routes[pid].get_or_insert_with(|| {
+            entries
+                .iter()
+                .filter(|e| e.pattern.matches(prefix))
+                .map(|e| e.queue.clone())
+                .collect()
+        })
+    }
+
+    /// Queues `sealed` for every subscriber of its prefix, handing batches
+    /// displaced for lag back to `pool`; returns how many queues took it.
+    /// The flusher's whole per-batch delivery cost.
+    pub(crate) fn deliver(
+        &mut self,
+        registry: &Registry<T>,
+        pool: &mut BatchPool<T>,
+        sealed: &Arc<Sealed<T>>,
+    ) -> usize {
+        let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
+        let mut taken = 0;
+        for q in queues {
+            let (outcome, displaced) = q.push(sealed);
+            taken += usize::from(outcome != Push::Closed);
+            if let Some(batch) = displaced {
+                pool.recycle(batch);
+            }
+        }
+        taken
+    }
+}
