@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, FullPolicy};
+use crate::config::{self, Config, FullPolicy};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::flusher;
 use crate::intern::Interner;
 use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
+use crate::record::Slot;
 use crate::shared::Shared;
 use crate::subscriber::Subscriber;
 use crate::sync::Arc;
@@ -123,7 +124,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 
     /// Slots per producer ring; a power of two, at least 2 (4 with
-    /// `precise_timestamps`). An event takes one slot, plus one if its
+    /// `precise_timestamps`), at most [`EngineBuilder::MAX_RING_CAPACITY`]
+    /// and 1 GiB in all (checked by `build`). An event takes one slot, plus one if its
     /// sub-key does not fit in 32 bits and two if it is stamped at publish.
     #[must_use]
     pub fn ring_capacity(mut self, n: usize) -> Self {
@@ -205,11 +207,41 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
+    /// Most slots a producer ring may have (`ring_capacity`,
+    /// `Engine::producer_with_capacity`): 2^24. A ring is also limited to
+    /// 1 GiB (slots times slot size); `build` checks both
+    /// (`Error::InvalidConfig`).
+    pub const MAX_RING_CAPACITY: usize = config::MAX_RING_CAPACITY;
+
+    /// Largest payload type `build` accepts, in bytes (`size_of::<T>()`):
+    /// 16 KiB. Larger payloads would be moved by value across the flusher's
+    /// (and the publishing thread's) stack; box them (`Box<[u8]>`, `Arc<..>`). `build` refuses a larger
+    /// `T` with `Error::PayloadTooLarge`.
+    ///
+    /// ```
+    /// use ringfold::{Engine, Error};
+    /// match Engine::<[u8; 1 << 20]>::builder().build() {
+    ///     Err(Error::PayloadTooLarge { size, max }) => assert!(size > max),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// let boxed = Engine::<Box<[u8]>>::builder().build()?; // fine
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub const MAX_PAYLOAD_SIZE: usize = config::MAX_PAYLOAD_SIZE;
+
     /// Validates the configuration and starts the flusher.
     pub fn build(self) -> Result<Engine<T>, Error> {
+        let size = std::mem::size_of::<T>();
+        if size > Self::MAX_PAYLOAD_SIZE {
+            return Err(Error::PayloadTooLarge {
+                size,
+                max: Self::MAX_PAYLOAD_SIZE,
+            });
+        }
         let cap = self.ring_capacity;
         let config = Config {
             ring_capacity: cap,
+            slot_size: std::mem::size_of::<Slot<T>>(),
             high_water: self.high_water.unwrap_or((cap / 4).max(1)),
             tick: self.tick,
             on_full: self.on_full,

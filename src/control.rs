@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 use crate::policy::Pattern;
 use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 
+/// The deadline `timeout` from now, or `None` when the clock cannot express
+/// it (`Duration::MAX` and the like): the one place a caller's duration
+/// becomes a deadline, so a huge timeout means "wait without limit" and
+/// never overflows (`Instant + Duration` panics on overflow).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Flush requests and the flusher's acknowledgements.
 #[derive(Default)]
 struct Requests {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::control;
 use crate::error::{Error, PublishError};
 use crate::intern::EventKey;
 use crate::local;
@@ -29,15 +30,21 @@ impl<T: Send + 'static> Handle<T> {
             // ourselves.
             return Ok(shared.stats());
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock means no limit.
+        let deadline = timeout.and_then(control::deadline_after);
         if !shared.control.wait_stopped_until(deadline) {
             return Err(Error::Timeout(Box::new(shared.stats())));
         }
         let join = lock(&self.join).take();
         if let Some(join) = join {
+            // The flusher's thread catches its own panics (see
+            // `flusher::spawn`), so this is only a backstop.
             if join.join().is_err() && was_open {
-                return Err(Error::FlusherDied);
+                return Err(Error::FlusherDied(Box::new(shared.stats())));
             }
+        }
+        if shared.state.peek().dead() {
+            return Err(Error::FlusherDied(Box::new(shared.stats())));
         }
         Ok(shared.stats())
     }
@@ -118,6 +125,31 @@ impl<T: Send + 'static> Engine<T> {
         Ok(p)
     }
 
+    /// Like [`Engine::producer`], with a ring of `capacity` slots instead of
+    /// `EngineBuilder::ring_capacity`: a small ring makes a producer per
+    /// short-lived task cheap, a large one absorbs a bursty thread. The
+    /// same rules as `ring_capacity` apply (a power of two, at least 2, or
+    /// 4 with `precise_timestamps`, at most [`MAX_RING_CAPACITY`] slots and
+    /// 1 GiB); otherwise `Error::InvalidConfig`. Its high-water mark is the
+    /// engine's, or a quarter of a smaller ring.
+    ///
+    /// [`MAX_RING_CAPACITY`]: crate::EngineBuilder::MAX_RING_CAPACITY
+    ///
+    /// ```
+    /// let engine = ringfold::Engine::<u64>::builder().high_water(16).build()?;
+    /// let mut per_task = engine.producer_with_capacity(64)?;
+    /// per_task.publish("data:task:done", 1).unwrap();
+    /// assert!(engine.producer_with_capacity(100).is_err()); // not a power of two
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub fn producer_with_capacity(&self, capacity: usize) -> Result<Producer<T>, Error> {
+        let shared = &self.handle.shared;
+        shared.config.check_ring_capacity(capacity)?;
+        let p = Producer::register_with_capacity(shared.clone(), capacity)?;
+        shared.state.unpark();
+        Ok(p)
+    }
+
     /// Interns `name` (once) and returns its key for hot-path publishing.
     pub fn key(&self, name: &str) -> Result<EventKey, Error> {
         self.handle.shared.interner.key(name)
@@ -145,11 +177,16 @@ impl<T: Send + 'static> Engine<T> {
             Ok(key) => local::with_producer(&self.handle.shared, payload, |p, payload| {
                 p.publish_urgent(key, payload)
             }),
-            Err(_) => {
+            Err(e) => {
                 let unlaned = &self.handle.shared.unlaned;
-                // Relaxed: a stats counter.
-                unlaned.invalid_name.fetch_add(1, Ordering::Relaxed);
-                Err(PublishError::InvalidName(payload))
+                // Relaxed: stats counters.
+                if let Error::TooManyNames { .. } = e {
+                    unlaned.too_many_names.fetch_add(1, Ordering::Relaxed);
+                    Err(PublishError::TooManyNames(payload))
+                } else {
+                    unlaned.invalid_name.fetch_add(1, Ordering::Relaxed);
+                    Err(PublishError::InvalidName(payload))
+                }
             }
         }
     }
@@ -164,10 +201,13 @@ impl<T: Send + 'static> Engine<T> {
         if shared.state.on_flusher_thread() {
             return Err(Error::FlushFromSubscriber);
         }
-        if shared
+        let done = shared
             .control
-            .flush(pattern, deadline, || shared.state.unpark())
-        {
+            .flush(pattern, deadline, || shared.state.unpark());
+        // A dead flusher releases every waiter as if it had stopped.
+        if shared.state.peek().dead() {
+            Err(Error::FlusherDied(Box::new(shared.stats())))
+        } else if done {
             Ok(())
         } else {
             Err(Error::Timeout(Box::new(shared.stats())))
@@ -184,7 +224,8 @@ impl<T: Send + 'static> Engine<T> {
     /// Like [`Engine::flush`], giving up after `timeout` with a report of
     /// what is still pending (`Error::Timeout`).
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.flush_until(None, Some(Instant::now() + timeout))
+        // A timeout too long for the clock means no limit.
+        self.flush_until(None, control::deadline_after(timeout))
     }
 
     /// Like [`Engine::flush`], for the prefixes matching `pattern` only

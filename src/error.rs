@@ -42,6 +42,14 @@ pub enum Error {
     },
     /// A builder setting was out of range (zero capacity, zero interval, ...).
     InvalidConfig(&'static str),
+    /// The payload type is larger than `EngineBuilder::MAX_PAYLOAD_SIZE`;
+    /// box it.
+    PayloadTooLarge {
+        /// `size_of` the payload type, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// `Policy::aggregate` was configured but the engine cannot read numbers
     /// from its payload type; call `EngineBuilder::sampled` (for payloads
     /// implementing `Sample`) or `EngineBuilder::sample_with`.
@@ -67,8 +75,12 @@ pub enum Error {
     /// A bounded shutdown or flush ran out of time; the report says what was
     /// still pending. The flusher keeps draining in the background.
     Timeout(Box<Stats>),
-    /// The flusher thread died (a bug: subscriber panics are caught).
-    FlusherDied,
+    /// The flusher thread died: a panic escaped its loop (a bug in the
+    /// engine, or user code it runs, such as a sampler, that panicked).
+    /// The engine is closed; the stats are as of the death (`pending`
+    /// counts what will never be delivered, `flusher_died` is set). Every
+    /// later publish, flush and shutdown reports it.
+    FlusherDied(Box<Stats>),
 }
 
 impl fmt::Display for Error {
@@ -89,6 +101,10 @@ impl fmt::Display for Error {
                 write!(f, "invalid pattern {pattern:?}: {reason}")
             }
             Error::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            Error::PayloadTooLarge { size, max } => write!(
+                f,
+                "payload type is {size} bytes, over the limit of {max}: box it"
+            ),
             Error::AggregateWithoutSampler { pattern } => write!(
                 f,
                 "pattern {pattern:?} aggregates, but no sampler is set: call .sampled() or .sample_with(..) on the builder"
@@ -106,7 +122,11 @@ impl fmt::Display for Error {
                 "timed out with {} events still pending",
                 stats.pending
             ),
-            Error::FlusherDied => f.write_str("the flusher thread terminated unexpectedly"),
+            Error::FlusherDied(stats) => write!(
+                f,
+                "the flusher thread died; {} accepted events will not be delivered",
+                stats.pending
+            ),
         }
     }
 }
@@ -140,15 +160,26 @@ pub enum PublishError<T> {
     Full(T),
     /// The engine was shut down. Counted in stats.
     ShutDown(T),
-    /// The name was invalid or could not be interned. Counted in stats.
+    /// The name was invalid (malformed, too long, or a key unknown to this
+    /// engine). Counted in stats as `invalid_name`.
     InvalidName(T),
+    /// The name is new and the engine already interned
+    /// `EngineBuilder::max_names` names. Counted as `too_many_names`.
+    TooManyNames(T),
+    /// The engine's flusher thread died (see [`Error::FlusherDied`]):
+    /// nothing can be delivered any more. Counted as `flusher_died`.
+    FlusherDied(T),
 }
 
 impl<T> PublishError<T> {
     /// Takes the payload back.
     pub fn into_inner(self) -> T {
         match self {
-            PublishError::Full(t) | PublishError::ShutDown(t) | PublishError::InvalidName(t) => t,
+            PublishError::Full(t)
+            | PublishError::ShutDown(t)
+            | PublishError::InvalidName(t)
+            | PublishError::TooManyNames(t)
+            | PublishError::FlusherDied(t) => t,
         }
     }
 }
@@ -159,6 +190,8 @@ impl<T> fmt::Display for PublishError<T> {
             PublishError::Full(_) => "producer ring is full",
             PublishError::ShutDown(_) => "engine is shut down",
             PublishError::InvalidName(_) => "invalid event name",
+            PublishError::TooManyNames(_) => "too many distinct event names",
+            PublishError::FlusherDied(_) => "the engine's flusher thread died",
         })
     }
 }
@@ -172,6 +205,8 @@ impl<T> fmt::Debug for PublishError<T> {
             PublishError::Full(_) => "Full(..)",
             PublishError::ShutDown(_) => "ShutDown(..)",
             PublishError::InvalidName(_) => "InvalidName(..)",
+            PublishError::TooManyNames(_) => "TooManyNames(..)",
+            PublishError::FlusherDied(_) => "FlusherDied(..)",
         })
     }
 }
@@ -212,6 +247,12 @@ pub enum PublishManyError<T> {
         /// The payloads handed back (those with unknown keys first).
         rejected: Vec<T>,
     },
+    /// The engine's flusher thread died (see [`Error::FlusherDied`]);
+    /// `rejected` as for `ShutDown`. Counted as `flusher_died`.
+    FlusherDied {
+        /// The payloads handed back.
+        rejected: Vec<T>,
+    },
     /// `accepted` events were published; `rejected` holds the payloads
     /// whose keys are not interned in this engine (counted as
     /// `invalid_name`).
@@ -228,6 +269,7 @@ impl<T> PublishManyError<T> {
     pub fn into_rejected(self) -> Vec<T> {
         match self {
             PublishManyError::ShutDown { rejected }
+            | PublishManyError::FlusherDied { rejected }
             | PublishManyError::InvalidName { rejected, .. } => rejected,
         }
     }
@@ -243,6 +285,11 @@ impl<T> fmt::Display for PublishManyError<T> {
                     rejected.len()
                 )
             }
+            PublishManyError::FlusherDied { rejected } => write!(
+                f,
+                "the engine's flusher thread died ({} payloads handed back)",
+                rejected.len()
+            ),
             PublishManyError::InvalidName { accepted, rejected } => write!(
                 f,
                 "{} events with unknown keys handed back ({accepted} published)",
@@ -258,6 +305,10 @@ impl<T> fmt::Debug for PublishManyError<T> {
         match self {
             PublishManyError::ShutDown { rejected } => f
                 .debug_struct("ShutDown")
+                .field("rejected", &rejected.len())
+                .finish(),
+            PublishManyError::FlusherDied { rejected } => f
+                .debug_struct("FlusherDied")
                 .field("rejected", &rejected.len())
                 .finish(),
             PublishManyError::InvalidName { accepted, rejected } => f

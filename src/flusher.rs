@@ -46,6 +46,13 @@ const DEEP_PARK: Duration = Duration::from_secs(60);
 const STREAM_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
 /// Spawns the flusher thread.
+///
+/// The loop runs under `catch_unwind`: user input never panics it by
+/// design (checked time arithmetic, subscriber and payload-drop panics
+/// caught where they happen), but if a panic escapes anyway (a bug, or user
+/// code such as a sampler that panicked), the engine must not go on
+/// accepting events that nobody will deliver, nor leave callers waiting
+/// for a flusher that is gone. See [`died`].
 pub(crate) fn spawn<T: Send + 'static>(
     shared: Arc<Shared<T>>,
     subscribers: Vec<Box<dyn Subscriber<T>>>,
@@ -57,8 +64,44 @@ pub(crate) fn spawn<T: Send + 'static>(
         if let Some(core) = core {
             core_affinity::set_for_current(core);
         }
-        Flusher::new(shared, subscribers).run();
+        let mut flusher = Flusher::new(shared.clone(), subscribers);
+        if catch_unwind(AssertUnwindSafe(|| flusher.run())).is_err() {
+            died(&shared, flusher);
+        } else if catch_unwind(AssertUnwindSafe(move || drop(flusher))).is_err() {
+            // A subscriber's or payload's `Drop` panicked after the final
+            // drain: everything was delivered, nothing waits on us.
+        }
     })
+}
+
+/// The flusher's loop panicked. Closes the engine as dead (`State::die`:
+/// publishes, new producers and flushes are refused with `FlusherDied`),
+/// hands every ring's reading end back to its lane (so a publish that
+/// raced the death can take its own record back, as at shutdown), publishes
+/// the last report it can, and releases everyone waiting in `Control`.
+///
+/// The fold, which holds the accepted-but-undelivered payloads, is leaked,
+/// not dropped: its state after a panic is unknown, and a payload `Drop`
+/// that panicked twice in one drop would abort the process. The stats say
+/// how many events that is (`pending`).
+fn died<T: Send + 'static>(shared: &Shared<T>, mut flusher: Flusher<T>) {
+    shared.state.die();
+    for slot in flusher.lanes.drain(..) {
+        *lock(&slot.lane.orphan) = Some(slot.consumer);
+    }
+    // Lanes registered but not yet adopted: after `die` no more come (the
+    // registry refuses lanes once the engine is closed, under this lock).
+    let unadopted: Vec<_> = lock(&shared.registry).new.drain(..).collect();
+    for (lane, consumer) in unadopted {
+        *lock(&lane.orphan) = Some(consumer);
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        flusher.folder.mark_dirty();
+        flusher.publish_report();
+    }));
+    let Flusher { folder, .. } = flusher;
+    std::mem::forget(folder);
+    shared.control.stop();
 }
 
 /// One producer's ring, as the flusher holds it.
@@ -96,7 +139,7 @@ impl<T: Send + 'static> Flusher<T> {
 
     /// The loop: take requests and new lanes, sweep, close due windows,
     /// answer a flush, sleep; on shutdown, the final drain.
-    fn run(mut self) {
+    fn run(&mut self) {
         loop {
             // On closing, also the heavy barrier (see `State::closing`): the
             // final sweep below sees every publish that did not see CLOSED.
@@ -307,7 +350,7 @@ impl<T: Send + 'static> Flusher<T> {
     /// Final step of shutdown: publish the last report, hand each ring's
     /// reading end back to its lane (so a publish that raced the close can
     /// take its record back), and release everyone waiting.
-    fn finish(mut self) {
+    fn finish(&mut self) {
         self.folder.mark_dirty();
         self.publish_report();
         for slot in self.lanes.drain(..) {

@@ -107,6 +107,7 @@ impl<T: Send + 'static> Shared<T> {
             live: reg.live.iter().map(|lane| lane.share()),
             unlaned: &self.unlaned,
             high_water_wakeups: self.high_water_wakeups.load(Ordering::Relaxed),
+            flusher_died: self.state.peek().dead(),
         })
     }
 }

@@ -23,8 +23,13 @@ pub struct DropStats {
     pub full: u64,
     /// Published after shutdown.
     pub shut_down: u64,
-    /// Invalid or un-internable name.
+    /// Invalid name: malformed, too long, or a key unknown to the engine.
     pub invalid_name: u64,
+    /// A new name refused because the engine already interned
+    /// `EngineBuilder::max_names` names.
+    pub too_many_names: u64,
+    /// Publishes refused because the flusher thread had died.
+    pub flusher_died: u64,
     /// Urgent event whose bounded wait for ring space ran out.
     pub urgent_timeout: u64,
     /// Accepted by an aggregating prefix but not numeric: discarded by the
@@ -35,7 +40,12 @@ pub struct DropStats {
 impl DropStats {
     /// Publishes rejected at the producer (not counted in `published`).
     pub fn rejected(&self) -> u64 {
-        self.full + self.shut_down + self.invalid_name + self.urgent_timeout
+        self.full
+            + self.shut_down
+            + self.invalid_name
+            + self.too_many_names
+            + self.flusher_died
+            + self.urgent_timeout
     }
 }
 
@@ -96,6 +106,9 @@ pub struct Stats {
     pub producers: usize,
     /// Per-prefix counters, by prefix name.
     pub prefixes: BTreeMap<String, PrefixStats>,
+    /// The flusher thread died (see `Error::FlusherDied`): `pending`
+    /// events will never be delivered.
+    pub flusher_died: bool,
 }
 
 impl Stats {
@@ -121,6 +134,8 @@ pub(crate) struct DropCounters {
     pub(crate) full: AtomicU64,
     pub(crate) shut_down: AtomicU64,
     pub(crate) invalid_name: AtomicU64,
+    pub(crate) too_many_names: AtomicU64,
+    pub(crate) flusher_died: AtomicU64,
     pub(crate) urgent_timeout: AtomicU64,
 }
 
@@ -131,6 +146,8 @@ impl DropCounters {
         into.full += self.full.load(Ordering::Relaxed);
         into.shut_down += self.shut_down.load(Ordering::Relaxed);
         into.invalid_name += self.invalid_name.load(Ordering::Relaxed);
+        into.too_many_names += self.too_many_names.load(Ordering::Relaxed);
+        into.flusher_died += self.flusher_died.load(Ordering::Relaxed);
         into.urgent_timeout += self.urgent_timeout.load(Ordering::Relaxed);
     }
 }
@@ -200,6 +217,8 @@ pub(crate) struct Parts<'a, L> {
     /// Rejections of `Engine::publish*` calls that never reached a lane.
     pub(crate) unlaned: &'a DropCounters,
     pub(crate) high_water_wakeups: u64,
+    /// The flusher thread died.
+    pub(crate) flusher_died: bool,
 }
 
 impl Stats {
@@ -218,6 +237,7 @@ impl Stats {
             dropped: parts.retired.dropped,
             high_water_wakeups: parts.high_water_wakeups,
             producers: parts.live.len(),
+            flusher_died: parts.flusher_died,
             ..Stats::default()
         };
         stats.dropped.not_numeric = report.not_numeric;
