@@ -211,7 +211,7 @@ impl<T: Send + 'static> Shared<T> {
     pub(crate) fn stats(&self) -> Stats {
         let report = lock(&self.report).clone();
         let reg = lock(&self.registry);
-        let mut stats = report.to_stats(&self.interner.snapshot());
+        let mut stats = report.to_stats(&self.interner);
         stats.published = reg.retired_published;
         stats.dropped.full = reg.retired.full;
         stats.dropped.shut_down = reg.retired.shut_down;

@@ -19,7 +19,7 @@ use ahash::AHashMap;
 use crate::barrier;
 use crate::engine::{Shared, CLOSED, DEEP, PARKED};
 use crate::event::{Aggregate, Batch, BatchReason, Event, InternedStr, NameRef};
-use crate::intern::{NameInfo, Table};
+use crate::intern::{Interner, NameInfo};
 use crate::policy::{Pattern, Policy};
 use crate::producer::Lane;
 use crate::record::{Ext, Parts, Slot};
@@ -88,7 +88,7 @@ impl Clone for Report {
 }
 
 impl Report {
-    pub(crate) fn to_stats(&self, table: &Table) -> Stats {
+    pub(crate) fn to_stats(&self, interner: &Interner) -> Stats {
         let mut stats = Stats {
             delivered: self.delivered,
             folded: self.folded,
@@ -100,7 +100,7 @@ impl Report {
         };
         stats.dropped.not_numeric = self.not_numeric;
         for (id, p) in self.prefixes.iter().enumerate() {
-            if let Some(info) = table.prefixes.get(id) {
+            if let Some(info) = interner.prefix(id) {
                 stats.prefixes.insert(info.prefix.to_string(), *p);
             }
         }
@@ -256,9 +256,6 @@ impl<T> Default for Sealed<T> {
 /// Accumulators, subscribers and counters: everything a sweep folds into.
 struct Delivery<T: Send + 'static> {
     shared: Arc<Shared<T>>,
-    /// Latest interner snapshot; also keeps every `InternedStr` and
-    /// `NameRef` valid.
-    table: Arc<Table>,
     /// By name id, for every name in `table` (see `Route`).
     routes: Vec<Route>,
     accs: Vec<Acc<T>>,
@@ -312,11 +309,11 @@ impl<T: Send + 'static> Delivery<T> {
     /// the name is newer than the ones seen so far.
     #[cold]
     fn route_new_name(&mut self, id: usize) -> Option<Route> {
-        if id >= self.table.names.len() {
-            self.table = self.shared.interner.snapshot();
-        }
-        while self.routes.len() < self.table.names.len() {
-            let info = &self.table.names[self.routes.len()];
+        let known = self.shared.interner.name_count();
+        while self.routes.len() < known {
+            let Some(info) = self.shared.interner.name(self.routes.len()) else {
+                break;
+            };
             let route = Route::of(info);
             self.routes.push(route);
             self.ensure_prefix(route.prefix as usize);
@@ -448,8 +445,10 @@ impl<T: Send + 'static> Delivery<T> {
         for mut sealed in self.sealed.drain(..) {
             let pid = sealed.pid;
             let stats = &mut self.report.prefixes[pid];
-            if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
-                let info = &self.table.prefixes[pid];
+            // Always resolves: a prefix is published before any name of it.
+            let info = self.shared.interner.prefix(pid);
+            let info = info.filter(|_| !sealed.events.is_empty() || !sealed.aggregates.is_empty());
+            if let Some(info) = info {
                 let batch = Batch {
                     prefix: &info.prefix,
                     name: &info.batch_name,
@@ -501,8 +500,8 @@ impl<T: Send + 'static> Delivery<T> {
         for i in 0..self.pending.len() {
             let pid = self.pending[i] as usize;
             let selected = filter.is_none_or(|patterns| {
-                let prefix = &self.table.prefixes[pid].prefix;
-                patterns.iter().any(|p| p.matches(prefix))
+                let prefix = self.shared.interner.prefix(pid);
+                prefix.is_some_and(|info| patterns.iter().any(|p| p.matches(&info.prefix)))
             });
             if selected {
                 self.emit(pid, reason);
@@ -616,12 +615,10 @@ struct Flusher<T: Send + 'static> {
 
 impl<T: Send + 'static> Flusher<T> {
     fn new(shared: Arc<Shared<T>>, subscribers: Vec<Box<dyn Subscriber<T>>>) -> Self {
-        let table = shared.interner.snapshot();
         Flusher {
             lanes: Vec::new(),
             delivery: Delivery {
                 shared: shared.clone(),
-                table,
                 accs: Vec::new(),
                 pending: Vec::new(),
                 subscribers,
