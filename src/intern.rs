@@ -289,10 +289,32 @@ struct Index {
     slots: Box<[AtomicU64]>,
 }
 
+/// An index slot: the hash's tag and `id + 1` (never 0).
+fn slot_value(hash: u64, id: usize) -> u64 {
+    (hash & TAG) | (id as u64 + 1)
+}
+
+/// Fills the first empty slot of `hash`'s probe sequence in a table that
+/// is being built (not yet shared). Ends: the table is at most half full.
+fn place(slots: &mut [u64], hash: u64, id: usize) {
+    let mask = slots.len() - 1;
+    let mut pos = hash as usize & mask;
+    while slots[pos] != 0 {
+        pos = (pos + 1) & mask;
+    }
+    slots[pos] = slot_value(hash, id);
+}
+
 impl Index {
-    fn with_capacity(slots: usize) -> Self {
+    /// A table with these contents. A replacement table is built as plain
+    /// words and only then turned into atomics, each created with its final
+    /// value: nothing is stored into it after it is shared except new
+    /// slots (and loom 0.7 trips an internal assertion, "this sometimes
+    /// fails", when an atomic is created and stored to by the same thread
+    /// with no synchronisation in between).
+    fn from_slots(slots: Vec<u64>) -> Self {
         Index {
-            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            slots: slots.into_iter().map(AtomicU64::new).collect(),
         }
     }
 
@@ -309,7 +331,7 @@ impl Index {
             // Relaxed: only writers store slots, and the writer lock orders
             // them before this one.
             if slot.load(Ordering::Relaxed) == 0 {
-                slot.store((hash & TAG) | (id as u64 + 1), Ordering::Release);
+                slot.store(slot_value(hash, id), Ordering::Release);
                 return;
             }
             pos = (pos + 1) & mask;
@@ -334,10 +356,14 @@ struct Store {
 /// addresses for as long as it lives, even after the engine is dropped.
 /// What a delivered batch holds so the raw name pointers in its events
 /// (`event::NameRef`, `event::InternedStr`) stay valid.
+///
+/// Not used by the engine yet: the delivery layer that hands batches out
+/// beyond the flusher will hold one per batch.
 #[derive(Clone)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct Keepalive(Arc<Store>);
 
-#[cfg_attr(not(any(test, loom)), allow(dead_code))]
+#[cfg_attr(not(test), allow(dead_code))]
 impl Keepalive {
     /// Name `id`, as [`Interner::name`].
     pub(crate) fn name(&self, id: usize) -> Option<&NameInfo> {
@@ -395,7 +421,7 @@ impl Interner {
                 names: Arena::new(),
                 prefixes: Arena::new(),
             }),
-            index: SnapshotCell::new(Arc::new(Index::with_capacity(MIN_INDEX))),
+            index: SnapshotCell::new(Arc::new(Index::from_slots(vec![0; MIN_INDEX]))),
             hasher: RandomState::new(),
             writer: Mutex::new(Writer {
                 prefix_ids: AHashMap::new(),
@@ -469,7 +495,7 @@ impl Interner {
 
     /// A handle that keeps every interned name and prefix alive and in
     /// place, even after this interner is dropped (see [`Keepalive`]).
-    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn keepalive(&self) -> Keepalive {
         Keepalive(self.store.clone())
     }
@@ -593,14 +619,14 @@ impl Interner {
         while slots < needed {
             slots *= 2;
         }
-        let grown = Index::with_capacity(slots);
+        let mut grown = vec![0; slots];
         for old in 0..id {
             if let Some(info) = self.store.names.get(old) {
-                grown.insert(self.hasher.hash_one(&*info.meta.name), old);
+                place(&mut grown, self.hasher.hash_one(&*info.meta.name), old);
             }
         }
-        grown.insert(hash, id);
-        self.index.store(Arc::new(grown));
+        place(&mut grown, hash, id);
+        self.index.store(Arc::new(Index::from_slots(grown)));
     }
 }
 
@@ -649,6 +675,9 @@ impl View<'_> {
                 .interner
                 .prefix(info.prefix as usize)
                 .ok_or_else(|| format!("prefix id {} has no entry", info.prefix))?;
+            if info.prefix as usize >= self.interner.prefix_count() {
+                return Err(format!("prefix id {} beyond the prefix count", info.prefix));
+            }
             if prefix.prefix != info.meta.prefix {
                 return Err(format!("prefix {:?} does not map back", &*prefix.prefix));
             }
