@@ -414,6 +414,16 @@ pub(crate) fn validate_name(name: &str, max_len: usize) -> Result<&str, Error> {
     Ok(name.rsplit_once(':').map_or(name, |(prefix, _)| prefix))
 }
 
+/// The index's hasher: randomly seeded (so colliding names cannot be
+/// chosen in advance), except under loom, which replays every execution
+/// and needs the same probe sequences each time.
+fn new_hasher() -> RandomState {
+    #[cfg(not(loom))]
+    return RandomState::new();
+    #[cfg(loom)]
+    return RandomState::with_seeds(1, 2, 3, 4);
+}
+
 impl Interner {
     pub(crate) fn new(policies: PolicyTable, max_names: usize, max_len: usize) -> Self {
         Interner {
@@ -422,7 +432,7 @@ impl Interner {
                 prefixes: Arena::new(),
             }),
             index: SnapshotCell::new(Arc::new(Index::from_slots(vec![0; MIN_INDEX]))),
-            hasher: RandomState::new(),
+            hasher: new_hasher(),
             writer: Mutex::new(Writer {
                 prefix_ids: AHashMap::new(),
             }),
