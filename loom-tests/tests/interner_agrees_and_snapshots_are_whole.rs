@@ -96,3 +96,24 @@ fn existing_names_resolve_while_the_index_and_arena_grow() {
         interner.view().check_consistent().unwrap();
     });
 }
+
+#[test]
+fn a_view_taken_during_an_insert_is_whole() {
+    model(|| {
+        let interner = Arc::new(Interner::new(8));
+        interner.key("a:old").unwrap();
+        let other = interner.clone();
+        let t = thread::spawn(move || other.key("b:new").unwrap());
+        // One view, raced against the insert: its length decides, and
+        // everything below it resolves by id and by name.
+        let view = interner.view();
+        view.check_consistent().unwrap();
+        match view.len() {
+            1 => assert_eq!(view.get("b:new"), None),
+            2 => assert_eq!(view.get("b:new").map(|k| k.name_id()), Some(1)),
+            n => panic!("view with {n} names"),
+        }
+        drop(view);
+        t.join().unwrap();
+    });
+}
