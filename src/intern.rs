@@ -349,6 +349,13 @@ struct Writer {
 struct Store {
     names: Arena<NameInfo>,
     prefixes: Arena<PrefixInfo>,
+    /// By name id: the name and its key, all a lookup by string needs, in
+    /// one entry (the string pointer inline), so a hit costs the index
+    /// slot, this entry and the string bytes, as a hash map's bucket would,
+    /// rather than two more pointer hops through `NameInfo` and `NameMeta`.
+    /// Pushed before the index slot and the name, so it is complete for
+    /// every id the index or a `View` can yield.
+    keys: Arena<(StdArc<str>, EventKey)>,
 }
 
 /// A cheap handle (one reference count) that keeps an interner's names
@@ -430,6 +437,7 @@ impl Interner {
             store: Arc::new(Store {
                 names: Arena::new(),
                 prefixes: Arena::new(),
+                keys: Arena::new(),
             }),
             index: SnapshotCell::new(Arc::new(Index::from_slots(vec![0; MIN_INDEX]))),
             hasher: new_hasher(),
@@ -453,8 +461,8 @@ impl Interner {
     /// thread.
     pub(crate) fn key(&self, name: &str) -> Result<EventKey, Error> {
         let hash = self.hasher.hash_one(name);
-        if let Some(info) = self.find(name, hash) {
-            return Ok(info.meta.key);
+        if let Some(key) = self.find(name, hash) {
+            return Ok(key);
         }
         self.insert(name, hash)
     }
@@ -463,7 +471,6 @@ impl Interner {
     #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn get(&self, name: &str) -> Option<EventKey> {
         self.find(name, self.hasher.hash_one(name))
-            .map(|info| info.meta.key)
     }
 
     /// True if `key` was made by this interner: one tag compare and the id
@@ -524,7 +531,7 @@ impl Interner {
     /// whose id is not published yet counts as a miss (the caller then
     /// takes the writer lock, behind which the name is complete).
     #[inline]
-    fn find(&self, name: &str, hash: u64) -> Option<&NameInfo> {
+    fn find(&self, name: &str, hash: u64) -> Option<EventKey> {
         let index = self.index.load();
         let mask = index.slots.len() - 1;
         let mut pos = hash as usize & mask;
@@ -536,9 +543,9 @@ impl Interner {
             }
             if slot & TAG == hash & TAG {
                 let id = (slot as u32 as usize).wrapping_sub(1);
-                if let Some(info) = self.store.names.get(id) {
-                    if *info.meta.name == *name {
-                        return Some(info);
+                if let Some((known, key)) = self.store.keys.get(id) {
+                    if **known == *name {
+                        return Some(*key);
                     }
                 }
             }
@@ -553,8 +560,8 @@ impl Interner {
         // Re-check under the writer lock: another thread may have won. The
         // lock orders this after every earlier insert, all of whose slots
         // and lengths are therefore visible here.
-        if let Some(info) = self.find(name, hash) {
-            return Ok(info.meta.key);
+        if let Some(key) = self.find(name, hash) {
+            return Ok(key);
         }
         let id = self.store.names.len();
         if id >= self.max_names {
@@ -594,8 +601,12 @@ impl Interner {
             Some(p) => p.prefix.clone(),
             None => prefix.into(),
         };
+        let name: StdArc<str> = name.into();
+        // SAFETY: we hold the writer lock, the only way to push.
+        let pushed = unsafe { self.store.keys.push((name.clone(), key)) };
+        debug_assert_eq!(pushed, Some(id));
         let meta = StdArc::new(NameMeta {
-            name: name.into(),
+            name,
             prefix: prefix_str,
             key,
             epoch: self.epoch,
@@ -631,8 +642,8 @@ impl Interner {
         }
         let mut grown = vec![0; slots];
         for old in 0..id {
-            if let Some(info) = self.store.names.get(old) {
-                place(&mut grown, self.hasher.hash_one(&*info.meta.name), old);
+            if let Some((name, _)) = self.store.keys.get(old) {
+                place(&mut grown, self.hasher.hash_one(&**name), old);
             }
         }
         place(&mut grown, hash, id);
