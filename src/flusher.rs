@@ -255,8 +255,10 @@ impl<T> Default for Sealed<T> {
 
 /// Accumulators, subscribers and counters: everything a sweep folds into.
 struct Delivery<T: Send + 'static> {
+    /// Its interner's arena also keeps every `InternedStr` and `NameRef`
+    /// valid (entries never move or drop before the interner does).
     shared: Arc<Shared<T>>,
-    /// By name id, for every name in `table` (see `Route`).
+    /// By name id, for every name routed so far (see `Route`).
     routes: Vec<Route>,
     accs: Vec<Acc<T>>,
     /// Prefix ids with a non-empty window.
