@@ -28,7 +28,7 @@
 //! producers share cores with each other and with the consumer, the same
 //! way for every contender; no contender is left to the scheduler's luck.
 //!
-//! `RINGFOLD_BENCH_QUICK=1` shrinks N and the measurement times. After the
+//! `RINGFOLD_BENCH_PIN=0` turns the pinning off. `RINGFOLD_BENCH_QUICK=1` shrinks N and the measurement times. After the
 //! criterion run the binary prints a summary table with each contender's
 //! median and its ratio to ringfold.
 
@@ -57,9 +57,17 @@ const CHUNK: u64 = 1000;
 
 /// The machine's cores, looked up once (empty if `core_affinity` cannot
 /// list them; then nothing is pinned).
+///
+/// `RINGFOLD_BENCH_PIN=0` turns pinning off (to compare with the
+/// scheduler's placement).
 fn cores() -> &'static [core_affinity::CoreId] {
     static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
-    CORES.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+    CORES.get_or_init(|| {
+        if std::env::var("RINGFOLD_BENCH_PIN").is_ok_and(|v| v == "0") {
+            return Vec::new();
+        }
+        core_affinity::get_core_ids().unwrap_or_default()
+    })
 }
 
 /// Pins the calling thread for role `role`: 0 is the consumer, `j + 1`
@@ -387,10 +395,7 @@ fn bench_publish(c: &mut Criterion) {
                 let t0 = Instant::now();
                 for i in 0..m {
                     let r = rec(i as usize % PREFIXES, black_box(i));
-                    let _ = black_box(disruptor::Producer::try_publish(
-                        &mut producer,
-                        |e| *e = r,
-                    ));
+                    let _ = black_box(disruptor::Producer::try_publish(&mut producer, |e| *e = r));
                 }
                 total += t0.elapsed();
                 if let Ok(mut events) = poller.poll() {
@@ -991,9 +996,13 @@ fn run_tokio(p: usize, total: u64) -> Duration {
             let rx = std::cell::RefCell::new(rx);
             channel_consumer(
                 |t| {
-                    rt.block_on(tokio::time::timeout(t, rx.borrow_mut().recv()))
-                        .ok()
-                        .flatten()
+                    // The timer must be made inside the runtime's context.
+                    rt.block_on(async {
+                        tokio::time::timeout(t, rx.borrow_mut().recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    })
                 },
                 || rx.borrow_mut().try_recv().ok(),
                 sink,
