@@ -896,23 +896,63 @@ fn run_array_queue(p: usize, total: u64) -> Duration {
     elapsed
 }
 
+/// A channel's receiving end, as the consumer loop uses it.
+trait Recv {
+    /// Waits up to `t` for one event.
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec>;
+    /// Takes one event if there is one.
+    fn try_recv(&mut self) -> Option<Rec>;
+}
+
+impl Recv for crossbeam_channel::Receiver<Rec> {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        crossbeam_channel::Receiver::recv_timeout(self, t).ok()
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        crossbeam_channel::Receiver::try_recv(self).ok()
+    }
+}
+
+impl Recv for std::sync::mpsc::Receiver<Rec> {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        std::sync::mpsc::Receiver::recv_timeout(self, t).ok()
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        std::sync::mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
+/// tokio's receiver outside async code: the timed wait runs on a
+/// current-thread runtime owned by the consumer thread.
+struct TokioRx {
+    rt: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<Rec>,
+}
+
+impl Recv for TokioRx {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        let rx = &mut self.rx;
+        // The timer must be made inside the runtime's context.
+        self.rt
+            .block_on(async { tokio::time::timeout(t, rx.recv()).await.ok().flatten() })
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// Consumer loop shared by the channel contenders: block up to a tick for
 /// the first event, then take what is there (up to a ring's worth).
-fn channel_consumer(
-    mut recv_timeout: impl FnMut(Duration) -> Option<Rec>,
-    mut try_recv: impl FnMut() -> Option<Rec>,
-    counts: Arc<Counts>,
-    expected: u64,
-) {
+fn channel_consumer(mut rx: impl Recv, counts: Arc<Counts>, expected: u64) {
     pin(0);
     let mut grouper = Grouper::new(counts);
     while grouper.received < expected {
-        let first = recv_timeout(TICK);
+        let first = rx.recv_timeout(TICK);
         let now = Instant::now();
         if let Some(r) = first {
             grouper.take(r, now);
             for _ in 0..CAPACITY {
-                match try_recv() {
+                match rx.try_recv() {
                     Some(r) => grouper.take(r, now),
                     None => break,
                 }
@@ -941,14 +981,7 @@ macro_rules! run_channel {
                 }
             },
             (0..p).map(|_| tx.clone()).collect(),
-            move || {
-                channel_consumer(
-                    |t| rx.recv_timeout(t).ok(),
-                    || rx.try_recv().ok(),
-                    sink,
-                    expected,
-                )
-            },
+            move || channel_consumer(rx, sink, expected),
             total,
         );
         assert_eq!(counts.total(), expected);
@@ -992,22 +1025,7 @@ fn run_tokio(p: usize, total: u64) -> Duration {
                 .enable_time()
                 .build()
                 .unwrap();
-            // Both closures need the receiver; they run one at a time.
-            let rx = std::cell::RefCell::new(rx);
-            channel_consumer(
-                |t| {
-                    // The timer must be made inside the runtime's context.
-                    rt.block_on(async {
-                        tokio::time::timeout(t, rx.borrow_mut().recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    })
-                },
-                || rx.borrow_mut().try_recv().ok(),
-                sink,
-                expected,
-            )
+            channel_consumer(TokioRx { rt, rx }, sink, expected)
         },
         total,
     );
