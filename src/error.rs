@@ -160,9 +160,13 @@ pub enum PublishError<T> {
     Full(T),
     /// The engine was shut down. Counted in stats.
     ShutDown(T),
-    /// The name was invalid (malformed, too long, or a key unknown to this
-    /// engine). Counted in stats as `invalid_name`.
+    /// The name was invalid (empty, an empty segment, `*`, too long).
+    /// Counted in stats as `invalid_name`.
     InvalidName(T),
+    /// The key was made by another engine (`Engine::key` of a different
+    /// engine): refused, never delivered under this engine's name for the
+    /// same id. Counted as `foreign_key`.
+    ForeignKey(T),
     /// The name is new and the engine already interned
     /// `EngineBuilder::max_names` names. Counted as `too_many_names`.
     TooManyNames(T),
@@ -178,6 +182,7 @@ impl<T> PublishError<T> {
             PublishError::Full(t)
             | PublishError::ShutDown(t)
             | PublishError::InvalidName(t)
+            | PublishError::ForeignKey(t)
             | PublishError::TooManyNames(t)
             | PublishError::FlusherDied(t) => t,
         }
@@ -190,6 +195,7 @@ impl<T> fmt::Display for PublishError<T> {
             PublishError::Full(_) => "producer ring is full",
             PublishError::ShutDown(_) => "engine is shut down",
             PublishError::InvalidName(_) => "invalid event name",
+            PublishError::ForeignKey(_) => "event key of another engine",
             PublishError::TooManyNames(_) => "too many distinct event names",
             PublishError::FlusherDied(_) => "the engine's flusher thread died",
         })
@@ -205,6 +211,7 @@ impl<T> fmt::Debug for PublishError<T> {
             PublishError::Full(_) => "Full(..)",
             PublishError::ShutDown(_) => "ShutDown(..)",
             PublishError::InvalidName(_) => "InvalidName(..)",
+            PublishError::ForeignKey(_) => "ForeignKey(..)",
             PublishError::TooManyNames(_) => "TooManyNames(..)",
             PublishError::FlusherDied(_) => "FlusherDied(..)",
         })
@@ -223,12 +230,11 @@ impl<T> std::error::Error for PublishError<T> {}
 /// let engine = Engine::<u64>::builder().build()?;
 /// let other = Engine::<u64>::builder().build()?;
 /// let good = engine.key("data:a:b")?;
-/// let foreign = other.key("data:a:b")?; // id 0 there too...
-/// let unknown = other.key("data:a:c")?; // ...but id 1 is not interned here
+/// let foreign = other.key("data:a:b")?; // same name, same id, other engine
 /// let mut producer = engine.producer()?;
-/// let mut events = vec![(good, 1), (unknown, 2), (foreign, 3)].into_iter();
+/// let mut events = vec![(good, 1), (foreign, 2), (good, 3)].into_iter();
 /// match producer.publish_many(&mut events) {
-///     Err(PublishManyError::InvalidName { accepted, rejected }) => {
+///     Err(PublishManyError::ForeignKey { accepted, rejected }) => {
 ///         assert_eq!(accepted, 2);
 ///         assert_eq!(rejected, vec![2]);
 ///     }
@@ -242,9 +248,9 @@ pub enum PublishManyError<T> {
     /// The engine is shut down. `rejected` holds every payload the call
     /// took and did not publish (none when the engine was already closed
     /// at the call: then every event is still in the iterator). Counted as
-    /// `shut_down` (those with unknown keys as `invalid_name`).
+    /// `shut_down` (those with keys of another engine as `foreign_key`).
     ShutDown {
-        /// The payloads handed back (those with unknown keys first).
+        /// The payloads handed back (those with foreign keys first).
         rejected: Vec<T>,
     },
     /// The engine's flusher thread died (see [`Error::FlusherDied`]);
@@ -254,9 +260,8 @@ pub enum PublishManyError<T> {
         rejected: Vec<T>,
     },
     /// `accepted` events were published; `rejected` holds the payloads
-    /// whose keys are not interned in this engine (counted as
-    /// `invalid_name`).
-    InvalidName {
+    /// whose keys were made by another engine (counted as `foreign_key`).
+    ForeignKey {
         /// Events published by the call.
         accepted: usize,
         /// The payloads handed back, in iteration order.
@@ -270,7 +275,7 @@ impl<T> PublishManyError<T> {
         match self {
             PublishManyError::ShutDown { rejected }
             | PublishManyError::FlusherDied { rejected }
-            | PublishManyError::InvalidName { rejected, .. } => rejected,
+            | PublishManyError::ForeignKey { rejected, .. } => rejected,
         }
     }
 }
@@ -290,9 +295,9 @@ impl<T> fmt::Display for PublishManyError<T> {
                 "the engine's flusher thread died ({} payloads handed back)",
                 rejected.len()
             ),
-            PublishManyError::InvalidName { accepted, rejected } => write!(
+            PublishManyError::ForeignKey { accepted, rejected } => write!(
                 f,
-                "{} events with unknown keys handed back ({accepted} published)",
+                "{} events with keys of another engine handed back ({accepted} published)",
                 rejected.len()
             ),
         }
@@ -311,8 +316,8 @@ impl<T> fmt::Debug for PublishManyError<T> {
                 .debug_struct("FlusherDied")
                 .field("rejected", &rejected.len())
                 .finish(),
-            PublishManyError::InvalidName { accepted, rejected } => f
-                .debug_struct("InvalidName")
+            PublishManyError::ForeignKey { accepted, rejected } => f
+                .debug_struct("ForeignKey")
                 .field("accepted", accepted)
                 .field("rejected", &rejected.len())
                 .finish(),

@@ -66,8 +66,6 @@ pub struct Producer<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     lane: Arc<Lane<T>>,
     ring: ring::Producer<Slot<T>>,
-    /// Names known to exist when last checked: keys below this are valid.
-    known_names: u32,
     /// Ring occupancy at which a publish wakes a parked flusher
     /// (`Config::high_water_for` this ring's capacity).
     high_water: usize,
@@ -104,7 +102,6 @@ impl<T: Send + 'static> Producer<T> {
             shared,
             lane,
             ring,
-            known_names: 0,
             _not_sync: PhantomData,
         })
     }
@@ -191,9 +188,8 @@ impl<T: Send + 'static> Producer<T> {
             });
         }
         let stamp = self.stamp();
-        // One snapshot read per call: keys at or above it are not interned
-        // in this engine and are rejected (counted) rather than sent.
-        let known = self.shared.interner.name_count() as u32;
+        // Keys of another engine are rejected (counted) rather than sent.
+        let interner = &self.shared.interner;
         // Only whole events: as many as the free slots hold.
         let per_event = if stamp == 0 { 1 } else { 3 };
         let fit = (self.ring.ring().capacity() - self.ring.refresh_len()) / per_event;
@@ -203,7 +199,7 @@ impl<T: Send + 'static> Producer<T> {
         let mut slots = events
             .take(fit)
             .filter_map(|(key, payload)| {
-                if key.name_id() < known {
+                if interner.owns(key) {
                     accepted += 1;
                     Some(Outgoing {
                         key,
@@ -213,7 +209,7 @@ impl<T: Send + 'static> Producer<T> {
                         payload,
                     })
                 } else {
-                    lane.count_drop(&lane.drops.invalid_name, None);
+                    lane.count_drop(&lane.drops.foreign_key, None);
                     invalid.push(payload);
                     None
                 }
@@ -245,7 +241,7 @@ impl<T: Send + 'static> Producer<T> {
         if invalid.is_empty() {
             Ok(accepted)
         } else {
-            Err(PublishManyError::InvalidName {
+            Err(PublishManyError::ForeignKey {
                 accepted,
                 rejected: invalid,
             })
@@ -255,22 +251,6 @@ impl<T: Send + 'static> Producer<T> {
     /// True once the engine has begun shutting down.
     pub fn is_closed(&self) -> bool {
         self.shared.state.peek().closed()
-    }
-
-    /// Keys below `known_names` are valid; refresh when a key is above it.
-    #[cold]
-    #[inline]
-    fn is_known(&mut self, key: EventKey) -> bool {
-        key.name_id() < self.known_names
-            || (self.refresh_known() && key.name_id() < self.known_names)
-    }
-
-    #[cold]
-    fn refresh_known(&mut self) -> bool {
-        let now = self.shared.interner.name_count() as u32;
-        let grew = now > self.known_names;
-        self.known_names = now;
-        grew
     }
 
     /// Nanoseconds since the epoch plus one in precise mode; 0 otherwise.
@@ -332,8 +312,10 @@ impl<T: Send + 'static> Producer<T> {
         urgent: bool,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        if !self.is_known(key) {
-            return Err(self.reject_invalid(payload));
+        // The key's engine tag and id bound: a key of another engine is
+        // refused, never delivered under this engine's name for its id.
+        if !self.shared.interner.owns(key) {
+            return Err(self.reject_foreign(payload));
         }
         // Cheap early out; the exact check is the one after the push.
         if self.shared.state.peek().closed() {
@@ -365,12 +347,12 @@ impl<T: Send + 'static> Producer<T> {
         }
     }
 
-    /// An unknown key: counted, and the payload handed back.
+    /// A key of another engine: counted, and the payload handed back.
     #[cold]
     #[inline(never)]
-    fn reject_invalid(&self, payload: T) -> PublishError<T> {
-        self.lane.count_drop(&self.lane.drops.invalid_name, None);
-        PublishError::InvalidName(payload)
+    fn reject_foreign(&self, payload: T) -> PublishError<T> {
+        self.lane.count_drop(&self.lane.drops.foreign_key, None);
+        PublishError::ForeignKey(payload)
     }
 
     /// A closed engine: counted, and the payload handed back, as
@@ -470,9 +452,7 @@ impl<T: Send + 'static> Producer<T> {
             && self
                 .shared
                 .interner
-                .snapshot()
-                .names
-                .get(key.name_id() as usize)
+                .name(key.name_id() as usize)
                 .is_some_and(|info| info.urgent)
     }
 

@@ -23,8 +23,10 @@ pub struct DropStats {
     pub full: u64,
     /// Published after shutdown.
     pub shut_down: u64,
-    /// Invalid name: malformed, too long, or a key unknown to the engine.
+    /// Invalid name: empty, an empty segment, `*`, too long.
     pub invalid_name: u64,
+    /// A key made by another engine.
+    pub foreign_key: u64,
     /// A new name refused because the engine already interned
     /// `EngineBuilder::max_names` names.
     pub too_many_names: u64,
@@ -43,6 +45,7 @@ impl DropStats {
         self.full
             + self.shut_down
             + self.invalid_name
+            + self.foreign_key
             + self.too_many_names
             + self.flusher_died
             + self.urgent_timeout
@@ -134,6 +137,7 @@ pub(crate) struct DropCounters {
     pub(crate) full: AtomicU64,
     pub(crate) shut_down: AtomicU64,
     pub(crate) invalid_name: AtomicU64,
+    pub(crate) foreign_key: AtomicU64,
     pub(crate) too_many_names: AtomicU64,
     pub(crate) flusher_died: AtomicU64,
     pub(crate) urgent_timeout: AtomicU64,
@@ -146,6 +150,7 @@ impl DropCounters {
         into.full += self.full.load(Ordering::Relaxed);
         into.shut_down += self.shut_down.load(Ordering::Relaxed);
         into.invalid_name += self.invalid_name.load(Ordering::Relaxed);
+        into.foreign_key += self.foreign_key.load(Ordering::Relaxed);
         into.too_many_names += self.too_many_names.load(Ordering::Relaxed);
         into.flusher_died += self.flusher_died.load(Ordering::Relaxed);
         into.urgent_timeout += self.urgent_timeout.load(Ordering::Relaxed);

@@ -608,15 +608,23 @@ fn bad_input_is_a_typed_error() {
     ));
     let mut p = engine.producer().unwrap();
     assert_eq!(p.publish("", 9), Err(PublishError::InvalidName(9)));
-    assert_eq!(p.publish("a:3", 8), Err(PublishError::InvalidName(8)));
+    assert_eq!(p.publish("a:3", 8), Err(PublishError::TooManyNames(8)));
     // A key from another engine with an id this engine never issued.
     let other = b().build().unwrap();
     for i in 0..5 {
         other.key(&format!("o:{i}")).unwrap();
     }
     let foreign = other.key("o:4").unwrap();
-    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::InvalidName(7)));
-    assert_eq!(engine.stats().dropped.invalid_name, 3);
+    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::ForeignKey(7)));
+    let dropped = engine.stats().dropped;
+    assert_eq!(
+        (
+            dropped.invalid_name,
+            dropped.too_many_names,
+            dropped.foreign_key
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -809,13 +817,13 @@ fn publish_errors_are_errors_for_any_payload_and_hand_payloads_back() {
     let _ = other.key("a:known").unwrap();
     let unknown = other.key("a:unknown").unwrap();
     let err = p.publish_key(unknown, Opaque(7)).unwrap_err();
-    assert_eq!(format!("{err:?}"), "InvalidName(..)");
-    assert_eq!(as_error(err).to_string(), "invalid event name");
+    assert_eq!(format!("{err:?}"), "ForeignKey(..)");
+    assert_eq!(as_error(err).to_string(), "event key of another engine");
     let mut events = vec![(unknown, Opaque(1)), (unknown, Opaque(2))].into_iter();
     let rejected = p.publish_many(&mut events).unwrap_err().into_rejected();
     let back: Vec<u64> = rejected.iter().map(|o| o.0).collect();
     assert_eq!(back, vec![1, 2], "publish_many hands back what it rejects");
-    assert_eq!(engine.stats().dropped.invalid_name, 3);
+    assert_eq!(engine.stats().dropped.foreign_key, 3);
     engine.shutdown().unwrap();
     let mut events = vec![(unknown, Opaque(3))].into_iter();
     assert!(matches!(

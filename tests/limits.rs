@@ -451,3 +451,50 @@ fn panicking_payload_drops_neither_abort_nor_hang() {
     }
     std::mem::forget(producer);
 }
+
+// ---------------------------------------------------------------------------
+// Item 2: a key carries its engine's identity; another engine refuses it.
+
+#[test]
+fn a_key_of_another_engine_is_refused_and_counted() {
+    let names = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = names.clone();
+    let b = Engine::<u64>::builder()
+        .subscriber(move |batch: &Batch<'_, u64>| {
+            let mut sink = sink.lock().unwrap();
+            sink.extend(batch.events().iter().map(|e| e.name().to_owned()));
+        })
+        .build()
+        .unwrap();
+    let a = Engine::<u64>::builder().build().unwrap();
+    // The same id (0) in both engines, for different names.
+    let secret = a.key("a:secret:x").unwrap();
+    let invoice = b.key("billing:invoice:n5").unwrap();
+    assert_eq!(secret.name_id(), invoice.name_id());
+    let mut producer = b.producer().unwrap();
+    assert_eq!(
+        producer.publish_key(secret, 1),
+        Err(PublishError::ForeignKey(1))
+    );
+    assert_eq!(
+        b.publish_key(secret, 2u64),
+        Err(PublishError::ForeignKey(2))
+    );
+    match producer.publish_many(&mut [(invoice, 3), (secret, 4)].into_iter()) {
+        Err(PublishManyError::ForeignKey { accepted, rejected }) => {
+            assert_eq!((accepted, rejected), (1, vec![4]));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    b.flush().unwrap();
+    assert_eq!(
+        *names.lock().unwrap(),
+        vec!["billing:invoice:n5".to_owned()]
+    );
+    let stats = b.stats();
+    assert_eq!(stats.dropped.foreign_key, 3);
+    assert_eq!(stats.published, 1);
+    drop(producer);
+    b.shutdown().unwrap();
+    a.shutdown().unwrap();
+}
