@@ -116,7 +116,9 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 
     /// Marks names matching `pattern` urgent: each such event flushes its
-    /// prefix at once (after the prefix's earlier events).
+    /// prefix at once (after the prefix's earlier events), and on a full
+    /// ring waits up to [`EngineBuilder::urgent_wait`], like
+    /// `Producer::publish_urgent`.
     #[must_use]
     pub fn urgent(mut self, pattern: &str) -> Self {
         self.urgent.push(pattern.to_owned());
@@ -163,8 +165,10 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// How long an urgent publish waits for ring space before giving up
-    /// (counted as `urgent_timeout`).
+    /// How long an urgent publish (by `publish_urgent*` or by an
+    /// [`EngineBuilder::urgent`] rule) waits for ring space before giving
+    /// up (counted as `urgent_timeout`). `Duration::MAX` waits without
+    /// limit.
     #[must_use]
     pub fn urgent_wait(mut self, wait: Duration) -> Self {
         self.urgent_wait = wait;

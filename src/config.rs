@@ -22,7 +22,8 @@ pub enum FullPolicy {
     /// (LTTng's discard mode). The default: the hot path never blocks.
     DropNewest,
     /// Wake the flusher and wait up to the timeout for space, then hand the
-    /// payload back as `Full` and count it.
+    /// payload back as `Full` and count it. A timeout too long for the
+    /// clock (`Duration::MAX`) waits without limit.
     Block(Duration),
 }
 

@@ -216,13 +216,15 @@ impl<T: Send + 'static> Engine<T> {
 
     /// Delivers every event whose publish returned `Ok` before this call to
     /// every subscriber, then returns. Safe from many threads at once.
-    /// From inside a subscriber it returns `Error::FlushFromSubscriber`.
+    /// From inside a subscriber it returns `Error::FlushFromSubscriber`;
+    /// if the flusher thread has died, `Error::FlusherDied` with the stats.
     pub fn flush(&self) -> Result<(), Error> {
         self.flush_until(None, None)
     }
 
     /// Like [`Engine::flush`], giving up after `timeout` with a report of
-    /// what is still pending (`Error::Timeout`).
+    /// what is still pending (`Error::Timeout`). A timeout too long for the
+    /// clock (`Duration::MAX`) means no limit.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), Error> {
         // A timeout too long for the clock means no limit.
         self.flush_until(None, control::deadline_after(timeout))
@@ -238,14 +240,16 @@ impl<T: Send + 'static> Engine<T> {
     /// Flushes, stops and joins the flusher, and returns the final stats.
     /// Idempotent. Publishing afterwards returns `PublishError::ShutDown`.
     /// From inside a subscriber it returns at once; the flusher stops after
-    /// the current delivery.
+    /// the current delivery. If the flusher thread died, it returns
+    /// `Error::FlusherDied` with the final stats (every time it is called).
     pub fn shutdown(&self) -> Result<Stats, Error> {
         self.handle.shutdown(None)
     }
 
     /// Like [`Engine::shutdown`] but waits at most `timeout`; on expiry it
     /// returns `Error::Timeout` with the stats (what was still pending),
-    /// and the flusher finishes in the background.
+    /// and the flusher finishes in the background. A timeout too long for
+    /// the clock (`Duration::MAX`) means no limit.
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<Stats, Error> {
         self.handle.shutdown(Some(timeout))
     }
