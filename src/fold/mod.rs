@@ -9,6 +9,7 @@
 //! urgent event, or on flush/shutdown. Names of one prefix share its window
 //! even under different policies.
 
+mod numeric;
 mod route;
 #[cfg(all(test, not(ringfold_loom)))]
 mod tests;
@@ -22,6 +23,7 @@ use crate::policy::Pattern;
 use crate::record::Decoded;
 use crate::stats::{PrefixStats, Report};
 use crate::sync::Arc;
+use crate::value::Sampler;
 
 use route::Route;
 use window::{Acc, Fold, Sealed};
@@ -42,7 +44,7 @@ pub(crate) struct Folder<T> {
     spare: Vec<Sealed<T>>,
     /// Counters of closed windows; `publish_report` adds the open ones.
     report: Report,
-    sampler: Option<fn(&T) -> Option<f64>>,
+    sampler: Option<Sampler<T>>,
     /// The interner's epoch, for event timestamps.
     epoch: Instant,
     /// Counters changed since the last `publish_report`.
@@ -56,11 +58,7 @@ pub(crate) struct Folder<T> {
 impl<T> Folder<T> {
     /// A fold over `interner`'s names, reading aggregate samples through
     /// `sampler`, starting at time `now`.
-    pub(crate) fn new(
-        interner: &Interner,
-        sampler: Option<fn(&T) -> Option<f64>>,
-        now: Instant,
-    ) -> Self {
+    pub(crate) fn new(interner: &Interner, sampler: Option<Sampler<T>>, now: Instant) -> Self {
         let epoch = interner.epoch();
         let mut folder = Folder {
             table: interner.snapshot(),

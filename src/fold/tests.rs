@@ -7,8 +7,25 @@ use crate::event::BatchReason;
 use crate::intern::{EventKey, Interner};
 use crate::policy::{Pattern, Policy, PolicyTable};
 use crate::record::Decoded;
+use crate::value::{Number, Sampler};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Payloads the rig's sampler reads as NaN, +inf and -inf; `u64::MAX` has
+/// no reading at all; every other payload is an exact integer.
+const NAN: u64 = u64::MAX - 1;
+const INF: u64 = u64::MAX - 2;
+const NEG_INF: u64 = u64::MAX - 3;
+
+fn sample(v: &u64) -> Option<Number> {
+    match *v {
+        u64::MAX => None,
+        NAN => Some(Number::Float(f64::NAN)),
+        INF => Some(Number::Float(f64::INFINITY)),
+        NEG_INF => Some(Number::Float(f64::NEG_INFINITY)),
+        v => Some(Number::Int(v.into())),
+    }
+}
 
 /// What a delivered batch looked like.
 #[derive(Debug, PartialEq)]
@@ -43,8 +60,7 @@ impl Rig {
         }
         let interner = Interner::new(table, 64, 64);
         let t0 = Instant::now();
-        let sampler: fn(&u64) -> Option<f64> = |v| (*v != u64::MAX).then_some(*v as f64);
-        let folder = Folder::new(&interner, Some(sampler), t0);
+        let folder = Folder::new(&interner, Some(Sampler::Number(sample)), t0);
         Rig {
             interner,
             folder,
@@ -243,6 +259,51 @@ fn aggregate_folds_numbers_and_discards_the_rest() {
     rig.folder.publish_report(&mut report);
     assert_eq!(report.not_numeric, 1);
     assert_eq!(report.folded, 3);
+}
+
+#[test]
+fn aggregate_rejects_nan_and_infinities_like_non_numeric_payloads() {
+    let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
+    rig.take("gpu:0:util", 0, 10);
+    rig.take("gpu:0:util", 0, NAN);
+    rig.take("gpu:0:util", 0, INF);
+    rig.take("gpu:0:util", 0, NEG_INF);
+    rig.take("gpu:0:util", 0, 30);
+    rig.take("gpu:0:temp", 0, NAN); // a name with only non-numbers: no aggregate
+    let mut sums = Vec::new();
+    rig.folder.set_now(rig.t0 + 10 * MS);
+    rig.folder.emit_due();
+    rig.folder.deliver(|batch| {
+        assert_eq!(batch.dropped(), 4, "rejections are shown in band");
+        for a in batch.aggregates() {
+            sums.push((a.name().to_owned(), a.count(), a.sum(), a.sum_exact()));
+            assert_eq!((a.min(), a.max(), a.mean()), (10.0, 30.0, 20.0));
+        }
+        0
+    });
+    assert_eq!(sums, vec![("gpu:0:util".to_owned(), 2, 40.0, Some(40))]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!(report.not_numeric, 4);
+    assert_eq!(report.folded, 2);
+}
+
+#[test]
+fn aggregate_sums_integers_exactly() {
+    let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
+    let big = 1u64 << 53;
+    rig.take("gpu:0:energy", 0, big);
+    rig.take("gpu:0:energy", 0, 1);
+    rig.take("gpu:0:energy", 0, NAN - 4); // near u64::MAX
+    let mut exact = None;
+    rig.folder.set_now(rig.t0 + 10 * MS);
+    rig.folder.emit_due();
+    rig.folder.deliver(|batch| {
+        exact = batch.aggregates()[0].sum_exact();
+        0
+    });
+    let expected = i128::from(big) + 1 + i128::from(NAN - 4);
+    assert_eq!(exact, Some(expected));
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use super::numeric;
 use crate::event::{Aggregate, BatchReason, Event, InternedStr};
+use crate::value::Sampler;
 
 /// How a name's events are folded into its prefix's window.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,26 +95,23 @@ impl<T> Acc<T> {
 
     /// `aggregate`: folds the event's numeric reading into its name's
     /// running aggregate. False (and counted as discarded) if the payload is
-    /// not numeric.
-    pub(super) fn fold_aggregate(
-        &mut self,
-        sampler: Option<fn(&T) -> Option<f64>>,
-        event: Event<T>,
-    ) -> bool {
+    /// not numeric or its reading is NaN or infinite (see `numeric`).
+    pub(super) fn fold_aggregate(&mut self, sampler: Option<Sampler<T>>, event: Event<T>) -> bool {
         let key = event.meta.get().key;
-        let Some(v) = sampler.and_then(|f| f(&event.payload)) else {
+        let reading = sampler.and_then(|s| s.read(&event.payload));
+        let Some(n) = reading.and_then(numeric::reading) else {
             self.discarded += 1;
             self.dropped_since += 1;
             return false;
         };
         let at = event.timestamp();
         match self.aggregate_index.get(&key.name_id()) {
-            Some(&i) => self.aggregates[i].add(v, at),
+            Some(&i) => numeric::add(&mut self.aggregates[i], n, at),
             None => {
                 self.aggregate_index
                     .insert(key.name_id(), self.aggregates.len());
                 let name = InternedStr::new(&event.meta.get().name);
-                self.aggregates.push(Aggregate::new(name, key, v, at));
+                self.aggregates.push(numeric::start(name, key, n, at));
             }
         }
         self.folded += 1;
