@@ -117,7 +117,10 @@ impl<T: Send + 'static> Producer<T> {
         self.publish_record(key, 0, true, payload)
     }
 
-    /// Like [`Producer::publish_urgent`] with a sub-key.
+    /// Like [`Producer::publish_urgent`] with a sub-key. Under
+    /// `Policy::latest` the urgent event still comes last in its batch: a
+    /// pending survivor with the same `(name, sub_key)` is superseded by it
+    /// (left out and counted as folded), never replaced in place.
     pub fn publish_urgent_with_sub_key(
         &mut self,
         key: EventKey,

@@ -131,6 +131,45 @@ fn a_new_entity_within_a_window_keeps_both_in_first_appearance_order() {
     assert_eq!(log[0].folded, 3);
 }
 
+#[test]
+fn an_urgent_latest_event_supersedes_its_pending_survivor_and_comes_last() {
+    let (rec, log) = recorder::<Value>();
+    let engine = Engine::<Value>::builder()
+        .policy("chat:*", Policy::latest(HOUR, 1000))
+        .tick(HOUR)
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    let key = engine.key("chat:s1:delta").unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a1")).unwrap();
+    p.publish_with_sub_key(key, 8, Value::from("b1")).unwrap();
+    p.publish_with_sub_key(key, 9, Value::from("c1")).unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a2")).unwrap();
+    p.publish_urgent_with_sub_key(key, 7, Value::from("a-final"))
+        .unwrap();
+    // No flush: only the urgent path delivers within the hour.
+    assert!(wait_until(LONG, || !log.lock().unwrap().is_empty()));
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].reason, BatchReason::Urgent);
+    let events: Vec<_> = log[0].events.iter().map(|e| (e.1, e.2.clone())).collect();
+    assert_eq!(
+        events,
+        vec![
+            (8, Value::from("b1")),
+            (9, Value::from("c1")),
+            (7, Value::from("a-final"))
+        ],
+        "other survivors in order of first appearance, the urgent one last"
+    );
+    assert_eq!(log[0].folded, 2, "a2 replaced a1; a-final superseded a2");
+    drop(log);
+    let stats = engine.stats();
+    assert_eq!((stats.delivered, stats.folded), (3, 2));
+    assert!(stats.is_conserved());
+}
+
 /// Final state per (name, sub-key) after applying every delivered event.
 fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), Value> {
     let state: Arc<Mutex<HashMap<(String, u64), Value>>> = Arc::default();

@@ -8,6 +8,13 @@
 //! among its events), on count (its smallest `max_count`), at once for an
 //! urgent event, or on flush/shutdown. Names of one prefix share its window
 //! even under different policies.
+//!
+//! An urgent event closes its prefix's window with the pending events
+//! first, in their documented order, and itself last. Under `latest` it is
+//! therefore never folded into a survivor's slot (which would put it in the
+//! middle): a pending survivor of the same (name, sub-key) is superseded,
+//! i.e. removed from the batch and counted as folded, and the urgent event
+//! comes last.
 
 mod numeric;
 mod route;
@@ -165,7 +172,7 @@ impl<T> Folder<T> {
             acc.max_count = acc.max_count.min(route.max_count);
         }
         acc.taken += 1;
-        let urgent = event.urgent;
+        let urgent = route.urgent || event.urgent;
         let folded = Event {
             meta: route.meta,
             sub_key: event.sub_key,
@@ -174,6 +181,7 @@ impl<T> Folder<T> {
         };
         match route.fold {
             Fold::Keep => acc.events.push(folded),
+            Fold::Latest if urgent => acc.fold_latest_urgent(event.name_id, folded),
             Fold::Latest => acc.fold_latest(event.name_id, folded),
             Fold::Aggregate => {
                 if !acc.fold_aggregate(self.sampler, folded) {
@@ -183,7 +191,7 @@ impl<T> Folder<T> {
             }
         }
         let full = acc.taken >= acc.max_count;
-        if route.urgent || urgent {
+        if urgent {
             self.emit(pid, BatchReason::Urgent);
         } else if full {
             let reason = if route.passthrough {

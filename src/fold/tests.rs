@@ -239,6 +239,49 @@ fn latest_keeps_one_survivor_per_name_and_sub_key() {
 }
 
 #[test]
+fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
+    let mut rig = Rig::new(
+        &[("chat:*", Policy::latest(10 * MS, 100))],
+        &["chat:*:finished"],
+    );
+    let delta = |sub: u64, p: u64| ("chat:s1:delta".to_owned(), sub, p);
+    rig.take("chat:s1:delta", 7, 1);
+    rig.take("chat:s1:delta", 8, 2);
+    rig.take("chat:s1:delta", 9, 3);
+    rig.take("chat:s1:delta", 7, 4);
+    // Urgent, same (name, sub-key) as the first survivor.
+    rig.take_event("chat:s1:delta", 7, true, 5);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    assert_eq!(
+        seen[0].events,
+        vec![delta(8, 2), delta(9, 3), delta(7, 5)],
+        "the others in order of first appearance, the urgent one last"
+    );
+    assert_eq!(seen[0].folded, 2, "4 replaced 1, then 5 superseded 4");
+    // A name made urgent by a rule comes last after the pending survivors
+    // (its own events never stay pending: each one closes the window).
+    rig.take("chat:s1:delta", 8, 13);
+    rig.take("chat:s1:delta", 8, 14);
+    rig.take("chat:s1:finished", 0, 15);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].events,
+        vec![delta(8, 14), ("chat:s1:finished".to_owned(), 0, 15)]
+    );
+    // No survivor of the urgent key: the urgent event simply comes last.
+    rig.take("chat:s1:delta", 1, 20);
+    rig.take_event("chat:s1:delta", 2, true, 21);
+    assert_eq!(rig.delivered()[0].events, vec![delta(1, 20), delta(2, 21)]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!(report.folded, 3);
+    assert_eq!(report.delivered, 3 + 2 + 2);
+}
+
+#[test]
 fn aggregate_folds_numbers_and_discards_the_rest() {
     let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
     rig.take("gpu:0:util", 0, 10);

@@ -93,6 +93,22 @@ impl<T> Acc<T> {
         }
     }
 
+    /// `latest`, for an urgent event (the window is sealed right after):
+    /// the event is never folded into a survivor's slot, because the batch
+    /// must end with it while the other survivors keep their order of
+    /// first appearance. A pending survivor of the same (name, sub-key) is
+    /// superseded instead: removed from the window and counted as folded.
+    pub(super) fn fold_latest_urgent(&mut self, name_id: u32, event: Event<T>) {
+        if let Some(i) = self.latest.remove(&(name_id, event.sub_key)) {
+            // O(survivors), once per urgent event. Indices above `i` in
+            // `latest` go stale, which is harmless: the window is sealed
+            // (and the map cleared) before anything else is folded in.
+            self.events.remove(i);
+            self.folded += 1;
+        }
+        self.events.push(event);
+    }
+
     /// `aggregate`: folds the event's numeric reading into its name's
     /// running aggregate. False (and counted as discarded) if the payload is
     /// not numeric or its reading is NaN or infinite (see `numeric`).
