@@ -45,6 +45,10 @@ pub struct EventKey {
 
 /// Top bit of `EventKey::name`: wake the flusher on publish.
 const WAKES: u32 = 1 << 31;
+/// Next bit (name ids stay below `record::MAX_NAMES` = 2^30): stamp events
+/// at publish, because the name's policy (`latest`) picks survivors by
+/// publish time.
+const STAMPS: u32 = 1 << 30;
 
 impl EventKey {
     #[cfg(all(test, not(ringfold_loom)))]
@@ -54,7 +58,13 @@ impl EventKey {
 
     /// Dense id of the full name within its engine.
     pub fn name_id(&self) -> u32 {
-        self.name & !WAKES
+        self.name & !(WAKES | STAMPS)
+    }
+
+    /// Events of this name carry a publish stamp (see `STAMPS`).
+    #[inline]
+    pub(crate) fn stamps(&self) -> bool {
+        self.name & STAMPS != 0
     }
 
     /// Events of this name wake a sleeping flusher at once (the name is
@@ -106,6 +116,8 @@ pub(crate) struct Table {
     by_prefix: AHashMap<StdArc<str>, u32>,
     pub(crate) names: Vec<NameInfo>,
     pub(crate) prefixes: Vec<PrefixInfo>,
+    /// Some name's events are stamped at publish (its key has `STAMPS`).
+    pub(crate) any_stamps: bool,
 }
 
 impl Table {
@@ -206,8 +218,11 @@ impl Interner {
         };
         let resolved = self.policies.resolve(name);
         let wakes = resolved.urgent || resolved.policy == Policy::Passthrough;
+        let stamps = matches!(resolved.policy, Policy::Latest { .. });
         let key = EventKey {
-            name: next.names.len() as u32 | if wakes { WAKES } else { 0 },
+            name: next.names.len() as u32
+                | if wakes { WAKES } else { 0 }
+                | if stamps { STAMPS } else { 0 },
             prefix: prefix_id,
         };
         let name: StdArc<str> = name.into();
@@ -224,6 +239,7 @@ impl Interner {
             urgent: resolved.urgent,
         });
         next.by_name.insert(name, key);
+        next.any_stamps |= stamps;
         self.snapshot.store(Arc::new(next));
         Ok(key)
     }

@@ -60,6 +60,9 @@ pub(crate) struct Folder<T> {
     /// timestamp of events not stamped at publish).
     now: Instant,
     now_nanos: u64,
+    /// Passes so far (`set_now` starts each one): `latest` windows guard
+    /// their sealed survivors by sweep number (see `window::Acc`).
+    sweep: u64,
 }
 
 impl<T> Folder<T> {
@@ -80,14 +83,20 @@ impl<T> Folder<T> {
             dirty: false,
             now,
             now_nanos: 0,
+            sweep: 0,
         };
         folder.set_now(now);
         folder
     }
 
-    /// The time of the current pass: windows opened now close at
+    /// Starts a pass at time `now`: windows opened now close at
     /// `now + interval`, and `emit_due` compares deadlines against it.
+    /// Called once per pass, before its sweep of every ring: `latest`
+    /// counts sweeps through it (a straggler of one task, published on
+    /// another thread before an event that a sweep took, has arrived by the
+    /// next sweep; see `window::Acc::guard_survivors`).
     pub(crate) fn set_now(&mut self, now: Instant) {
+        self.sweep += 1;
         self.now = now;
         self.now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
     }
@@ -181,8 +190,8 @@ impl<T> Folder<T> {
         };
         match route.fold {
             Fold::Keep => acc.events.push(folded),
-            Fold::Latest if urgent => acc.fold_latest_urgent(event.name_id, folded),
-            Fold::Latest => acc.fold_latest(event.name_id, folded),
+            Fold::Latest if urgent => acc.fold_latest_urgent(event.name_id, folded, self.sweep),
+            Fold::Latest => acc.fold_latest(event.name_id, folded, self.sweep),
             Fold::Aggregate => {
                 if !acc.fold_aggregate(self.sampler, folded) {
                     self.report.not_numeric += 1;

@@ -77,12 +77,28 @@ impl Rig {
     }
 
     fn take_event(&mut self, name: &str, sub_key: u64, urgent: bool, payload: u64) {
+        self.take_decoded(name, sub_key, urgent, None, payload);
+    }
+
+    /// An event stamped at publish with `stamp` (nanoseconds).
+    fn take_stamped(&mut self, name: &str, sub_key: u64, stamp: u64, payload: u64) {
+        self.take_decoded(name, sub_key, false, Some(stamp), payload);
+    }
+
+    fn take_decoded(
+        &mut self,
+        name: &str,
+        sub_key: u64,
+        urgent: bool,
+        stamp: Option<u64>,
+        payload: u64,
+    ) {
         let key = self.key(name);
         let event = Decoded {
             name_id: key.name_id(),
             urgent,
             sub_key,
-            stamp: None,
+            stamp,
             payload,
         };
         self.folder.take(event, &self.interner);
@@ -279,6 +295,72 @@ fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
     rig.folder.publish_report(&mut report);
     assert_eq!(report.folded, 3);
     assert_eq!(report.delivered, 3 + 2 + 2);
+}
+
+#[test]
+fn latest_survivors_are_chosen_by_publish_stamp_and_guard_against_stragglers() {
+    // One task's events published from two threads land in two rings and
+    // may arrive out of publish order; stamps restore it.
+    let mut rig = Rig::new(&[("chat:*", Policy::latest(10 * MS, 100))], &[]);
+    let d = "chat:s1:delta";
+    rig.take_stamped(d, 7, 20, 2);
+    rig.take_stamped(d, 7, 10, 1); // published before 2, arrived after
+    let seen = rig.at(10 * MS); // the next pass: sweep 2 seals the window
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 7, 2)]);
+    assert_eq!(seen[0].folded, 1, "the older arrival is folded away");
+    // A straggler older than the delivered survivor, arriving in the sweep
+    // after the one that took that survivor's window's last event: folded,
+    // never delivered after the newer value.
+    rig.take_stamped(d, 7, 15, 3);
+    rig.take_stamped(d, 8, 5, 4); // another key: unaffected
+    let seen = rig.at(20 * MS); // sweep 3
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 8, 4)]);
+    assert_eq!(seen[0].folded, 1);
+    // Seals while a guard is in force merge into it: key 7 is still
+    // guarded through sweep 3, though the last window had no key-7
+    // survivor.
+    rig.take_stamped(d, 7, 16, 5);
+    assert_eq!(
+        rig.at(30 * MS),
+        vec![],
+        "only a straggler: nothing to deliver"
+    );
+    // The guard is bounded: two sweeps after the last arrival it is gone
+    // (any event published before a delivered one has arrived by then).
+    rig.take_stamped(d, 7, 17, 6);
+    let seen = rig.at(40 * MS);
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 7, 6)]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!((report.delivered, report.folded), (3, 3));
+    // Equal stamps: the later arrival (same ring, so publish order) wins.
+    rig.take_stamped(d, 9, 50, 7);
+    rig.take_stamped(d, 9, 50, 8);
+    assert_eq!(rig.at(50 * MS)[0].events, vec![(d.to_owned(), 9, 8)]);
+}
+
+#[test]
+fn an_urgent_latest_event_older_than_its_survivor_is_stale() {
+    let mut rig = Rig::new(&[("chat:*", Policy::latest(10 * MS, 100))], &[]);
+    let d = "chat:s1:delta";
+    rig.take_stamped(d, 7, 20, 2);
+    rig.take_stamped(d, 8, 21, 3);
+    // Published urgent before 2, arrived after it: stale, folded; the
+    // window still closes at once.
+    rig.take_decoded(d, 7, true, Some(10), 1);
+    let seen = rig.delivered();
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    assert_eq!(
+        seen[0].events,
+        vec![(d.to_owned(), 7, 2), (d.to_owned(), 8, 3)]
+    );
+    assert_eq!(seen[0].folded, 1);
+    // A newer urgent event supersedes and guards like any survivor.
+    rig.take_stamped(d, 7, 30, 4);
+    rig.take_decoded(d, 7, true, Some(31), 5);
+    assert_eq!(rig.delivered()[0].events, vec![(d.to_owned(), 7, 5)]);
+    rig.take_stamped(d, 7, 29, 6); // straggler in the same sweep
+    assert_eq!(rig.at(10 * MS), vec![]);
 }
 
 #[test]
