@@ -157,13 +157,12 @@ impl<T: Send + 'static> Producer<T> {
         }
         // One snapshot read per call: keys at or above it are not interned
         // in this engine and are rejected (counted) rather than sent.
-        let table = self.shared.interner.snapshot();
-        let known = table.names.len() as u32;
+        let known = self.shared.interner.name_count() as u32;
         let precise = self.shared.config.precise_timestamps;
         // Only whole events: the next event is taken from the caller only
         // while the free slots hold the most it can need (3 with a stamp).
-        let max_slots = if precise || table.any_stamps { 3 } else { 1 };
-        drop(table);
+        let may_stamp = precise || self.shared.interner.any_stamps();
+        let max_slots = if may_stamp { 3 } else { 1 };
         let free = std::cell::Cell::new(self.ring.ring().capacity() - self.ring.refresh_len());
         // At most one clock read per call, and none unless an event is
         // stamped (precise mode, or a `latest` name).
@@ -242,7 +241,7 @@ impl<T: Send + 'static> Producer<T> {
 
     #[cold]
     fn refresh_known(&mut self) -> bool {
-        let now = self.shared.interner.snapshot().names.len() as u32;
+        let now = self.shared.interner.name_count() as u32;
         let grew = now > self.known_names;
         self.known_names = now;
         grew
