@@ -233,7 +233,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
             }
         };
         let id = NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let interner = Interner::new(table, config.max_names, config.max_name_len);
+        let interner = Interner::new(table, config.max_names, config.max_name_len)
+            .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
         let join = flusher::spawn(shared.clone(), self.subscribers, core).map_err(Error::Spawn)?;
         Ok(Engine::start(shared, join))

@@ -82,7 +82,7 @@ pub struct EventKey {
 const WAKES: u32 = 1 << 31;
 /// Next bit (name ids stay below `record::MAX_NAMES` = 2^30): stamp events
 /// at publish, because the name's policy (`latest`) picks survivors by
-/// publish time.
+/// publish time, or because the engine has `precise_timestamps`.
 const STAMPS: u32 = 1 << 30;
 
 /// Ids must fit below [`STAMPS`]; the interner refuses names beyond it even
@@ -409,6 +409,8 @@ pub(crate) struct Interner {
     tag: u32,
     /// Some name's events are stamped at publish (its key has `STAMPS`).
     any_stamps: AtomicBool,
+    /// Every name's events are stamped (`precise_timestamps`).
+    stamp_all: bool,
 }
 
 /// Splits `name` into its prefix after validating it.
@@ -461,7 +463,17 @@ impl Interner {
             epoch: Instant::now(),
             tag: next_engine_tag(),
             any_stamps: AtomicBool::new(false),
+            stamp_all: false,
         }
+    }
+
+    /// Every key this interner makes carries `STAMPS`
+    /// (`EngineBuilder::precise_timestamps`), so the publish path decides
+    /// whether to read the clock from the key alone.
+    pub(crate) fn stamping_all(mut self, on: bool) -> Self {
+        self.stamp_all = on;
+        self.any_stamps = AtomicBool::new(on);
+        self
     }
 
     /// Time zero of this engine's event timestamps.
@@ -613,7 +625,7 @@ impl Interner {
         };
         let resolved = self.policies.resolve(name);
         let wakes = resolved.urgent || resolved.policy == Policy::Passthrough;
-        let stamps = matches!(resolved.policy, Policy::Latest { .. });
+        let stamps = self.stamp_all || matches!(resolved.policy, Policy::Latest { .. });
         let key = EventKey {
             name: id as u32 | if wakes { WAKES } else { 0 } | if stamps { STAMPS } else { 0 },
             prefix: prefix_id,

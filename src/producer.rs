@@ -158,11 +158,13 @@ impl<T: Send + 'static> Producer<T> {
         // One snapshot read per call: keys at or above it are not interned
         // in this engine and are rejected (counted) rather than sent.
         let known = self.shared.interner.name_count() as u32;
-        let precise = self.shared.config.precise_timestamps;
         // Only whole events: the next event is taken from the caller only
         // while the free slots hold the most it can need (3 with a stamp).
-        let may_stamp = precise || self.shared.interner.any_stamps();
-        let max_slots = if may_stamp { 3 } else { 1 };
+        let max_slots = if self.shared.interner.any_stamps() {
+            3
+        } else {
+            1
+        };
         let free = std::cell::Cell::new(self.ring.ring().capacity() - self.ring.refresh_len());
         // At most one clock read per call, and none unless an event is
         // stamped (precise mode, or a `latest` name).
@@ -176,7 +178,7 @@ impl<T: Send + 'static> Producer<T> {
             .filter_map(|(key, payload)| {
                 if key.name_id() < known {
                     accepted += 1;
-                    let stamp = if key.stamps() || precise {
+                    let stamp = if key.stamps() {
                         if clock == 0 {
                             clock = (epoch.elapsed().as_nanos() as u64).saturating_add(1);
                         }
@@ -247,12 +249,13 @@ impl<T: Send + 'static> Producer<T> {
         grew
     }
 
-    /// Nanoseconds since the epoch plus one in precise mode or for a name
-    /// whose policy needs publish order (`latest`: survivors are chosen by
-    /// stamp, see `fold`); 0 otherwise, without reading the clock.
+    /// Nanoseconds since the epoch plus one if the key says so (precise
+    /// mode, or a name whose policy needs publish order: `latest` picks
+    /// survivors by stamp, see `fold`); 0 otherwise, without reading the
+    /// clock. One bit test of the key, no load.
     #[inline]
     fn stamp(&self, key: EventKey) -> u64 {
-        if key.stamps() || self.shared.config.precise_timestamps {
+        if key.stamps() {
             self.read_clock()
         } else {
             0
