@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{recorder, wait_until, Rng, HOUR, LONG};
+use common::{gate, recorder, wait_until, Rng, HOUR, LONG};
 use ringfold::{Batch, BatchReason, Engine, Policy, PublishError, Value};
 
 #[test]
@@ -167,6 +167,47 @@ fn an_urgent_latest_event_supersedes_its_pending_survivor_and_comes_last() {
     drop(log);
     let stats = engine.stats();
     assert_eq!((stats.delivered, stats.folded), (3, 2));
+    assert!(stats.is_conserved());
+}
+
+#[test]
+fn publish_many_of_latest_names_sends_whole_stamped_events() {
+    // `latest` names are stamped at publish: three slots per event, so an
+    // 8-slot ring takes two whole events, never a torn third.
+    let (gate, entered, release) = gate();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let engine = Engine::<u64>::builder()
+        .policy("gate:*", Policy::Passthrough)
+        .policy("chat:*", Policy::latest(HOUR, 1000))
+        .ring_capacity(8)
+        .subscriber(gate)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            let mut sink = sink.lock().unwrap();
+            sink.extend(b.events().iter().map(|e| *e.payload()));
+        })
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("gate:g:x", 0).unwrap();
+    entered.recv().unwrap(); // the flusher is held: the ring is not drained
+    let key = engine.key("chat:s1:delta").unwrap();
+    let mut events = (1..=20u64).map(|i| (key, i));
+    assert_eq!(p.publish_many(&mut events).unwrap(), 2);
+    assert_eq!(
+        events.next(),
+        Some((key, 3)),
+        "the rest stays with the caller"
+    );
+    release.send(()).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 2],
+        "the later event survives"
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.published, stats.folded), (3, 1));
     assert!(stats.is_conserved());
 }
 
