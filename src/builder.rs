@@ -13,7 +13,7 @@ use crate::record::Slot;
 use crate::shared::Shared;
 use crate::subscriber::Subscriber;
 use crate::sync::Arc;
-use crate::value::Sample;
+use crate::value::{Sample, Sampler};
 
 static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -44,7 +44,7 @@ pub struct EngineBuilder<T: Send + 'static> {
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
-    sampler: Option<fn(&T) -> Option<f64>>,
+    sampler: Option<Sampler<T>>,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
@@ -126,7 +126,7 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 
     /// Slots per producer ring; a power of two, at least 2 (4 with
-    /// `precise_timestamps`), at most [`EngineBuilder::MAX_RING_CAPACITY`]
+    /// `precise_timestamps` or a `latest` policy), at most [`EngineBuilder::MAX_RING_CAPACITY`]
     /// and 1 GiB in all (checked by `build`). An event takes one slot, plus one if its
     /// sub-key does not fit in 32 bits and two if it is stamped at publish.
     #[must_use]
@@ -204,10 +204,12 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// How `Policy::aggregate` reads a number from a payload.
+    /// How `Policy::aggregate` reads a number from a payload, as a float
+    /// (NaN and infinities are rejected as not numeric). For exact integer
+    /// sums, implement [`Sample::sample`] and use `sampled()` instead.
     #[must_use]
     pub fn sample_with(mut self, f: fn(&T) -> Option<f64>) -> Self {
-        self.sampler = Some(f);
+        self.sampler = Some(Sampler::Float(f));
         self
     }
 
@@ -251,6 +253,10 @@ impl<T: Send + 'static> EngineBuilder<T> {
             on_full: self.on_full,
             urgent_wait: self.urgent_wait,
             precise_timestamps: self.precise_timestamps,
+            stamps: self.precise_timestamps
+                || std::iter::once(&self.default_policy)
+                    .chain(self.rules.iter().map(|(_, p)| p))
+                    .any(|p| matches!(p, Policy::Latest { .. })),
             max_names: self.max_names,
             max_name_len: self.max_name_len,
         };
@@ -267,7 +273,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
             }
         };
         let id = NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let interner = Interner::new(table, config.max_names, config.max_name_len);
+        let interner = Interner::new(table, config.max_names, config.max_name_len)
+            .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
         let join = flusher::spawn(shared.clone(), self.subscribers, core).map_err(Error::Spawn)?;
         Ok(Engine::start(shared, join))
@@ -300,10 +307,12 @@ impl<T: Send + 'static> EngineBuilder<T> {
 }
 
 impl<T: Sample + Send + 'static> EngineBuilder<T> {
-    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl.
+    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl
+    /// ([`Sample::sample`]: integer readings are summed exactly).
     #[must_use]
-    pub fn sampled(self) -> Self {
-        self.sample_with(|t| t.as_f64())
+    pub fn sampled(mut self) -> Self {
+        self.sampler = Some(Sampler::Number(T::sample));
+        self
     }
 
     /// Adds the design's default policy table ([`default_rules`]): chat,

@@ -57,6 +57,10 @@ pub(crate) struct Config {
     pub(crate) on_full: FullPolicy,
     pub(crate) urgent_wait: Duration,
     pub(crate) precise_timestamps: bool,
+    /// Some events are stamped at publish (precise timestamps, or a
+    /// `latest` policy, whose survivors are chosen by stamp): those take
+    /// three slots, so a ring needs at least four.
+    pub(crate) stamps: bool,
     pub(crate) max_names: usize,
     pub(crate) max_name_len: usize,
 }
@@ -101,10 +105,11 @@ impl Config {
                 "ring_capacity must be a power of two of at least 2",
             ));
         }
-        if self.precise_timestamps && cap < 4 {
-            // A stamped event takes up to four slots (see record.rs).
+        if self.stamps && cap < 4 {
+            // A stamped event takes up to four slots (see record.rs); in a
+            // smaller ring it could never be published.
             return Err(Error::InvalidConfig(
-                "precise_timestamps needs ring_capacity of at least 4",
+                "precise_timestamps and latest policies need ring_capacity of at least 4",
             ));
         }
         if cap > MAX_RING_CAPACITY {

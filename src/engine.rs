@@ -129,7 +129,7 @@ impl<T: Send + 'static> Engine<T> {
     /// `EngineBuilder::ring_capacity`: a small ring makes a producer per
     /// short-lived task cheap, a large one absorbs a bursty thread. The
     /// same rules as `ring_capacity` apply (a power of two, at least 2, or
-    /// 4 with `precise_timestamps`, at most [`MAX_RING_CAPACITY`] slots and
+    /// 4 with `precise_timestamps` or a `latest` policy, at most [`MAX_RING_CAPACITY`] slots and
     /// 1 GiB); otherwise `Error::InvalidConfig`. Its high-water mark is the
     /// engine's, or a quarter of a smaller ring.
     ///

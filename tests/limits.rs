@@ -245,6 +245,26 @@ fn ring_capacity_over_the_maximum_is_refused_at_build() {
     engine.shutdown().unwrap();
 }
 
+/// A `latest` event is stamped at publish and takes three slots: a
+/// two-slot ring could never take one (every publish came back `Full`).
+#[test]
+fn rings_too_small_for_stamped_events_are_refused() {
+    let latest = || Engine::<u64>::builder().policy("data:*", Policy::latest(HOUR, 10));
+    match latest().ring_capacity(2).build() {
+        Err(Error::InvalidConfig(_)) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let engine = latest().build().unwrap();
+    assert!(matches!(
+        engine.producer_with_capacity(2),
+        Err(Error::InvalidConfig(_))
+    ));
+    let mut producer = engine.producer_with_capacity(4).unwrap();
+    producer.publish("data:a:b", 1).unwrap();
+    drop(producer);
+    engine.shutdown().unwrap();
+}
+
 #[test]
 fn producer_with_capacity_has_its_own_ring_size() {
     let delivered = Arc::new(AtomicU64::new(0));
@@ -315,7 +335,7 @@ fn payloads_at_the_maximum_are_delivered() {
         .stack_size(STACK)
         .spawn(move || {
             let engine = Engine::<Largest>::builder()
-                .ring_capacity(8)
+                .ring_capacity(64)
                 .policy("blob:*", Policy::latest(HOUR, 1_000_000))
                 .subscriber(move |b: &Batch<'_, Largest>| {
                     for e in b.events() {
