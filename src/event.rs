@@ -31,15 +31,14 @@ impl InternedStr {
 /// key.
 ///
 /// Why the pointee outlives every dereference: every `NameMeta` is held in
-/// an `Arc` by the snapshot that introduced its name and by every later
-/// snapshot (snapshots are prefix-extending clones that share the `Arc`s),
-/// so it stays put for as long as any snapshot lives. A `NameRef` is held
-/// only by crate-internal types and by [`Event`], and events never leave
-/// the crate by value: the flusher owns them while folding (keeping its
-/// latest snapshot alive longer than any event it holds), and a sealed
-/// batch that carries them to subscribers holds a snapshot of its own (its
-/// keep-alive), so every `&Event` a subscriber gets borrows from something
-/// that keeps the names alive. `Event` is neither `Clone` nor constructible
+/// an `Arc` by the interner's append-only name store (`intern.rs`), which
+/// never moves or frees an entry while the interner or any of its
+/// `Keepalive` handles lives. A `NameRef` is held only by crate-internal
+/// types and by [`Event`], and events never leave the crate by value: the
+/// flusher owns them while folding (the fold holds a `Keepalive`), and a
+/// sealed batch that carries them to subscribers holds a keep-alive of its
+/// own, so every `&Event` a subscriber gets borrows from something that
+/// keeps the names alive. `Event` is neither `Clone` nor constructible
 /// outside the crate (its `compile_fail` examples check both), so safe
 /// code cannot hold an event past its batch. [`Aggregate`], which
 /// subscribers may keep, owns its name instead ([`InternedStr`]).
@@ -53,8 +52,9 @@ impl NameRef {
     }
     #[inline]
     pub(crate) fn get(&self) -> &NameMeta {
-        // SAFETY: see the type's documentation: the pointee is owned by an
-        // interner snapshot that outlives every holder of this pointer.
+        // SAFETY: see the type's documentation: the pointee is owned by the
+        // interner's name store, kept alive by every holder of this pointer
+        // (the fold's `Keepalive`, a sealed batch's keep-alive).
         unsafe { &*self.0 }
     }
 }
