@@ -67,9 +67,11 @@ pub(crate) fn spawn<T: Send + 'static>(
         let mut flusher = Flusher::new(shared.clone(), subscribers);
         if catch_unwind(AssertUnwindSafe(|| flusher.run())).is_err() {
             died(&shared, flusher);
-        } else if catch_unwind(AssertUnwindSafe(move || drop(flusher))).is_err() {
-            // A subscriber's or payload's `Drop` panicked after the final
-            // drain: everything was delivered, nothing waits on us.
+        } else {
+            // A subscriber's or payload's `Drop` may panic here, after the
+            // final drain: everything was delivered and nothing waits on
+            // us, so it is ignored rather than reported as a death.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(flusher)));
         }
     })
 }
@@ -88,6 +90,10 @@ fn died<T: Send + 'static>(shared: &Shared<T>, mut flusher: Flusher<T>) {
     shared.state.die();
     for slot in flusher.lanes.drain(..) {
         *lock(&slot.lane.orphan) = Some(slot.consumer);
+        // A producer waiting for space sees CLOSED when it wakes.
+        if let Some(t) = lock(&slot.lane.waiter).as_ref() {
+            t.unpark();
+        }
     }
     // Lanes registered but not yet adopted: after `die` no more come (the
     // registry refuses lanes once the engine is closed, under this lock).
