@@ -88,18 +88,17 @@ pub(crate) fn spawn<T: Send + 'static>(
 /// how many events that is (`pending`).
 fn died<T: Send + 'static>(shared: &Shared<T>, mut flusher: Flusher<T>) {
     shared.state.die();
-    for slot in flusher.lanes.drain(..) {
-        *lock(&slot.lane.orphan) = Some(slot.consumer);
+    // Adopted lanes, and lanes registered but not yet adopted (after `die`
+    // no more come: the registry refuses lanes once the engine is closed,
+    // under this lock).
+    let unadopted: Vec<_> = lock(&shared.registry).new.drain(..).collect();
+    let adopted = flusher.lanes.drain(..).map(|s| (s.lane, s.consumer));
+    for (lane, consumer) in adopted.chain(unadopted) {
+        *lock(&lane.orphan) = Some(consumer);
         // A producer waiting for space sees CLOSED when it wakes.
-        if let Some(t) = lock(&slot.lane.waiter).as_ref() {
+        if let Some(t) = lock(&lane.waiter).as_ref() {
             t.unpark();
         }
-    }
-    // Lanes registered but not yet adopted: after `die` no more come (the
-    // registry refuses lanes once the engine is closed, under this lock).
-    let unadopted: Vec<_> = lock(&shared.registry).new.drain(..).collect();
-    for (lane, consumer) in unadopted {
-        *lock(&lane.orphan) = Some(consumer);
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
         flusher.folder.mark_dirty();

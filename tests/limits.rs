@@ -518,3 +518,45 @@ fn a_key_of_another_engine_is_refused_and_counted() {
     b.shutdown().unwrap();
     a.shutdown().unwrap();
 }
+
+fn stall_then_panic<const N: usize>(v: &u64) -> Option<f64> {
+    stalling_sampler::<N>(v);
+    panic!("a sampler bug (expected by the test)")
+}
+
+/// A producer blocked on a full ring when the flusher dies is told at
+/// once, not at the end of its (hour-long) wait.
+#[test]
+fn a_producer_waiting_for_space_is_told_when_the_flusher_dies() {
+    let engine = Engine::<u64>::builder()
+        .ring_capacity(2)
+        .on_full(FullPolicy::Block(HOUR))
+        .policy("gpu:*", Policy::aggregate(HOUR, 1_000_000))
+        .sample_with(stall_then_panic::<4>)
+        .build()
+        .unwrap();
+    std::mem::forget(engine.clone());
+    let release = Release(4);
+    engine.publish("gpu:0:util", 1u64).unwrap();
+    assert!(wait_until(LONG, || STALLS[4]
+        .entered
+        .load(Ordering::SeqCst)));
+    let mut producer = engine.producer().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let results: Vec<_> = (0..3).map(|i| producer.publish("data:a:b", i)).collect();
+        let _ = tx.send(results);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(release); // the flusher resumes, and panics
+    let results = rx
+        .recv_timeout(LONG)
+        .expect("the waiting publish never returned");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(PublishError::FlusherDied(_)))),
+        "{results:?}"
+    );
+    assert!(matches!(results[2], Err(PublishError::FlusherDied(2))));
+}
