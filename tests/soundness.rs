@@ -119,11 +119,11 @@ fn shutdown_while_publishing() {
     let started = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..2)
         .map(|t| {
-            let engine = engine.clone();
+            // Made here: a producer asked for after the shutdown is refused.
+            let mut producer = engine.producer().unwrap();
+            let key = engine.key(&format!("data:p{t}:x")).unwrap();
             let started = started.clone();
             std::thread::spawn(move || {
-                let mut producer = engine.producer().unwrap();
-                let key = engine.key(&format!("data:p{t}:x")).unwrap();
                 let (mut ok, mut back) = (0u64, 0u64);
                 for i in 0..2_000u64 {
                     started.store(true, Ordering::Relaxed);
