@@ -69,6 +69,13 @@ pub struct Producer<T: Send + 'static> {
     /// Ring occupancy at which a publish wakes a parked flusher
     /// (`Config::high_water_for` this ring's capacity).
     high_water: usize,
+    /// Names of this engine known to be interned: a key whose id is below
+    /// this passed `Interner::owns` already, so the hot path checks the
+    /// engine tag and this bound without touching the interner (the count
+    /// only grows; `owns_slow` refreshes it).
+    known_names: usize,
+    /// This engine's tag (`EventKey::engine`), copied from the interner.
+    engine_tag: u32,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -99,6 +106,8 @@ impl<T: Send + 'static> Producer<T> {
         }
         Ok(Producer {
             high_water: shared.config.high_water_for(capacity),
+            known_names: shared.interner.name_count(),
+            engine_tag: shared.interner.tag(),
             shared,
             lane,
             ring,
@@ -339,7 +348,7 @@ impl<T: Send + 'static> Producer<T> {
     ) -> Result<(), PublishError<T>> {
         // The key's engine tag and id bound: a key of another engine is
         // refused, never delivered under this engine's name for its id.
-        if !self.shared.interner.owns(key) {
+        if !self.owns(key) {
             return Err(self.reject_foreign(payload));
         }
         // Cheap early out; the exact check is the one after the push.
@@ -370,6 +379,23 @@ impl<T: Send + 'static> Producer<T> {
             Ok(()) => Ok(()),
             Err(taken_back) => self.closed_under_us(taken_back),
         }
+    }
+
+    /// `Interner::owns`, answered from the producer's own cache when the
+    /// key is of a name interned before the cache was last refreshed.
+    #[inline(always)]
+    fn owns(&mut self, key: EventKey) -> bool {
+        key.engine_tag() == self.engine_tag
+            && ((key.name_id() as usize) < self.known_names || self.owns_slow(key))
+    }
+
+    /// A name newer than the cached count (or a foreign key): refresh the
+    /// count from the interner and decide there.
+    #[cold]
+    #[inline(never)]
+    fn owns_slow(&mut self, key: EventKey) -> bool {
+        self.known_names = self.shared.interner.name_count();
+        self.shared.interner.owns(key)
     }
 
     /// A key of another engine: counted, and the payload handed back.
