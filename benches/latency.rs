@@ -34,7 +34,7 @@ fn names() -> Vec<String> {
         .collect()
 }
 
-fn keys<T: Send + 'static>(engine: &Engine<T>) -> Vec<EventKey> {
+fn keys<T: Send + Sync + 'static>(engine: &Engine<T>) -> Vec<EventKey> {
     names().iter().map(|n| engine.key(n).unwrap()).collect()
 }
 
@@ -94,7 +94,7 @@ fn engine_latency(
         } else {
             "none:*"
         })
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let now = Instant::now();
             if b.prefix().starts_with("bg:") {
                 return;
@@ -201,7 +201,7 @@ fn flush_time() {
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::batch(Duration::from_secs(30), 1_000_000))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             std::hint::black_box(b.len());
         })
         .build()
@@ -312,11 +312,11 @@ fn mem_child(which: &str) {
     println!("MEM {which}|{created}|{touched}");
 }
 
-fn mem_ringfold<T: Send + 'static>(base: u64, payload: fn(u64) -> T) -> (u64, u64) {
+fn mem_ringfold<T: Send + Sync + 'static>(base: u64, payload: fn(u64) -> T) -> (u64, u64) {
     const P: usize = 64;
     let engine = Engine::<T>::builder()
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(|b: &Batch<'_, T>| {
+        .subscriber(|b: &Batch<T>| {
             std::hint::black_box(b.len());
         })
         .build()
@@ -414,7 +414,7 @@ fn idle_cpu() {
     ] {
         let engine = Engine::<u64>::builder()
             .policy("slow:*", Policy::batch(Duration::from_secs(10), 1000))
-            .subscriber(|b: &Batch<'_, u64>| {
+            .subscriber(|b: &Batch<u64>| {
                 std::hint::black_box(b.len());
             })
             .build()

@@ -1,6 +1,8 @@
 //! The flusher thread: sweeps every producer ring into the fold
-//! (`fold.rs`), hands closed windows to the subscribers, answers flush and
-//! shutdown requests, and sleeps when there is nothing to do. Reads top-down:
+//! (`fold.rs`), seals closed windows into shared batches and queues them for
+//! their subscribers (`delivery`; no subscriber code ever runs here),
+//! answers flush and shutdown requests, and sleeps when there is nothing to
+//! do. Reads top-down:
 //! `spawn`, the loop (`run`), a sweep, the sleep, the final hand-off.
 //!
 //! Sleeping is adaptive, in the manner of kernel ring buffers: the flusher
@@ -12,16 +14,16 @@
 //! something urgent. So there is never a syscall per event, and an idle
 //! engine costs no CPU.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::event::{Batch, BatchReason};
-use crate::fold::Folder;
+use crate::delivery::{BatchPool, Epoch, Header, KeepAlive, RouteCache};
+use crate::event::BatchReason;
+use crate::fold::{Closed, Folder};
+use crate::intern::Table;
 use crate::lane::Lane;
 use crate::record::{Decoder, Slot};
 use crate::ring::Consumer;
 use crate::shared::Shared;
-use crate::subscriber::Subscriber;
 use crate::sync::{self, lock, Arc, JoinHandle, Ordering};
 
 /// How long a DEEP park lasts at most. Correctness does not depend on it
@@ -45,10 +47,13 @@ const DEEP_PARK: Duration = Duration::from_secs(60);
 /// check the park protocol itself.
 const STREAM_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
+/// Sealed batches the pool keeps for reuse: enough for every subscriber to
+/// hold a few while the flusher seals the next ones, without allocating.
+const POOL_BATCHES: usize = 64;
+
 /// Spawns the flusher thread.
-pub(crate) fn spawn<T: Send + 'static>(
+pub(crate) fn spawn<T: Send + Sync + 'static>(
     shared: Arc<Shared<T>>,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("ringfold-flusher-{}", shared.id);
@@ -57,7 +62,7 @@ pub(crate) fn spawn<T: Send + 'static>(
         if let Some(core) = core {
             core_affinity::set_for_current(core);
         }
-        Flusher::new(shared, subscribers).run();
+        Flusher::new(shared).run();
     })
 }
 
@@ -68,11 +73,27 @@ struct LaneSlot<T> {
     drops_seen: u64,
 }
 
+/// Turns closed windows into shared batches and queues them: the
+/// flusher's whole share of delivery.
+struct Sealer<T> {
+    pool: BatchPool<T>,
+    routes: RouteCache<T>,
+    /// By prefix id: the next batch's sequence number.
+    seqs: Vec<u64>,
+    epoch: Epoch,
+    /// The interner snapshot the keep-alive holds, and the keep-alive every
+    /// batch sealed from it carries (one allocation per new snapshot, none
+    /// per batch).
+    keep_alive: Option<(Arc<Table>, KeepAlive)>,
+    /// `pool.drop_panics()` as last put into the report.
+    reported_panics: u64,
+}
+
 struct Flusher<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     lanes: Vec<LaneSlot<T>>,
     folder: Folder<T>,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    sealer: Sealer<T>,
     /// Reassembles events from ring slots (see `record.rs`).
     decoder: Decoder,
     /// An event was taken since the flusher last went to sleep.
@@ -81,12 +102,26 @@ struct Flusher<T: Send + 'static> {
     pass_taken: usize,
 }
 
-impl<T: Send + 'static> Flusher<T> {
-    fn new(shared: Arc<Shared<T>>, subscribers: Vec<Box<dyn Subscriber<T>>>) -> Self {
+impl<T: Send + Sync + 'static> Flusher<T> {
+    fn new(shared: Arc<Shared<T>>) -> Self {
+        // Batches' wall-clock times are derived from the interner's epoch
+        // (the base of event timestamps) and the wall clock read with it.
+        let now = Epoch::now();
+        let epoch = Epoch {
+            instant: shared.interner.epoch(),
+            system: now.system_at(shared.interner.epoch()),
+        };
         Flusher {
             lanes: Vec::new(),
             folder: Folder::new(&shared.interner, shared.sampler, Instant::now()),
-            subscribers,
+            sealer: Sealer {
+                pool: BatchPool::new(POOL_BATCHES, epoch),
+                routes: RouteCache::default(),
+                seqs: Vec::new(),
+                epoch,
+                keep_alive: None,
+                reported_panics: 0,
+            },
             decoder: Decoder::default(),
             took_any: false,
             pass_taken: 0,
@@ -187,8 +222,8 @@ impl<T: Send + 'static> Flusher<T> {
                     // ring's head it goes with.
                     slot.lane.ext_popped.fetch_add(ext, Ordering::Release);
                 }
-                // The range is released; now the subscribers run.
-                deliver(&mut self.folder, &mut self.subscribers);
+                // The range is released; now the closed windows are queued.
+                self.sealer.deliver(&mut self.folder, &self.shared);
                 if outcome.producer_waiting {
                     if let Some(t) = lock(&slot.lane.waiter).as_ref() {
                         t.unpark();
@@ -213,10 +248,17 @@ impl<T: Send + 'static> Flusher<T> {
     }
 
     fn deliver(&mut self) {
-        deliver(&mut self.folder, &mut self.subscribers);
+        self.sealer.deliver(&mut self.folder, &self.shared);
     }
 
     fn publish_report(&mut self) {
+        // Payload drops that panicked while batches were recycled; the
+        // delivery side's panics are in the subscribers' own stats.
+        let panics = self.sealer.pool.drop_panics();
+        if panics != self.sealer.reported_panics {
+            self.sealer.reported_panics = panics;
+            self.folder.report_mut().panics = panics;
+        }
         let mut report = lock(&self.shared.report);
         self.folder.publish_report(&mut report);
     }
@@ -304,10 +346,13 @@ impl<T: Send + 'static> Flusher<T> {
             })
     }
 
-    /// Final step of shutdown: publish the last report, hand each ring's
-    /// reading end back to its lane (so a publish that raced the close can
-    /// take its record back), and release everyone waiting.
+    /// Final step of shutdown: close every subscriber's queue (delivery
+    /// threads deliver what is queued, then exit), publish the last
+    /// report, hand each ring's reading end back to its lane (so a publish
+    /// that raced the close can take its record back), and release
+    /// everyone waiting.
     fn finish(mut self) {
+        self.shared.subscribers.close_all();
         self.folder.mark_dirty();
         self.publish_report();
         for slot in self.lanes.drain(..) {
@@ -317,19 +362,48 @@ impl<T: Send + 'static> Flusher<T> {
     }
 }
 
-/// Hands the fold's sealed batches to every subscriber. A panicking
-/// subscriber is counted and skipped for this batch; the others still get
-/// it, and so does it next time.
-fn deliver<T>(folder: &mut Folder<T>, subscribers: &mut [Box<dyn Subscriber<T>>]) {
-    folder.deliver(|batch: &Batch<'_, T>| {
-        let mut panics = 0;
-        for subscriber in subscribers.iter_mut() {
-            if catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(batch))).is_err() {
-                panics += 1;
-            }
+impl<T: Send + Sync + 'static> Sealer<T> {
+    /// Seals the fold's closed windows (in the order they closed) and
+    /// queues each for the subscribers of its prefix. Never runs subscriber
+    /// code: a queue push is the whole cost per subscriber.
+    fn deliver(&mut self, folder: &mut Folder<T>, shared: &Shared<T>) {
+        folder.deliver(|closed| self.seal_and_queue(closed, shared));
+    }
+
+    fn seal_and_queue(&mut self, closed: Closed<'_, T>, shared: &Shared<T>) {
+        let pid = closed.prefix_id as usize;
+        if pid >= self.seqs.len() {
+            self.seqs.resize(pid + 1, 0);
         }
-        panics
-    });
+        let seq = self.seqs[pid];
+        self.seqs[pid] += 1;
+        let keep_alive = match &self.keep_alive {
+            Some((table, keep)) if Arc::ptr_eq(table, closed.table) => keep.clone(),
+            _ => {
+                // A std `Arc` around the snapshot's handle: `KeepAlive` is
+                // a `dyn Any`, which loom's `Arc` cannot hold.
+                let keep: KeepAlive = std::sync::Arc::new(closed.table.clone());
+                self.keep_alive = Some((closed.table.clone(), keep.clone()));
+                keep
+            }
+        };
+        let header = Header {
+            prefix: closed.info.prefix.clone(),
+            name: closed.info.batch_name.clone(),
+            prefix_id: closed.prefix_id,
+            reason: closed.reason,
+            seq,
+            opened: closed.opened,
+            closed: closed.closed,
+            epoch: self.epoch,
+            dropped: closed.dropped,
+            folded: closed.folded,
+            keep_alive,
+        };
+        let sealed = self.pool.seal(header, closed.events, closed.aggregates);
+        self.routes
+            .deliver(&shared.subscribers, &mut self.pool, &sealed);
+    }
 }
 
 /// Moves a lane's per-prefix rejection counts into the fold, for the next

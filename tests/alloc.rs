@@ -54,7 +54,7 @@ fn steady_state_allocations(policy: Policy) -> (u64, u64) {
         .default_policy(policy)
         .sample_with(|v| Some(*v as f64))
         .tick(Duration::from_millis(1))
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             std::hint::black_box(b.len());
         })
         .build()

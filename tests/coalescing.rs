@@ -9,7 +9,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::{recorder, wait_until, Rng, HOUR, LONG};
-use ringfold::{Batch, BatchReason, Engine, Policy, PublishError, Value};
+use ringfold::{
+    Batch, BatchReason, Engine, LagPolicy, Policy, PublishError, SubscribeOptions, Value,
+};
 
 #[test]
 fn five_deltas_in_one_window_become_one_update_with_the_final_state() {
@@ -137,7 +139,7 @@ fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), V
     let s = state.clone();
     let engine = Engine::<Value>::builder()
         .default_policy(policy)
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             let mut s = s.lock().unwrap();
             for e in b.events() {
                 s.insert((e.name().to_string(), e.sub_key()), e.payload().clone());
@@ -258,7 +260,7 @@ fn a_flush_during_delivery_waits_for_that_delivery() {
     let d = done.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |_b: &Batch<'_, u64>| {
+        .subscriber(move |_b: &Batch<u64>| {
             let _ = started_tx.send(());
             std::thread::sleep(Duration::from_millis(100));
             d.store(true, Ordering::SeqCst);
@@ -300,6 +302,9 @@ fn flush_prefix_flushes_only_matching_prefixes() {
 
 #[test]
 fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
+    // A must-deliver subscriber (`LagPolicy::Block`) stuck on its first
+    // batch: its one-slot queue fills, the flusher waits for space, and the
+    // producer's ring (2 slots) fills behind it.
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
@@ -308,12 +313,19 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         .default_policy(Policy::Passthrough)
         .ring_capacity(2)
         .urgent_wait(Duration::from_millis(500))
-        .subscriber(move |_b: &Batch<'_, u64>| {
-            if std::mem::take(&mut first) {
-                entered_tx.send(()).unwrap();
-                let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-            }
-        })
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("sink").lag(LagPolicy::Block {
+                capacity: 1,
+                timeout: LONG,
+            }),
+            move |_b: &Batch<u64>| {
+                if std::mem::take(&mut first) {
+                    entered_tx.send(()).unwrap();
+                    let _ = release_rx.lock().unwrap().recv_timeout(LONG);
+                }
+            },
+        )
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
@@ -321,10 +333,16 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
     p.publish_key(key, 0).unwrap();
     entered_rx.recv().unwrap();
     p.publish_key(key, 1).unwrap();
+    assert!(wait_until(LONG, || engine.stats().subscribers[0].queued == 1));
+    // 2 fills nothing: the flusher takes it off the ring, then waits for
+    // queue space.
     p.publish_key(key, 2).unwrap();
+    assert!(wait_until(LONG, || engine.stats().pending == 0));
+    p.publish_key(key, 3).unwrap();
+    p.publish_key(key, 4).unwrap();
     // Ordinary publish: dropped at once. Urgent: waits, then times out.
-    assert_eq!(p.publish_key(key, 3), Err(PublishError::Full(3)));
-    assert_eq!(p.publish_urgent(key, 4), Err(PublishError::Full(4)));
+    assert_eq!(p.publish_key(key, 5), Err(PublishError::Full(5)));
+    assert_eq!(p.publish_urgent(key, 6), Err(PublishError::Full(6)));
     let stats = engine.stats();
     assert_eq!((stats.dropped.full, stats.dropped.urgent_timeout), (1, 1));
     // With space freed during the wait, the urgent publish goes through.
@@ -332,10 +350,10 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         std::thread::sleep(Duration::from_millis(5));
         release_tx.send(()).unwrap();
     });
-    // The ring still holds 1 and 2: this urgent publish must wait.
+    // The ring still holds 3 and 4: this urgent publish must wait.
     assert_eq!(p.publish_urgent(key, 7), Ok(()));
     releaser.join().unwrap();
     engine.flush().unwrap();
-    // 0, 1, 2 and the urgent 7.
-    assert_eq!(engine.stats().delivered, 4);
+    // 0 to 4 and the urgent 7.
+    assert_eq!(engine.stats().delivered, 6);
 }

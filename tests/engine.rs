@@ -25,7 +25,7 @@ fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() 
         .policy("p3:*", Policy::Passthrough)
         // Small rings so that some publishes are rejected as full.
         .ring_capacity(64)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let mut last = l.lock().unwrap();
             for e in b.events() {
                 let (producer, seq) = (e.payload() >> 32, e.payload() & 0xffff_ffff);
@@ -163,7 +163,7 @@ fn thread_local_publish_from_many_threads() {
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     let engine = Engine::<Value>::builder()
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()
@@ -192,12 +192,12 @@ fn a_panicking_subscriber_is_counted_and_others_still_deliver() {
     let g = good.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             if b.events()[0].payload() % 2 == 0 {
                 panic!("subscriber bug (expected in this test)");
             }
         })
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             g.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()
@@ -222,7 +222,7 @@ fn a_subscriber_may_publish_into_the_same_engine() {
     let (e, k, n) = (echo.clone(), echo_key.clone(), echoed.clone());
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             if b.prefix() == "ping" {
                 let key = k.lock().unwrap().unwrap();
                 let mut producer = e.lock().unwrap();
@@ -256,7 +256,7 @@ fn flush_and_shutdown_from_inside_a_subscriber_do_not_hang() {
     let (s, r) = (slot.clone(), results.clone());
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let Some(engine) = s.lock().unwrap().clone() else {
                 return;
             };
@@ -316,7 +316,7 @@ fn dropping_the_last_handle_flushes_everything() {
     let c = count.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::batch(Duration::from_secs(3600), 1_000_000))
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             assert_eq!(b.reason(), BatchReason::Shutdown);
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
@@ -690,7 +690,7 @@ fn high_water_wakes_a_parked_flusher() {
         .tick(Duration::from_secs(3600))
         .ring_capacity(64)
         .high_water(16)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()

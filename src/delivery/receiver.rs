@@ -127,6 +127,7 @@ impl<T> Receiver<T> {
         self.queue.stats()
     }
 
+    #[cfg(test)]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

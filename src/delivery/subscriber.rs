@@ -187,6 +187,7 @@ impl<T> Subscription<T> {
         self.queue.close(self.queue.on_unsubscribe());
     }
 
+    #[cfg(test)]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

@@ -1,10 +1,14 @@
-//! Unit tests of the delivery layer, through its crate-internal seams (the
-//! flusher and `Engine` are not wired to it yet).
+//! Unit tests of the delivery layer, through its crate-internal seams
+//! (end-to-end tests through `Engine` are in tests/delivery.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::batch::{clear_events, Sealed};
+use super::queue::deadline_after;
+use super::queue::{Hand, PopError, Push, Queue};
+use super::registry::Registry;
 use super::*;
 use crate::event::{BatchReason, Event, NameRef};
 use crate::intern::Interner;
@@ -797,6 +801,10 @@ fn async_flush_on_multi_thread_runtime() {
 
 #[cfg(feature = "stream")]
 mod stream {
+    use super::batch::{clear_events, Sealed};
+    use super::queue::deadline_after;
+    use super::queue::{Hand, PopError, Push, Queue};
+    use super::registry::Registry;
     use super::*;
     use futures_core::Stream;
     use std::future::poll_fn;

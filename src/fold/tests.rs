@@ -83,21 +83,20 @@ impl Rig {
         let mut seen = Vec::new();
         self.folder.deliver(|batch| {
             seen.push(Seen {
-                name: batch.name().to_owned(),
-                reason: batch.reason(),
+                name: batch.info.batch_name.to_string(),
+                reason: batch.reason,
                 events: batch
-                    .events()
+                    .events
                     .iter()
                     .map(|e| (e.name().to_owned(), e.sub_key(), *e.payload()))
                     .collect(),
                 aggregates: batch
-                    .aggregates()
+                    .aggregates
                     .iter()
                     .map(|a| (a.name().to_owned(), a.count(), a.sum()))
                     .collect(),
-                folded: batch.folded(),
+                folded: batch.folded,
             });
-            0
         });
         seen
     }

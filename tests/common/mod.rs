@@ -30,11 +30,10 @@ pub struct Seen<T> {
 pub type Log<T> = Arc<Mutex<Vec<Seen<T>>>>;
 
 /// A subscriber that records every batch, and the handle to read them.
-pub fn recorder<T: Clone + Send + 'static>() -> (impl FnMut(&Batch<'_, T>) + Send + 'static, Log<T>)
-{
+pub fn recorder<T: Clone + Send + 'static>() -> (impl FnMut(&Batch<T>) + Send + 'static, Log<T>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
-    let subscriber = move |b: &Batch<'_, T>| {
+    let subscriber = move |b: &Batch<T>| {
         sink.lock().unwrap().push(Seen {
             prefix: b.prefix().to_string(),
             reason: b.reason(),
@@ -99,7 +98,7 @@ impl Rng {
 /// A subscriber that blocks inside its first batch until released: a
 /// deterministic way to keep the flusher busy while a ring fills.
 pub fn gate() -> (
-    impl FnMut(&Batch<'_, u64>) + Send + 'static,
+    impl FnMut(&Batch<u64>) + Send + 'static,
     mpsc::Receiver<()>,
     mpsc::Sender<()>,
 ) {
@@ -107,7 +106,7 @@ pub fn gate() -> (
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
     let mut first = true;
-    let subscriber = move |_b: &Batch<'_, u64>| {
+    let subscriber = move |_b: &Batch<u64>| {
         if std::mem::take(&mut first) {
             entered_tx.send(()).unwrap();
             // Bounded, so a failing test fails instead of hanging its
@@ -121,10 +120,10 @@ pub fn gate() -> (
 /// What a subscriber saw of each event: sub-key, payload, timestamp.
 pub type StampLog = Arc<Mutex<Vec<(u64, u64, std::time::Instant)>>>;
 
-pub fn stamp_recorder() -> (impl FnMut(&Batch<'_, u64>) + Send + 'static, StampLog) {
+pub fn stamp_recorder() -> (impl FnMut(&Batch<u64>) + Send + 'static, StampLog) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let subscriber = move |b: &Batch<'_, u64>| {
+    let subscriber = move |b: &Batch<u64>| {
         let mut sink = sink.lock().unwrap();
         for e in b.events() {
             sink.push((e.sub_key(), *e.payload(), e.timestamp()));
