@@ -74,10 +74,10 @@ impl<T: Send + Sync + 'static> Handle<T> {
         if !shared.subscribers.flush_ticket().wait(deadline) {
             return Err(Error::Timeout(Box::new(shared.stats())));
         }
-        let subscriptions = std::mem::take(&mut *lock(&self.subscriptions));
-        for s in subscriptions {
-            // Drained: the thread is exiting, so the join is short.
-            s.unsubscribe();
+        for s in lock(&self.subscriptions).iter_mut() {
+            // Drained: the thread is exiting, so the join is short. Still
+            // listed, so the final stats show it.
+            s.join();
         }
         Ok(shared.stats())
     }
