@@ -28,6 +28,10 @@ impl<T: Send + Sync + 'static> Engine<T> {
     }
 }
 
+/// A build-time subscription: pattern, options (`None`: defaults with a
+/// generated name) and the subscriber.
+type BuildSubscriber<T> = (String, Option<SubscribeOptions>, Box<dyn Subscriber<T>>);
+
 /// Configures and builds an [`Engine`].
 pub struct EngineBuilder<T: Send + Sync + 'static> {
     default_policy: Policy,
@@ -39,8 +43,7 @@ pub struct EngineBuilder<T: Send + Sync + 'static> {
     pin: Option<usize>,
     on_full: FullPolicy,
     urgent_wait: Duration,
-    /// Pattern, options and subscriber of each build-time subscription.
-    subscribers: Vec<(String, Option<SubscribeOptions>, Box<dyn Subscriber<T>>)>,
+    subscribers: Vec<BuildSubscriber<T>>,
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
