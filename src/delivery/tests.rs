@@ -801,10 +801,6 @@ fn async_flush_on_multi_thread_runtime() {
 
 #[cfg(feature = "stream")]
 mod stream {
-    use super::batch::{clear_events, Sealed};
-    use super::queue::deadline_after;
-    use super::queue::{Hand, PopError, Push, Queue};
-    use super::registry::Registry;
     use super::*;
     use futures_core::Stream;
     use std::future::poll_fn;
