@@ -46,7 +46,7 @@ pub use delivery::{
     Batch, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, Subscriber,
     SubscriberStats, Subscription, TryRecvError,
 };
-pub use engine::Engine;
+pub use engine::{Engine, DROP_SHUTDOWN_WAIT};
 pub use error::{Error, PublishError, PublishManyError};
 pub use event::{Aggregate, BatchReason, Event};
 pub use intern::EventKey;
