@@ -476,12 +476,15 @@ fn shutdown_while_a_subscriber_publishes_through_its_own_producer() {
     let (p, l) = (producer.clone(), looping.clone());
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .ring_capacity(1 << 16)
+        .ring_capacity(1 << 20)
         .subscriber(move |_: &Batch<u64>| {
             if let Some(p) = p.lock().unwrap().as_mut() {
                 l.store(true, Ordering::SeqCst);
-                for i in 0..64 {
-                    if p.publish("loop:again", i).is_err() {
+                // Publishes until the engine refuses with `ShutDown` (a
+                // full ring is simply retried), so a publish is in flight
+                // when the shutdown closes the engine.
+                for i in 0..10_000_000u64 {
+                    if let Err(PublishError::ShutDown(_)) = p.publish("loop:again", i) {
                         return;
                     }
                 }
@@ -512,6 +515,9 @@ fn a_publish_racing_shutdown_never_waits_for_a_stuck_subscriber() {
         let (slow, entered, release) = stuck(LONG * 3);
         let engine = Engine::<u64>::builder()
             .default_policy(Policy::Passthrough)
+            // Room for the publisher to still be pushing (not refused as
+            // `Full`) when the close lands.
+            .ring_capacity(1 << 20)
             .subscriber_with(
                 "*",
                 SubscribeOptions::new("sink").lag(LagPolicy::Block {
@@ -525,20 +531,22 @@ fn a_publish_racing_shutdown_never_waits_for_a_stuck_subscriber() {
         engine.publish("a:b", 0u64).unwrap();
         entered.recv().unwrap();
         let (done_tx, done_rx) = mpsc::channel();
-        let e = engine.clone();
+        let (started_tx, started_rx) = mpsc::channel();
+        let mut p = engine.producer().unwrap();
         let publisher = std::thread::spawn(move || {
-            let mut p = e.producer().unwrap();
-            drop(e);
             let mut i = 0u64;
             // Until the close: every publish returns at once, accepted or
             // handed back.
             while p.publish("a:b", i).is_ok() || !p.is_closed() {
+                if i == 1000 {
+                    started_tx.send(()).unwrap();
+                }
                 i += 1;
             }
             done_tx.send(i).unwrap();
         });
-        std::thread::sleep(Duration::from_millis(5));
-        // The flusher is now waiting for the sink's queue, the producer
+        started_rx.recv_timeout(LONG).unwrap();
+        // The flusher may be waiting for the sink's queue, the producer
         // racing on; shutdown must release both.
         let result = engine.shutdown_timeout(Duration::from_millis(20));
         assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
