@@ -506,6 +506,55 @@ fn shutdown_while_a_subscriber_publishes_through_its_own_producer() {
     drop(producer.lock().unwrap().take());
 }
 
+/// Item 7 with a must-deliver subscriber (`LagPolicy::Block` with no time
+/// limit) that publishes from its callback until refused: its queue is full
+/// and the flusher waits for space when the shutdown begins. The shutdown
+/// completes, and the sink loses nothing.
+#[test]
+fn shutdown_while_a_blocking_subscriber_publishes_through_its_own_producer() {
+    let producer: Arc<Mutex<Option<Producer<u64>>>> = Arc::default();
+    let looping = Arc::new(AtomicBool::new(false));
+    let (p, l) = (producer.clone(), looping.clone());
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .ring_capacity(64)
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("sink").lag(LagPolicy::Block {
+                capacity: 1,
+                timeout: Duration::MAX,
+            }),
+            move |_: &Batch<u64>| {
+                if let Some(p) = p.lock().unwrap().as_mut() {
+                    l.store(true, Ordering::SeqCst);
+                    let mut i = 0u64;
+                    // `Full` (DropNewest) returns at once: keep going.
+                    while !matches!(p.publish("loop:again", i), Err(PublishError::ShutDown(_))) {
+                        i += 1;
+                        std::thread::yield_now();
+                    }
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    *producer.lock().unwrap() = Some(engine.producer().unwrap());
+    engine.publish("loop:start", 0u64).unwrap();
+    assert!(wait_until(LONG, || looping.load(Ordering::SeqCst)));
+    // Let the sink's queue fill and the flusher wait on it.
+    assert!(wait_until(LONG, || engine.stats().subscribers[0].queued == 1));
+    let result = engine.shutdown_timeout(LONG);
+    if result.is_err() {
+        std::mem::forget(engine);
+        panic!("shutdown did not complete: {result:?}");
+    }
+    let stats = result.unwrap();
+    let sink = &stats.subscribers[0];
+    assert_eq!(sink.lag_dropped_batches, 0, "must-deliver: nothing dropped");
+    assert!(sink.is_conserved() && stats.is_conserved(), "{stats:?}");
+    drop(producer.lock().unwrap().take());
+}
+
 /// Item 8: a `DropNewest` publish racing shutdown never waits for a stuck
 /// subscriber, even one with a must-deliver (`Block`) queue that has the
 /// flusher waiting for space when the shutdown begins.
