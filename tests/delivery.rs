@@ -642,6 +642,38 @@ fn dropping_the_engine_behind_a_stuck_subscriber_does_not_hang() {
     assert!(returned, "drop waited for the stuck subscriber");
 }
 
+/// Item 16 (in part): retiring the lanes of dropped producers never waits
+/// for a subscriber. With one stuck in its callback, a thousand one-event
+/// producers come and go and every lane is retired (its ring freed):
+/// memory stays proportional to live producers.
+#[test]
+fn dead_lanes_retire_while_a_subscriber_is_stuck() {
+    let (slow, entered, release) = stuck(LONG * 3);
+    let engine = Engine::<u64>::builder()
+        .default_policy(Policy::Passthrough)
+        .ring_capacity(64)
+        .subscriber(slow)
+        .build()
+        .unwrap();
+    engine.publish("a:b", 0u64).unwrap();
+    entered.recv().unwrap();
+    for i in 0..1000u64 {
+        let mut p = engine.producer().unwrap();
+        p.publish("a:c", i).unwrap();
+        drop(p);
+    }
+    // Only the thread-local producer of this thread stays.
+    assert!(
+        wait_until(LONG, || engine.stats().producers == 1),
+        "{} lanes still registered",
+        engine.stats().producers
+    );
+    let stats = engine.stats();
+    assert_eq!(stats.published, 1001);
+    release.send(()).unwrap();
+    engine.shutdown().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Async: flush and shutdown as futures, receivers as streams.
 
