@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use crate::delivery::{BatchPool, Epoch, Header, KeepAlive, RouteCache};
 use crate::event::BatchReason;
 use crate::fold::{Closed, Folder};
-use crate::intern::Table;
 use crate::lane::Lane;
 use crate::record::{Decoder, Slot};
 use crate::ring::Consumer;
@@ -87,10 +86,10 @@ struct Sealer<T> {
     /// By prefix id: the next batch's sequence number.
     seqs: Vec<u64>,
     epoch: Epoch,
-    /// The interner snapshot the keep-alive holds, and the keep-alive every
-    /// batch sealed from it carries (one allocation per new snapshot, none
-    /// per batch).
-    keep_alive: Option<(Arc<Table>, KeepAlive)>,
+    /// What every batch carries to keep the interned names it points into
+    /// alive: one handle to the interner's storage, made at the first seal
+    /// (one allocation per engine, none per batch).
+    keep_alive: Option<KeepAlive>,
     /// `pool.drop_panics()` as last put into the report.
     reported_panics: u64,
 }
@@ -383,16 +382,14 @@ impl<T: Send + Sync + 'static> Sealer<T> {
         }
         let seq = self.seqs[pid];
         self.seqs[pid] += 1;
-        let keep_alive = match &self.keep_alive {
-            Some((table, keep)) if Arc::ptr_eq(table, closed.table) => keep.clone(),
-            _ => {
-                // A std `Arc` around the snapshot's handle: `KeepAlive` is
-                // a `dyn Any`, which loom's `Arc` cannot hold.
-                let keep: KeepAlive = std::sync::Arc::new(closed.table.clone());
-                self.keep_alive = Some((closed.table.clone(), keep.clone()));
-                keep
-            }
-        };
+        let keep_alive = self
+            .keep_alive
+            .get_or_insert_with(|| {
+                // A std `Arc` around the storage handle: `KeepAlive` is a
+                // `dyn Any`, which loom's `Arc` cannot hold.
+                std::sync::Arc::new(closed.names.clone())
+            })
+            .clone();
         let header = Header {
             prefix: closed.info.prefix.clone(),
             name: closed.info.batch_name.clone(),
