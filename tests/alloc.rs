@@ -89,8 +89,10 @@ fn steady_state_allocations(policy: Policy, fan_out: bool) -> (u64, u64) {
     let keys: Vec<_> = (0..16)
         .map(|i| engine.key(&format!("data:t{i}:created")).unwrap())
         .collect();
-    // Warm-up: accumulators, maps and report buffers reach their size.
-    for _ in 0..3 {
+    // Warm-up: accumulators, maps and report buffers reach their size, and
+    // the batch pool (which reuses its oldest free batch, so its buffers
+    // grow one batch at a time) has cycled through all its batches.
+    for _ in 0..12 {
         run_round(&engine, &mut producer, &keys, 20_000);
     }
     let n = 100_000;
