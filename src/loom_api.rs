@@ -138,6 +138,7 @@ impl View<'_> {
 // ---------------------------------------------------------------------------
 
 use crate::delivery::{BatchPool, Epoch, Hand, Header, OnUnsubscribe, Push, Queue};
+use crate::sync::Arc;
 use crate::event::BatchReason;
 
 /// The flusher's batch pool (`delivery::BatchPool`), sealing empty batches
