@@ -138,8 +138,8 @@ impl View<'_> {
 // ---------------------------------------------------------------------------
 
 use crate::delivery::{BatchPool, Epoch, Hand, Header, OnUnsubscribe, Push, Queue};
-use crate::sync::Arc;
 use crate::event::BatchReason;
+use crate::sync::Arc;
 
 /// The flusher's batch pool (`delivery::BatchPool`), sealing empty batches
 /// of one prefix numbered by `seq`.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::batch::{clear_events, Sealed};
 use super::queue::deadline_after;
 use super::queue::{Hand, PopError, Push, Queue};
-use super::registry::Registry;
+use super::registry::{subscribes_to, Registry};
 use super::*;
 use crate::event::{BatchReason, Event, NameRef};
 use crate::intern::Interner;
@@ -795,6 +795,24 @@ fn async_flush_on_multi_thread_runtime() {
         .build()
         .unwrap()
         .block_on(async_flush_scenario());
+}
+
+#[test]
+fn a_pattern_subscribes_to_a_prefix_or_the_names_directly_under_it() {
+    let to = |pattern: &str, prefix: &str| {
+        subscribes_to(&crate::policy::Pattern::parse(pattern).unwrap(), prefix)
+    };
+    assert!(to("chat:*", "chat"), "names `chat:<x>`");
+    assert!(to("chat:*", "chat:s1"));
+    assert!(to("data:*", "data:users"));
+    assert!(to("data:users", "data:users"));
+    assert!(to("data:users:created", "data:users"));
+    assert!(to("a:*:c", "a:b"));
+    assert!(to("*", "any:deep:prefix"));
+    assert!(!to("data:users:created", "data"), "two levels down");
+    assert!(!to("a:*:c", "a"));
+    assert!(!to("chat:*", "data:users"));
+    assert!(!to("data:orders", "data:users"));
 }
 
 #[cfg(feature = "stream")]
