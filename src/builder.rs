@@ -12,7 +12,7 @@ use crate::intern::Interner;
 use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
 use crate::shared::Shared;
 use crate::sync::Arc;
-use crate::value::Sample;
+use crate::value::{Sample, Sampler};
 
 static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -47,7 +47,7 @@ pub struct EngineBuilder<T: Send + Sync + 'static> {
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
-    sampler: Option<fn(&T) -> Option<f64>>,
+    sampler: Option<Sampler<T>>,
 }
 
 impl<T: Send + Sync + 'static> std::fmt::Debug for EngineBuilder<T> {
@@ -242,10 +242,12 @@ impl<T: Send + Sync + 'static> EngineBuilder<T> {
         self
     }
 
-    /// How `Policy::aggregate` reads a number from a payload.
+    /// How `Policy::aggregate` reads a number from a payload, as a float
+    /// (NaN and infinities are rejected as not numeric). For exact integer
+    /// sums, implement [`Sample::sample`] and use `sampled()` instead.
     #[must_use]
     pub fn sample_with(mut self, f: fn(&T) -> Option<f64>) -> Self {
-        self.sampler = Some(f);
+        self.sampler = Some(Sampler::Float(f));
         self
     }
 
@@ -275,7 +277,8 @@ impl<T: Send + Sync + 'static> EngineBuilder<T> {
             }
         };
         let id = NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let interner = Interner::new(table, config.max_names, config.max_name_len);
+        let interner = Interner::new(table, config.max_names, config.max_name_len)
+            .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
         // Subscribed before the flusher starts, so they see every batch.
         // On an error the subscriptions made so far drop (closed, their
@@ -322,10 +325,12 @@ impl<T: Send + Sync + 'static> EngineBuilder<T> {
 }
 
 impl<T: Sample + Send + Sync + 'static> EngineBuilder<T> {
-    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl.
+    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl
+    /// ([`Sample::sample`]: integer readings are summed exactly).
     #[must_use]
-    pub fn sampled(self) -> Self {
-        self.sample_with(|t| t.as_f64())
+    pub fn sampled(mut self) -> Self {
+        self.sampler = Some(Sampler::Number(T::sample));
+        self
     }
 
     /// Adds the design's default policy table ([`default_rules`]): chat,

@@ -53,4 +53,4 @@ pub use intern::EventKey;
 pub use policy::{default_rules, Pattern, Policy};
 pub use producer::Producer;
 pub use stats::{DropStats, PrefixStats, Stats};
-pub use value::{Sample, ShortStr, Value, SHORT_STR_MAX};
+pub use value::{Number, Sample, ShortStr, Value, SHORT_STR_MAX};
