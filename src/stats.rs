@@ -102,7 +102,7 @@ pub struct Stats {
     /// its delivery counters. A subscription leaves this list when its
     /// handle is dropped; after shutdown the engine's own ones stay, closed.
     /// Each obeys its own conservation law
-    /// ([`SubscriberStats::is_conserved`]).
+    /// ([`SubscriberStats::is_conserved`](crate::SubscriberStats::is_conserved)).
     pub subscribers: Vec<crate::SubscriberStats>,
 }
 
