@@ -126,8 +126,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch<'_, Value>) + Send {
-    move |batch: &Batch<'_, Value>| {
+fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch<Value>) + Send {
+    move |batch: &Batch<Value>| {
         let now = Instant::now();
         let fam = family_index(batch.prefix());
         let mut d = lock(&delays);

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{self, Config, FullPolicy};
+use crate::delivery::{SubscribeOptions, Subscriber, Subscription};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::flusher;
@@ -11,13 +12,12 @@ use crate::intern::Interner;
 use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
 use crate::record::Slot;
 use crate::shared::Shared;
-use crate::subscriber::Subscriber;
 use crate::sync::Arc;
 use crate::value::{Sample, Sampler};
 
 static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-impl<T: Send + 'static> Engine<T> {
+impl<T: Send + Sync + 'static> Engine<T> {
     /// Starts configuring an engine.
     ///
     /// ```
@@ -29,8 +29,12 @@ impl<T: Send + 'static> Engine<T> {
     }
 }
 
+/// A build-time subscription: pattern, options (`None`: defaults with a
+/// generated name) and the subscriber.
+type BuildSubscriber<T> = (String, Option<SubscribeOptions>, Box<dyn Subscriber<T>>);
+
 /// Configures and builds an [`Engine`].
-pub struct EngineBuilder<T: Send + 'static> {
+pub struct EngineBuilder<T: Send + Sync + 'static> {
     default_policy: Policy,
     rules: Vec<(String, Policy)>,
     urgent: Vec<String>,
@@ -40,14 +44,14 @@ pub struct EngineBuilder<T: Send + 'static> {
     pin: Option<usize>,
     on_full: FullPolicy,
     urgent_wait: Duration,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    subscribers: Vec<BuildSubscriber<T>>,
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
     sampler: Option<Sampler<T>>,
 }
 
-impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
+impl<T: Send + Sync + 'static> std::fmt::Debug for EngineBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Subscribers and the sampler are closures: shown by count/presence.
         f.debug_struct("EngineBuilder")
@@ -69,13 +73,13 @@ impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
     }
 }
 
-impl<T: Send + 'static> Default for EngineBuilder<T> {
+impl<T: Send + Sync + 'static> Default for EngineBuilder<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Send + 'static> EngineBuilder<T> {
+impl<T: Send + Sync + 'static> EngineBuilder<T> {
     /// Defaults: `Policy::batch(50 ms, 100)` for unmatched names, rings of
     /// 4096 slots with a high-water mark of 1024, a 5 ms tick, drop-newest
     /// on a full ring, urgent events wait up to 1 s, up to 4096 names of
@@ -175,10 +179,50 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// Adds a subscriber (any number; each sees every batch, in order).
+    /// Adds a subscriber to every prefix, with default options (name
+    /// `subscriber-<n>`, a drop-oldest queue of 1024 batches). Any number;
+    /// each gets every batch, in order, on its own delivery thread, and the
+    /// engine joins it at shutdown.
     #[must_use]
     pub fn subscriber(mut self, subscriber: impl Subscriber<T> + 'static) -> Self {
-        self.subscribers.push(Box::new(subscriber));
+        self.subscribers
+            .push(("*".to_owned(), None, Box::new(subscriber)));
+        self
+    }
+
+    /// Adds a subscriber to the prefixes `pattern` matches (see
+    /// [`Engine::subscribe`]) with `options`; a bad pattern or option is
+    /// reported by [`build`](Self::build).
+    ///
+    /// ```
+    /// use ringfold::{Batch, Engine, LagPolicy, SubscribeOptions};
+    /// use std::time::Duration;
+    /// let engine = Engine::<u64>::builder()
+    ///     .subscriber_with(
+    ///         "data:*",
+    ///         SubscribeOptions::new("sink").lag(LagPolicy::Block {
+    ///             capacity: 16,
+    ///             timeout: Duration::from_millis(100),
+    ///         }),
+    ///         |b: &Batch<u64>| assert!(b.prefix().starts_with("data")),
+    ///     )
+    ///     .build()?;
+    /// engine.publish("data:users:created", 1u64)?;
+    /// let stats = engine.shutdown()?;
+    /// assert_eq!(stats.subscribers[0].name, "sink");
+    /// assert_eq!(stats.subscribers[0].delivered_events, 1);
+    /// assert!(Engine::<u64>::builder().subscriber_with("*x", SubscribeOptions::new("bad"), |_: &Batch<u64>| {}).build().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn subscriber_with(
+        mut self,
+        pattern: &str,
+        options: SubscribeOptions,
+        subscriber: impl Subscriber<T> + 'static,
+    ) -> Self {
+        self.subscribers
+            .push((pattern.to_owned(), Some(options), Box::new(subscriber)));
         self
     }
 
@@ -276,8 +320,22 @@ impl<T: Send + 'static> EngineBuilder<T> {
         let interner = Interner::new(table, config.max_names, config.max_name_len)
             .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
-        let join = flusher::spawn(shared.clone(), self.subscribers, core).map_err(Error::Spawn)?;
-        Ok(Engine::start(shared, join))
+        // Subscribed before the flusher starts, so they see every batch.
+        // On an error the subscriptions made so far drop (closed, their
+        // threads exit).
+        let mut subscriptions = Vec::with_capacity(self.subscribers.len());
+        for (pattern, options, subscriber) in self.subscribers {
+            let options =
+                options.unwrap_or_else(|| SubscribeOptions::new(shared.subscriber_name()));
+            subscriptions.push(Subscription::spawn(
+                &shared.subscribers,
+                &pattern,
+                &options,
+                subscriber,
+            )?);
+        }
+        let join = flusher::spawn(shared.clone(), core).map_err(Error::Spawn)?;
+        Ok(Engine::start(shared, join, subscriptions))
     }
 
     /// Validates the policies and urgent patterns into the interner's table.
@@ -306,7 +364,7 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 }
 
-impl<T: Sample + Send + 'static> EngineBuilder<T> {
+impl<T: Sample + Send + Sync + 'static> EngineBuilder<T> {
     /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl
     /// ([`Sample::sample`]: integer readings are summed exactly).
     #[must_use]

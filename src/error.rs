@@ -68,12 +68,13 @@ pub enum Error {
     Spawn(std::io::Error),
     /// The engine has been shut down.
     ShutDown,
-    /// `flush` was called from inside a subscriber, i.e. on the flusher
-    /// thread itself, which would wait for its own progress. Events published
-    /// before the subscriber was called are already being delivered in order.
+    /// `flush` was called from inside a subscriber's callback, i.e. on its
+    /// delivery thread, which would wait for its own progress (the batch in
+    /// hand). Events published before are still delivered in order.
     FlushFromSubscriber,
     /// A bounded shutdown or flush ran out of time; the report says what was
-    /// still pending. The flusher keeps draining in the background.
+    /// still pending, and per subscriber what is queued or in its hands
+    /// (`Stats::subscribers`). The rest goes on in the background.
     Timeout(Box<Stats>),
     /// The flusher thread died: a panic escaped its loop (a bug in the
     /// engine, or user code it runs, such as a sampler, that panicked).
@@ -115,7 +116,7 @@ impl fmt::Display for Error {
             Error::Spawn(e) => write!(f, "cannot spawn the flusher thread: {e}"),
             Error::ShutDown => f.write_str("the engine has been shut down"),
             Error::FlushFromSubscriber => {
-                f.write_str("flush called from inside a subscriber (the flusher thread)")
+                f.write_str("flush called from inside a subscriber's callback")
             }
             Error::Timeout(stats) => write!(
                 f,

@@ -1,4 +1,5 @@
-//! What subscribers see: events, batches and aggregates.
+//! What subscribers see inside a batch: events and aggregates (the owned
+//! batch itself is `delivery::Batch`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -177,7 +178,7 @@ pub enum BatchReason {
 /// let engine = Engine::<f64>::builder()
 ///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
 ///     .sample_with(|v| Some(*v))
-///     .subscriber(move |batch: &ringfold::Batch<'_, f64>| {
+///     .subscriber(move |batch: &ringfold::Batch<f64>| {
 ///         sink.lock().unwrap().extend(batch.aggregates().iter().cloned())
 ///     })
 ///     .build()?;
@@ -233,7 +234,7 @@ impl Aggregate {
     /// let engine = Engine::<Value>::builder()
     ///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
     ///     .sampled()
-    ///     .subscriber(move |b: &Batch<'_, Value>| {
+    ///     .subscriber(move |b: &Batch<Value>| {
     ///         for a in b.aggregates() {
     ///             sink.lock().unwrap().push((a.count(), a.sum(), a.sum_exact()));
     ///         }
@@ -289,85 +290,6 @@ impl fmt::Debug for Aggregate {
             .field("min", &self.min)
             .field("mean", &self.mean())
             .field("max", &self.max)
-            .finish()
-    }
-}
-
-/// One consolidated delivery for one prefix.
-pub struct Batch<'a, T> {
-    pub(crate) prefix: &'a str,
-    pub(crate) name: &'a str,
-    pub(crate) events: &'a [Event<T>],
-    pub(crate) aggregates: &'a [Aggregate],
-    pub(crate) reason: BatchReason,
-    pub(crate) dropped: u64,
-    pub(crate) folded: u64,
-}
-
-impl<'a, T> Batch<'a, T> {
-    /// A batch of one event, as the closure subscriber's `on_event` sees it.
-    pub(crate) fn single(event: &'a Event<T>) -> Self {
-        Batch {
-            prefix: event.prefix(),
-            name: "",
-            events: std::slice::from_ref(event),
-            aggregates: &[],
-            reason: BatchReason::Passthrough,
-            dropped: 0,
-            folded: 0,
-        }
-    }
-    /// The prefix, e.g. `data:users`.
-    pub fn prefix(&self) -> &'a str {
-        self.prefix
-    }
-    /// `"<prefix>:batch"`.
-    pub fn name(&self) -> &'a str {
-        self.name
-    }
-    /// Number of events carried (aggregated readings are in `aggregates`).
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-    /// True if no events are carried.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-    /// The events, in publish order per producer (for `latest`: the
-    /// survivors, in the order of their first appearance in the window).
-    pub fn events(&self) -> &'a [Event<T>] {
-        self.events
-    }
-    /// Per-name numeric summaries (`Policy::aggregate`), in order of first
-    /// appearance.
-    pub fn aggregates(&self) -> &'a [Aggregate] {
-        self.aggregates
-    }
-    /// Why the batch was emitted.
-    pub fn reason(&self) -> BatchReason {
-        self.reason
-    }
-    /// Events of this prefix rejected (ring full, urgent timeout, not
-    /// numeric) since the previous batch of the prefix: loss, in band.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-    /// Events folded away in this window: replaced by a later value of the
-    /// same key (`latest`) or summarised into `aggregates`.
-    pub fn folded(&self) -> u64 {
-        self.folded
-    }
-}
-
-impl<T> fmt::Debug for Batch<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Batch")
-            .field("prefix", &self.prefix)
-            .field("len", &self.events.len())
-            .field("aggregates", &self.aggregates.len())
-            .field("reason", &self.reason)
-            .field("dropped", &self.dropped)
-            .field("folded", &self.folded)
             .finish()
     }
 }

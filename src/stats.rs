@@ -97,7 +97,9 @@ pub struct Stats {
     pub batches: u64,
     /// Rejections by reason.
     pub dropped: DropStats,
-    /// Subscriber panics caught.
+    /// Panics caught on the delivery side: in subscribers' callbacks and
+    /// `Drop`s (summed over the current subscriptions, see `subscribers`)
+    /// and in payload `Drop`s when the flusher recycles a batch.
     pub subscriber_panics: u64,
     /// Flusher wake-ups caused by a producer crossing its high-water mark.
     pub high_water_wakeups: u64,
@@ -112,6 +114,12 @@ pub struct Stats {
     /// The flusher thread died (see `Error::FlusherDied`): `pending`
     /// events will never be delivered.
     pub flusher_died: bool,
+    /// Per subscriber (build-time and run-time, in subscription order):
+    /// its delivery counters. A subscription leaves this list when its
+    /// handle is dropped; after shutdown the engine's own ones stay, closed.
+    /// Each obeys its own conservation law
+    /// ([`SubscriberStats::is_conserved`](crate::SubscriberStats::is_conserved)).
+    pub subscribers: Vec<crate::SubscriberStats>,
 }
 
 impl Stats {
@@ -224,6 +232,7 @@ pub(crate) struct Parts<'a, L> {
     pub(crate) high_water_wakeups: u64,
     /// The flusher thread died.
     pub(crate) flusher_died: bool,
+    pub(crate) subscribers: Vec<crate::SubscriberStats>,
 }
 
 impl Stats {
@@ -245,6 +254,8 @@ impl Stats {
             flusher_died: parts.flusher_died,
             ..Stats::default()
         };
+        stats.subscriber_panics += parts.subscribers.iter().map(|s| s.panics).sum::<u64>();
+        stats.subscribers = parts.subscribers;
         stats.dropped.not_numeric = report.not_numeric;
         parts.unlaned.add_to(&mut stats.dropped);
         let mut in_rings = 0u64;

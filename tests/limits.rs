@@ -271,7 +271,7 @@ fn producer_with_capacity_has_its_own_ring_size() {
     let count = delivered.clone();
     let engine = Engine::<u64>::builder()
         .precise_timestamps(true)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             count.fetch_add(b.len() as u64, Ordering::Relaxed);
         })
         .build()
@@ -337,7 +337,7 @@ fn payloads_at_the_maximum_are_delivered() {
             let engine = Engine::<Largest>::builder()
                 .ring_capacity(64)
                 .policy("blob:*", Policy::latest(HOUR, 1_000_000))
-                .subscriber(move |b: &Batch<'_, Largest>| {
+                .subscriber(move |b: &Batch<Largest>| {
                     for e in b.events() {
                         sink.fetch_add(u64::from(e.payload()[7]), Ordering::Relaxed);
                     }
@@ -369,7 +369,7 @@ fn a_batch_window_of_duration_max_is_a_window_that_never_closes_on_time() {
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::batch(Duration::MAX, 100))
         .policy("data:*", Policy::latest(Duration::MAX, 100))
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             count.fetch_add(b.len() as u64, Ordering::Relaxed);
         })
         .build()
@@ -480,7 +480,7 @@ fn a_key_of_another_engine_is_refused_and_counted() {
     let names = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = names.clone();
     let b = Engine::<u64>::builder()
-        .subscriber(move |batch: &Batch<'_, u64>| {
+        .subscriber(move |batch: &Batch<u64>| {
             let mut sink = sink.lock().unwrap();
             sink.extend(batch.events().iter().map(|e| e.name().to_owned()));
         })

@@ -22,7 +22,7 @@ fn aggregates_kept_past_engine_drop() {
     let engine = Engine::<f64>::builder()
         .policy("gpu:*", Policy::aggregate(HOUR, 1_000_000))
         .sample_with(|v| Some(*v))
-        .subscriber(move |b: &Batch<'_, f64>| {
+        .subscriber(move |b: &Batch<f64>| {
             sink.lock().unwrap().extend(b.aggregates().iter().cloned())
         })
         .build()
@@ -62,7 +62,7 @@ fn events_with_extension_slots_through_a_wrapping_ring() {
         .precise_timestamps(true)
         .on_full(FullPolicy::Block(LONG))
         .policy("data:*", Policy::batch(HOUR, 16))
-        .subscriber(move |b: &Batch<'_, String>| {
+        .subscriber(move |b: &Batch<String>| {
             let mut sink = sink.lock().unwrap();
             for e in b.events() {
                 sink.push((e.name().to_owned(), e.sub_key(), e.payload().clone()));
@@ -111,7 +111,7 @@ fn shutdown_while_publishing() {
     let count = delivered.clone();
     let engine = Engine::<String>::builder()
         .ring_capacity(16)
-        .subscriber(move |b: &Batch<'_, String>| {
+        .subscriber(move |b: &Batch<String>| {
             count.fetch_add(b.len() as u64, Ordering::Relaxed);
         })
         .build()
