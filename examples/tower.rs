@@ -26,6 +26,12 @@
 //! p99 delay; at the end, totals and the flusher thread's CPU time.
 
 mod common;
+#[path = "common/event_loop.rs"]
+mod event_loop;
+#[path = "common/feed.rs"]
+mod feed;
+#[path = "common/sink.rs"]
+mod sink;
 
 use std::error::Error;
 use std::ops::ControlFlow;
@@ -36,9 +42,15 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource};
-use ringfold::{Batch, BatchReason, Engine, Stats, Value};
+use ringfold::{BatchReason, Engine, Policy, Stats, Value};
 
 use common::{bytes, count, duration, reduction, Histogram, IndexKeys, Rng};
+use feed::SubscriberStats;
+
+/// The owned batch the delivery consumers (SQLite sink, event loop) take.
+type Batch = feed::Batch;
+/// A pull-mode subscription: blocking `recv`, async `poll_next`.
+type Receiver = feed::Receiver;
 
 /// The families shown in the live table, in this order; others follow.
 const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
@@ -47,6 +59,14 @@ const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
 /// shares the machine with the rest of the tower.
 const INDEX_PAUSE: Duration = Duration::from_micros(200);
 
+/// The UI bridge's queue, in deliveries.
+const UI_QUEUE: usize = 1 << 18;
+
+/// The indexer's start-up burst: at first start it indexes unthrottled
+/// (a cold index, as the seed's tower did on its first start) for this
+/// long, then settles into the throttled background re-indexer.
+const STARTUP_BURST: Duration = Duration::from_secs(2);
+
 /// The data layer's think time between transactions.
 const DATA_PAUSE: Duration = Duration::from_millis(4);
 
@@ -54,6 +74,7 @@ struct Args {
     seconds: u64,
     index: Vec<PathBuf>,
     simulate_gpu: bool,
+    baseline: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10,
         index: Vec::new(),
         simulate_gpu: false,
+        baseline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,14 +104,17 @@ fn parse_args() -> Result<Args, String> {
                 args.index.push(path);
             }
             "--simulate-gpu" => args.simulate_gpu = true,
+            "--baseline" => args.baseline = true,
             "--help" | "-h" => {
                 println!(
-                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu]\n\n\
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
                      --index replaces the default trees (this checkout + rust-src).\n\
-                     --simulate-gpu feeds the sampler a scripted device instead of NVML."
+                     --simulate-gpu feeds the sampler a scripted device instead of NVML.\n\
+                     --baseline makes every name passthrough (one delivery per event: the\n\
+                     unbatched bus), for comparing the event loop's health check."
                 );
                 std::process::exit(0);
             }
@@ -126,8 +151,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch<'_, Value>) + Send {
-    move |batch: &Batch<'_, Value>| {
+fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&ringfold::Batch<'_, Value>) + Send {
+    move |batch: &ringfold::Batch<'_, Value>| {
         let now = Instant::now();
         let fam = family_index(batch.prefix());
         let mut d = lock(&delays);
@@ -169,6 +194,7 @@ struct IndexerReport {
     roots: Vec<PathBuf>,
     passes: u64,
     files: u64,
+    burst_files: u64,
     bytes: u64,
     lines: u64,
     publish_errors: u64,
@@ -177,6 +203,7 @@ struct IndexerReport {
 fn run_indexer(
     engine: Engine<Value>,
     roots: Vec<PathBuf>,
+    burst_end: Instant,
     stop: Arc<AtomicBool>,
 ) -> Result<IndexerReport, Box<dyn Error + Send + Sync>> {
     let mut producer = engine.producer()?;
@@ -210,7 +237,11 @@ fn run_indexer(
                         }
                     }
                 }
-                thread::sleep(INDEX_PAUSE);
+                if Instant::now() < burst_end {
+                    report.burst_files += 1;
+                } else {
+                    thread::sleep(INDEX_PAUSE);
+                }
                 ControlFlow::Continue(())
             });
             if flow.is_break() {
@@ -647,13 +678,35 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
 
     let delays = Arc::new(Mutex::new(Delays::default()));
-    let engine = Engine::<Value>::builder()
-        .default_rules()
+    let feed = feed::Feed::default();
+    let builder = Engine::<Value>::builder();
+    let builder = if args.baseline {
+        // The unbatched bus: every event is its own delivery.
+        builder.default_policy(Policy::Passthrough).sampled()
+    } else {
+        builder.default_rules()
+    };
+    let engine = builder
         .precise_timestamps(true)
         .subscriber(delay_recorder(delays.clone()))
+        .subscriber({
+            let feed = feed.clone();
+            move |b: &ringfold::Batch<'_, Value>| feed.deliver(b)
+        })
         .build()?;
+    // The event loop's IPC bridge takes every family, and a UI must see
+    // every event: room for 2^18 deliveries, unbounded in effect, as the
+    // seed's bus was. The SQLite event log takes `data:*` with the default
+    // queue (1,024 batches, oldest dropped and counted when full).
+    let ui_rx = feed.receiver("*", "ui-bridge", UI_QUEUE);
+    let sqlite_rx = feed.receiver("data:*", "sqlite-log", 1024);
 
-    println!("ringfold tower: {} s, default policy table", args.seconds);
+    let mode = if args.baseline {
+        "baseline: every name passthrough (one delivery per event)"
+    } else {
+        "default policy table"
+    };
+    println!("ringfold tower: {} s, {mode}", args.seconds);
     for root in &roots {
         println!("indexer: {}", root.display());
     }
@@ -669,13 +722,42 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     println!("chat: 4 sessions streaming tokens (passthrough), urgent `finished`");
     let gpu = start_gpu(&engine, args.simulate_gpu);
+    let sink_path =
+        std::env::temp_dir().join(format!("ringfold-tower-log-{}.sqlite", std::process::id()));
+    println!(
+        "subscribers: delay recorder (all); sqlite-log (data:*, one transaction per batch, \
+         synchronous=FULL, {}); ui-bridge (all, async on the event loop)",
+        sink_path.display()
+    );
+    let burst = STARTUP_BURST.min(duration_total);
+    println!(
+        "event loop: one tokio current-thread runtime thread: each delivery serialised to JSON \
+         and written to a 127.0.0.1 socket (a UI reads the other end), and a health check due \
+         every {} ms; missed = answered more than {} ms after due (or never); indexer start-up \
+         burst (unthrottled): first {}",
+        event_loop::PERIOD.as_millis(),
+        event_loop::DEADLINE.as_millis(),
+        duration(burst),
+    );
     println!();
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let phases = event_loop::Phases {
+        start,
+        burst_end: start + burst,
+    };
+    let event_loop = event_loop::spawn(ui_rx, phases)?;
+    let sink_counters = Arc::new(sink::SinkCounters::default());
+    let mut sqlite = sink::SqliteSink::create(&sink_path, sink_counters.clone())?;
+    let sqlite = spawn("tower-sqlite-log", move || {
+        while let Some(batch) = sqlite_rx.recv() {
+            sqlite.write(&batch);
+        }
+    })?;
     let indexer = spawn("tower-indexer", {
         let (engine, stop) = (engine.clone(), stop.clone());
-        move || run_indexer(engine, roots, stop)
+        move || run_indexer(engine, roots, phases.burst_end, stop)
     })?;
     let data = spawn("tower-data", {
         let (engine, stop) = (engine.clone(), stop.clone());
@@ -702,6 +784,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
         let stats = engine.stats();
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
+        print_subscribers(&feed.stats());
         println!();
         prev_at = now;
         if due >= end {
@@ -721,13 +804,41 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let process_cpu = common::process_cpu();
     let stats = engine.shutdown()?;
     let wall = start.elapsed();
+    // Every delivery is queued; the consumers drain their queues and end.
+    feed.close();
+    let loop_report = match event_loop.join() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            eprintln!("event loop failed: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("event loop panicked");
+            None
+        }
+    };
+    if sqlite.join().is_err() {
+        eprintln!("sqlite log panicked");
+    }
+    let subscribers = feed.stats();
 
     print_summary(&stats, &delays, wall, flusher_cpu, process_cpu);
+    println!();
+    print_subscribers(&subscribers);
+    let conserved = subscribers
+        .iter()
+        .all(|s| s.sealed == s.delivered_batches + s.lag_dropped_batches + s.queued);
+    println!(
+        "  per subscriber: sealed = delivered + lag-dropped + queued: {}",
+        if conserved { "yes" } else { "NO" }
+    );
+    print_sink(&sink_counters);
     if let Some(r) = &indexer {
         println!(
-            "  indexer     {} full passes, {} files, {}, {} lines (roots: {})",
+            "  indexer     {} full passes, {} files ({} in the start-up burst), {}, {} lines (roots: {})",
             count(r.passes),
             count(r.files),
+            count(r.burst_files),
             bytes(r.bytes),
             count(r.lines),
             r.roots
@@ -768,6 +879,10 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         + chat.map_or(0, |r| r.publish_errors);
     if errors > 0 {
         println!("  publish errors seen by the workloads: {}", count(errors));
+    }
+    if let Some(r) = &loop_report {
+        println!();
+        print_event_loop(r, args.baseline, burst);
     }
     Ok(())
 }
@@ -888,4 +1003,102 @@ fn print_summary(
             pct(c)
         );
     }
+}
+
+fn print_subscribers(subs: &[SubscriberStats]) {
+    println!(
+        "  {:<14} {:>11} {:>12} {:>10} {:>10} {:>7} {:>9}",
+        "subscriber", "batches", "events", "lag drops", "(events)", "queued", "lag"
+    );
+    for s in subs {
+        println!(
+            "  {:<14} {:>11} {:>12} {:>10} {:>10} {:>7} {:>9}",
+            s.name,
+            count(s.delivered_batches),
+            count(s.delivered_events),
+            count(s.lag_dropped_batches),
+            count(s.lag_dropped_events),
+            count(s.queued),
+            duration(s.lag),
+        );
+    }
+}
+
+fn print_sink(c: &sink::SinkCounters) {
+    let commit = lock(&c.commit);
+    let q = |q| commit.quantile(q).map_or_else(|| "-".to_string(), duration);
+    println!(
+        "  sqlite-log: {} transactions (one per data:* batch), {} event rows, {} errors; \
+         commit p50 {}, p99 {}",
+        count(c.transactions.load(Ordering::Relaxed)),
+        count(c.rows.load(Ordering::Relaxed)),
+        count(c.errors.load(Ordering::Relaxed)),
+        q(0.5),
+        q(0.99),
+    );
+}
+
+/// The comparison block: the same format in both modes, so README can
+/// quote the two side by side.
+fn print_event_loop(r: &event_loop::LoopReport, baseline: bool, burst: Duration) {
+    let mode = if baseline { "baseline" } else { "batched" };
+    println!(
+        "== event loop [{mode}]: one thread, dispatch to the UI socket + health check every {} ms ==",
+        event_loop::PERIOD.as_millis()
+    );
+    println!(
+        "  dispatches {} ({} events, {} to {}), loop busy dispatching {} ms, per dispatch p50 {} p99 {}{}",
+        count(r.dispatches),
+        count(r.events),
+        bytes(r.bytes),
+        r.addr,
+        r.busy.as_millis(),
+        r.dispatch_time.quantile(0.5).map_or_else(|| "-".into(), duration),
+        r.dispatch_time.quantile(0.99).map_or_else(|| "-".into(), duration),
+        if r.write_errors > 0 {
+            format!(", {} write errors", count(r.write_errors))
+        } else {
+            String::new()
+        },
+    );
+    println!(
+        "  {:<24} {:>6} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "health check",
+        "due",
+        "answered",
+        "on time",
+        "missed",
+        "p50 delay",
+        "p99 delay",
+        "max delay"
+    );
+    let whole = r.whole();
+    let burst_label = format!("start-up burst (0-{})", duration(burst));
+    for (label, h) in [
+        (burst_label.as_str(), &r.burst),
+        ("after the burst", &r.after),
+        ("whole run", &whole),
+    ] {
+        let q = |q| {
+            h.delay
+                .quantile(q)
+                .map_or_else(|| "-".to_string(), duration)
+        };
+        println!(
+            "  {:<24} {:>6} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10}",
+            label,
+            count(h.due),
+            count(h.answered),
+            count(h.on_time),
+            count(h.missed()),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+        );
+    }
+    println!(
+        "  (delay: from a check's due time to the UI end reading its answer; missed: answered \
+         more than {} ms after due, or never)",
+        event_loop::DEADLINE.as_millis()
+    );
 }
