@@ -1,7 +1,7 @@
 //! The tower: ringfold on real work, for a fixed duration.
 //!
 //! ```text
-//! cargo run --release --example tower [-- --seconds N] [--index PATH]...
+//! cargo run --release --example tower [-- --seconds N] [--index PATH]... [--baseline]
 //! ```
 //!
 //! Every hot path below publishes into one engine built with the design's
@@ -10,8 +10,9 @@
 //! * a **code indexer** walks real source trees (this checkout plus the
 //!   toolchain's `rust-src` if installed, or `--index PATH`), reads every
 //!   file and publishes `code_index:<lang>:indexed` (its size) and
-//!   `code_index:<lang>:lines` (its line count); when a pass ends early it
-//!   starts over, like a background re-indexer;
+//!   `code_index:<lang>:lines` (its line count); for the first 2 s it runs
+//!   unthrottled (the start-up burst of a cold index), then throttled;
+//!   when a pass ends early it starts over, like a background re-indexer;
 //! * a **data layer** runs real transactions (inserts, updates, deletes)
 //!   against an embedded SQLite database and publishes `data:<table>:<op>`
 //!   for every row after each commit, as an ORM's after-commit hook would;
@@ -19,11 +20,29 @@
 //!   tokens (passthrough) and an urgent `chat:<session>:finished`;
 //! * the **GPU sampler** publishes `gpu:*` readings when NVML is present.
 //!
-//! A subscriber measures each event's publish-to-delivery delay (the engine
-//! stamps events at publish: `precise_timestamps(true)`). Once per second
-//! the tower prints, per family, the events taken in, the batches handed
-//! to subscribers, their ratio (the reduction factor), the drops and the
-//! p99 delay; at the end, totals and the flusher thread's CPU time.
+//! Three subscribers consume the deliveries:
+//!
+//! * a **delay recorder** measures each event's publish-to-delivery delay
+//!   (the engine stamps events at publish: `precise_timestamps(true)`);
+//! * **sqlite-log**, a real slow consumer: every `data:*` batch is written
+//!   into an SQLite event log as ONE transaction (`sink.rs`);
+//! * **ui-bridge**, an async consumer on the tower's **event loop**: one
+//!   tokio current-thread runtime thread that serialises every delivery to
+//!   JSON, writes it to a loopback socket a "UI" thread reads, and answers
+//!   a health check every 50 ms (`event_loop.rs`). The UI end times each
+//!   answer against its due time.
+//!
+//! Once per second the tower prints, per family, the events taken in, the
+//! batches handed to subscribers, their ratio (the reduction factor), the
+//! drops and the p99 delay, then per subscriber the batches and events
+//! delivered, lag drops, queue depth and lag; at the end, totals, the
+//! flusher thread's CPU time, and the event loop's health-check figures
+//! during the indexer's start-up burst and after it.
+//!
+//! `--baseline` runs the same workload with every name passthrough: one
+//! delivery per event, the unbatched bus of the design card, whose event
+//! loop was flooded by per-event dispatch so its health check failed at
+//! start-up. Both modes print the event-loop block in the same format.
 
 mod common;
 #[path = "common/event_loop.rs"]
