@@ -9,7 +9,26 @@
 //!   50 ms, delivered to a subscriber that counts per prefix; timed from the
 //!   start of publishing until everything is delivered (`flush()` returned).
 //!
-//! `RINGFOLD_BENCH_QUICK=1` shrinks N and the measurement times. After the
+//! Contenders (issue 14): ringfold; rtrb rings (one SPSC ring per producer,
+//! chunked drain); disruptor-rs single producer (one ring per producer, the
+//! same shape as the rtrb rings) and multi producer (one shared ring), both
+//! drained through `EventPoller`; crossbeam `ArrayQueue`; crossbeam-channel;
+//! std `sync_channel`; tokio `mpsc` (`try_send`, falling back to
+//! `blocking_send`); a `parking_lot::Mutex` accumulator indexed by integer
+//! prefix id; a std `Mutex<HashMap>` keyed by prefix string; the naive
+//! DashMap + JSON design. Every transport contender's consumer groups with
+//! the same [`Grouper`] rule; the two mutex accumulators apply the rule at
+//! tick granularity, as ringfold's flusher does.
+//!
+//! Pinning: every contender's threads are pinned with `core_affinity`, the
+//! consumer (ringfold's flusher, a channel's receiver, a map's ticker) to
+//! core 0 and producer `j` to core `(j + 1) % cores` -- distinct cores
+//! whenever the machine has `producers + 1` of them. With fewer (the 2-core
+//! machine with 2+ producers) the assignment wraps round-robin, so
+//! producers share cores with each other and with the consumer, the same
+//! way for every contender; no contender is left to the scheduler's luck.
+//!
+//! `RINGFOLD_BENCH_PIN=0` turns the pinning off. `RINGFOLD_BENCH_QUICK=1` shrinks N and the measurement times. After the
 //! criterion run the binary prints a summary table with each contender's
 //! median and its ratio to ringfold.
 
@@ -35,6 +54,36 @@ const E2E_SAMPLES: usize = 20;
 /// Publishes per timed chunk in the hot-path group: below ringfold's
 /// default high-water mark (1024), so no chunk wakes the flusher.
 const CHUNK: u64 = 1000;
+
+/// The machine's cores, looked up once (empty if `core_affinity` cannot
+/// list them; then nothing is pinned).
+///
+/// `RINGFOLD_BENCH_PIN=0` turns pinning off (to compare with the
+/// scheduler's placement).
+fn cores() -> &'static [core_affinity::CoreId] {
+    static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+    CORES.get_or_init(|| {
+        if std::env::var("RINGFOLD_BENCH_PIN").is_ok_and(|v| v == "0") {
+            return Vec::new();
+        }
+        core_affinity::get_core_ids().unwrap_or_default()
+    })
+}
+
+/// Pins the calling thread for role `role`: 0 is the consumer, `j + 1`
+/// producer `j`. Round-robin over the cores (see the module docs), so the
+/// roles get distinct cores exactly when there are enough of them.
+fn pin(role: usize) {
+    let c = cores();
+    if !c.is_empty() {
+        core_affinity::set_for_current(c[role % c.len()]);
+    }
+}
+
+/// The role-0 core for ringfold's flusher (`EngineBuilder::pin_flusher`).
+fn consumer_core() -> Option<usize> {
+    (!cores().is_empty()).then_some(0)
+}
 
 fn quick() -> bool {
     std::env::var("RINGFOLD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -330,6 +379,101 @@ fn bench_publish(c: &mut Criterion) {
         });
     });
 
+    group.bench_function("disruptor-sp", |b| {
+        let (mut poller, builder) = disruptor::build_single_producer(
+            CAPACITY,
+            || rec(0, 0),
+            disruptor::BusySpinWithSpinLoopHint,
+        )
+        .new_event_poller();
+        let mut producer = builder.build();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let r = rec(i as usize % PREFIXES, black_box(i));
+                    let _ = black_box(disruptor::Producer::try_publish(&mut producer, |e| *e = r));
+                }
+                total += t0.elapsed();
+                if let Ok(mut events) = poller.poll() {
+                    for r in &mut events {
+                        black_box(r.payload);
+                    }
+                }
+                done += m;
+            }
+            record(G, "disruptor-sp", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("crossbeam-arrayqueue", |b| {
+        let q = crossbeam_queue::ArrayQueue::<Rec>::new(CAPACITY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let _ = black_box(q.push(rec(i as usize % PREFIXES, black_box(i))));
+                }
+                total += t0.elapsed();
+                while let Some(r) = q.pop() {
+                    black_box(r.payload);
+                }
+                done += m;
+            }
+            record(G, "crossbeam-arrayqueue", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("tokio-mpsc", |b| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Rec>(CAPACITY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
+                }
+                total += t0.elapsed();
+                while let Ok(r) = rx.try_recv() {
+                    black_box(r.payload);
+                }
+                done += m;
+            }
+            record(G, "tokio-mpsc", iters, total);
+            total
+        });
+    });
+
+    group.bench_function("parking_lot-mutex-ids", |b| {
+        let acc = parking_lot::Mutex::new(LockedAcc::new(Counts::new()));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let m = CHUNK.min(iters - done);
+                let t0 = Instant::now();
+                for i in 0..m {
+                    acc.lock().publish(rec(i as usize % PREFIXES, black_box(i)));
+                }
+                total += t0.elapsed();
+                acc.lock().on_tick(true);
+                done += m;
+            }
+            record(G, "parking_lot-mutex-ids", iters, total);
+            total
+        });
+    });
+
     group.bench_function("mutex-hashmap", |b| {
         let map = MutexMap::default();
         b.iter_custom(|iters| {
@@ -438,16 +582,18 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     let n = names();
     let counts = Counts::new();
     let sink = counts.clone();
-    let engine = Engine::<u64>::builder()
+    let mut builder = Engine::<u64>::builder()
         .default_policy(Policy::batch(WINDOW, MAX_COUNT))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
         .subscriber(move |b: &Batch<'_, u64>| {
             if let Some(e) = b.events().first() {
                 sink.add(e.key().prefix_id() as usize, b.len());
             }
-        })
-        .build()
-        .unwrap();
+        });
+    if let Some(core) = consumer_core() {
+        builder = builder.pin_flusher(core);
+    }
+    let engine = builder.build().unwrap();
     let keys: Vec<EventKey> = n.names.iter().map(|s| engine.key(s).unwrap()).collect();
     assert!(keys.iter().all(|k| (k.prefix_id() as usize) < PREFIXES));
     let producers: Vec<_> = (0..p).map(|_| engine.producer().unwrap()).collect();
@@ -460,6 +606,7 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
             .map(|(j, mut producer)| {
                 let (keys, barrier) = (&keys, &barrier);
                 s.spawn(move || {
+                    pin(j + 1);
                     barrier.wait();
                     for i in 0..per {
                         let key = keys[slot(i, j)];
@@ -488,51 +635,60 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     elapsed
 }
 
-fn run_rtrb(p: usize, total: u64) -> Duration {
-    let counts = Counts::new();
+/// The polling consumer shared by the transports without a blocking
+/// receive (rtrb, disruptor's `EventPoller`, `ArrayQueue`): `poll` hands
+/// every event available now to the grouper and says how many; on an empty
+/// poll the consumer yields its core (on 2 cores a spinning consumer would
+/// starve the producers).
+fn poll_consumer(
+    mut poll: impl FnMut(&mut Grouper, Instant) -> usize,
+    counts: Arc<Counts>,
+    expected: u64,
+) {
+    pin(0);
+    let mut grouper = Grouper::new(counts);
+    while grouper.received < expected {
+        let now = Instant::now();
+        let got = poll(&mut grouper, now);
+        grouper.emit_due(now);
+        if got == 0 {
+            thread::yield_now();
+        }
+    }
+    grouper.emit_all();
+}
+
+/// Runs `p` producer threads (producer `j` calls `produce(j, per)`, pinned
+/// to role `j + 1`) beside `consume` (which pins itself), timed from the
+/// common start until both sides are done.
+fn run_threads<P>(
+    p: usize,
+    produce: impl Fn(usize, u64, P) + Sync,
+    handles_for: Vec<P>,
+    consume: impl FnOnce() + Send,
+    total: u64,
+) -> Duration
+where
+    P: Send,
+{
+    assert_eq!(handles_for.len(), p);
     let per = total / p as u64;
-    let expected = per * p as u64;
-    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..p)
-        .map(|_| rtrb::RingBuffer::<Rec>::new(CAPACITY))
-        .unzip();
     let barrier = Barrier::new(p + 2);
-    let elapsed = thread::scope(|s| {
+    thread::scope(|s| {
         let barrier = &barrier;
-        let mut grouper = Grouper::new(counts.clone());
+        let produce = &produce;
         let consumer = s.spawn(move || {
             barrier.wait();
-            while grouper.received < expected {
-                let now = Instant::now();
-                let mut got = 0;
-                for rx in rxs.iter_mut() {
-                    let k = rx.slots();
-                    if k > 0 {
-                        got += k;
-                        for r in rx.read_chunk(k).unwrap() {
-                            grouper.take(r, now);
-                        }
-                    }
-                }
-                grouper.emit_due(now);
-                if got == 0 {
-                    thread::yield_now();
-                }
-            }
-            grouper.emit_all();
+            consume();
         });
-        let handles: Vec<_> = txs
+        let handles: Vec<_> = handles_for
             .into_iter()
             .enumerate()
-            .map(|(j, mut tx)| {
+            .map(|(j, h)| {
                 s.spawn(move || {
+                    pin(j + 1);
                     barrier.wait();
-                    for i in 0..per {
-                        let mut r = rec(slot(i, j), i);
-                        while let Err(rtrb::PushError::Full(back)) = tx.push(r) {
-                            r = back;
-                            thread::yield_now();
-                        }
-                    }
+                    produce(j, per, h);
                 })
             })
             .collect();
@@ -543,26 +699,260 @@ fn run_rtrb(p: usize, total: u64) -> Duration {
         }
         consumer.join().unwrap();
         t0.elapsed()
-    });
+    })
+}
+
+fn run_rtrb(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let expected = total / p as u64 * p as u64;
+    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..p)
+        .map(|_| rtrb::RingBuffer::<Rec>::new(CAPACITY))
+        .unzip();
+    let sink = counts.clone();
+    let elapsed = run_threads(
+        p,
+        |j, per, mut tx: rtrb::Producer<Rec>| {
+            for i in 0..per {
+                let mut r = rec(slot(i, j), i);
+                while let Err(rtrb::PushError::Full(back)) = tx.push(r) {
+                    r = back;
+                    thread::yield_now();
+                }
+            }
+        },
+        txs,
+        move || {
+            poll_consumer(
+                |g, now| {
+                    let mut got = 0;
+                    for rx in rxs.iter_mut() {
+                        let k = rx.slots();
+                        if k > 0 {
+                            got += k;
+                            for r in rx.read_chunk(k).unwrap() {
+                                g.take(r, now);
+                            }
+                        }
+                    }
+                    got
+                },
+                sink,
+                expected,
+            )
+        },
+        total,
+    );
     assert_eq!(counts.total(), expected);
     elapsed
 }
 
-/// Consumer loop shared by the two channel contenders.
-fn channel_consumer(
-    mut recv_timeout: impl FnMut(Duration) -> Option<Rec>,
-    mut try_recv: impl FnMut() -> Option<Rec>,
-    counts: Arc<Counts>,
-    expected: u64,
-) {
+/// disruptor-rs's producers spin inside `publish` on a full ring; on 2
+/// shared cores that spin would starve the consumer, so they use
+/// `try_publish` and yield on a full ring, as the rtrb producers do.
+fn disruptor_publish(producer: &mut impl disruptor::Producer<Rec>, r: Rec) {
+    while producer.try_publish(|e| *e = r).is_err() {
+        thread::yield_now();
+    }
+}
+
+/// disruptor-rs, single-producer rings: one ring (4096 slots) per producer,
+/// the consumer polling each ring's `EventPoller`, the shape of the rtrb
+/// rings (and of ringfold). At 1 producer this is the plain SPSC disruptor.
+fn run_disruptor_sp(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let expected = total / p as u64 * p as u64;
+    let (producers, mut pollers): (Vec<_>, Vec<_>) = (0..p)
+        .map(|_| {
+            let (poller, builder) = disruptor::build_single_producer(
+                CAPACITY,
+                || rec(0, 0),
+                disruptor::BusySpinWithSpinLoopHint,
+            )
+            .new_event_poller();
+            (builder.build(), poller)
+        })
+        .unzip();
+    let sink = counts.clone();
+    let elapsed = run_threads(
+        p,
+        |j, per, mut producer| {
+            for i in 0..per {
+                disruptor_publish(&mut producer, rec(slot(i, j), i));
+            }
+        },
+        producers,
+        move || {
+            poll_consumer(
+                |g, now| {
+                    let mut got = 0;
+                    for poller in pollers.iter_mut() {
+                        if let Ok(mut events) = poller.poll() {
+                            for r in &mut events {
+                                g.take(*r, now);
+                                got += 1;
+                            }
+                        }
+                    }
+                    got
+                },
+                sink,
+                expected,
+            )
+        },
+        total,
+    );
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// disruptor-rs, multi producer: one shared ring (4096 slots), producers
+/// holding clones of one `MultiProducer`, one `EventPoller` consumer.
+fn run_disruptor_mp(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let expected = total / p as u64 * p as u64;
+    let (mut poller, builder) = disruptor::build_multi_producer(
+        CAPACITY,
+        || rec(0, 0),
+        disruptor::BusySpinWithSpinLoopHint,
+    )
+    .new_event_poller();
+    let first = builder.build();
+    let producers: Vec<_> = (0..p).map(|_| first.clone()).collect();
+    drop(first);
+    let sink = counts.clone();
+    let elapsed = run_threads(
+        p,
+        |j, per, mut producer| {
+            for i in 0..per {
+                disruptor_publish(&mut producer, rec(slot(i, j), i));
+            }
+        },
+        producers,
+        move || {
+            poll_consumer(
+                |g, now| {
+                    let mut got = 0;
+                    if let Ok(mut events) = poller.poll() {
+                        for r in &mut events {
+                            g.take(*r, now);
+                            got += 1;
+                        }
+                    }
+                    got
+                },
+                sink,
+                expected,
+            )
+        },
+        total,
+    );
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// crossbeam-queue's bounded lock-free `ArrayQueue` (4096), shared by the
+/// producers (yield on full), drained by a polling consumer.
+fn run_array_queue(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let expected = total / p as u64 * p as u64;
+    let q = crossbeam_queue::ArrayQueue::<Rec>::new(CAPACITY);
+    let q = &q;
+    let sink = counts.clone();
+    let elapsed = run_threads(
+        p,
+        |j, per, ()| {
+            for i in 0..per {
+                let mut r = rec(slot(i, j), i);
+                while let Err(back) = q.push(r) {
+                    r = back;
+                    thread::yield_now();
+                }
+            }
+        },
+        vec![(); p],
+        move || {
+            poll_consumer(
+                |g, now| {
+                    // At most one ring's worth per poll, then the windows.
+                    let mut got = 0;
+                    while got < CAPACITY {
+                        match q.pop() {
+                            Some(r) => {
+                                g.take(r, now);
+                                got += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    got
+                },
+                sink,
+                expected,
+            )
+        },
+        total,
+    );
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// A channel's receiving end, as the consumer loop uses it.
+trait Recv {
+    /// Waits up to `t` for one event.
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec>;
+    /// Takes one event if there is one.
+    fn try_recv(&mut self) -> Option<Rec>;
+}
+
+impl Recv for crossbeam_channel::Receiver<Rec> {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        crossbeam_channel::Receiver::recv_timeout(self, t).ok()
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        crossbeam_channel::Receiver::try_recv(self).ok()
+    }
+}
+
+impl Recv for std::sync::mpsc::Receiver<Rec> {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        std::sync::mpsc::Receiver::recv_timeout(self, t).ok()
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        std::sync::mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
+/// tokio's receiver outside async code: the timed wait runs on a
+/// current-thread runtime owned by the consumer thread.
+struct TokioRx {
+    rt: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<Rec>,
+}
+
+impl Recv for TokioRx {
+    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
+        let rx = &mut self.rx;
+        // The timer must be made inside the runtime's context.
+        self.rt
+            .block_on(async { tokio::time::timeout(t, rx.recv()).await.ok().flatten() })
+    }
+    fn try_recv(&mut self) -> Option<Rec> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Consumer loop shared by the channel contenders: block up to a tick for
+/// the first event, then take what is there (up to a ring's worth).
+fn channel_consumer(mut rx: impl Recv, counts: Arc<Counts>, expected: u64) {
+    pin(0);
     let mut grouper = Grouper::new(counts);
     while grouper.received < expected {
-        let first = recv_timeout(TICK);
+        let first = rx.recv_timeout(TICK);
         let now = Instant::now();
         if let Some(r) = first {
             grouper.take(r, now);
             for _ in 0..CAPACITY {
-                match try_recv() {
+                match rx.try_recv() {
                     Some(r) => grouper.take(r, now),
                     None => break,
                 }
@@ -580,39 +970,20 @@ macro_rules! run_channel {
     ($p:expr, $total:expr, $make:expr) => {{
         let (p, total): (usize, u64) = ($p, $total);
         let counts = Counts::new();
-        let per = total / p as u64;
-        let expected = per * p as u64;
+        let expected = total / p as u64 * p as u64;
         let (tx, rx) = $make;
-        let barrier = Barrier::new(p + 1);
-        let elapsed = thread::scope(|s| {
-            let sink = counts.clone();
-            let consumer = s.spawn(move || {
-                channel_consumer(
-                    |t| rx.recv_timeout(t).ok(),
-                    || rx.try_recv().ok(),
-                    sink,
-                    expected,
-                )
-            });
-            let handles: Vec<_> = (0..p)
-                .map(|j| {
-                    let (tx, barrier) = (tx.clone(), &barrier);
-                    s.spawn(move || {
-                        barrier.wait();
-                        for i in 0..per {
-                            tx.send(rec(slot(i, j), i)).unwrap();
-                        }
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let t0 = Instant::now();
-            for h in handles {
-                h.join().unwrap();
-            }
-            consumer.join().unwrap();
-            t0.elapsed()
-        });
+        let sink = counts.clone();
+        let elapsed = run_threads(
+            p,
+            |j, per, tx| {
+                for i in 0..per {
+                    tx.send(rec(slot(i, j), i)).unwrap();
+                }
+            },
+            (0..p).map(|_| tx.clone()).collect(),
+            move || channel_consumer(rx, sink, expected),
+            total,
+        );
         assert_eq!(counts.total(), expected);
         elapsed
     }};
@@ -626,29 +997,74 @@ fn run_std(p: usize, total: u64) -> Duration {
     run_channel!(p, total, std::sync::mpsc::sync_channel::<Rec>(CAPACITY))
 }
 
+/// tokio's bounded `mpsc` (4096) used from plain threads, as a service
+/// that already has tokio would: producers `try_send`, falling back to
+/// `blocking_send` when full; the consumer waits for the first event with
+/// `timeout(TICK, recv())` on a current-thread runtime, then `try_recv`s.
+fn run_tokio(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let expected = total / p as u64 * p as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Rec>(CAPACITY);
+    let sink = counts.clone();
+    let elapsed = run_threads(
+        p,
+        |j, per, tx: tokio::sync::mpsc::Sender<Rec>| {
+            for i in 0..per {
+                match tx.try_send(rec(slot(i, j), i)) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(r)) => {
+                        tx.blocking_send(r).unwrap()
+                    }
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+        },
+        (0..p).map(|_| tx.clone()).collect(),
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            channel_consumer(TokioRx { rt, rx }, sink, expected)
+        },
+        total,
+    );
+    drop(tx);
+    assert_eq!(counts.total(), expected);
+    elapsed
+}
+
+/// Runs the map-style designs: producers call `publish` directly under
+/// whatever lock the design has; a ticker thread (role 0) calls
+/// `drain(last)` every tick and once more, with `last`, after the
+/// producers are done.
 fn run_ticker(
     p: usize,
     total: u64,
     publish: &(dyn Fn(u64, usize) + Sync),
-    drain: &mut (dyn FnMut() + Send),
+    drain: &mut (dyn FnMut(bool) + Send),
 ) -> Duration {
     let per = total / p as u64;
     let barrier = Barrier::new(p + 1);
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
         let stop = &stop;
-        let ticker = s.spawn(move || loop {
-            thread::park_timeout(TICK);
-            let last = stop.load(Ordering::Acquire);
-            drain();
-            if last {
-                break;
+        let ticker = s.spawn(move || {
+            pin(0);
+            loop {
+                thread::park_timeout(TICK);
+                let last = stop.load(Ordering::Acquire);
+                drain(last);
+                if last {
+                    break;
+                }
             }
         });
         let handles: Vec<_> = (0..p)
             .map(|j| {
                 let barrier = &barrier;
                 s.spawn(move || {
+                    pin(j + 1);
                     barrier.wait();
                     for i in 0..per {
                         publish(i, j);
@@ -678,7 +1094,7 @@ fn run_mutex_map(p: usize, total: u64) -> Duration {
         .map(|(i, p)| (*p, i))
         .collect();
     let map = MutexMap::default();
-    let mut drain = || {
+    let mut drain = |_last: bool| {
         for (prefix, events) in map.take() {
             let pid = index[prefix];
             for chunk in events.chunks(MAX_COUNT) {
@@ -688,6 +1104,73 @@ fn run_mutex_map(p: usize, total: u64) -> Duration {
         }
     };
     let elapsed = run_ticker(p, total, &|i, j| map.publish(slot(i, j), i), &mut drain);
+    assert_eq!(counts.total(), total / p as u64 * p as u64);
+    elapsed
+}
+
+/// The accumulator a careful user would write with a lock: one
+/// `parking_lot::Mutex` over per-prefix `Vec`s indexed by integer prefix id
+/// (no hashing, no strings). The batch rule is the same as everyone's: a
+/// producer that fills a prefix to 100 emits it; the ticker emits prefixes
+/// whose window (counted in ticks since their first pending event) has
+/// elapsed. Emitting is counting, so it is done under the lock.
+struct LockedAcc {
+    accs: Vec<Vec<Rec>>,
+    opened: Vec<u64>,
+    tick: u64,
+    counts: Arc<Counts>,
+}
+
+impl LockedAcc {
+    fn new(counts: Arc<Counts>) -> Self {
+        LockedAcc {
+            accs: (0..PREFIXES)
+                .map(|_| Vec::with_capacity(MAX_COUNT))
+                .collect(),
+            opened: vec![0; PREFIXES],
+            tick: 0,
+            counts,
+        }
+    }
+    #[inline]
+    fn publish(&mut self, r: Rec) {
+        let p = r.prefix as usize;
+        if self.accs[p].is_empty() {
+            self.opened[p] = self.tick;
+        }
+        self.accs[p].push(r);
+        if self.accs[p].len() >= MAX_COUNT {
+            self.emit(p);
+        }
+    }
+    fn emit(&mut self, p: usize) {
+        let acc = &mut self.accs[p];
+        if !acc.is_empty() {
+            black_box(&acc[..]);
+            self.counts.add(p, acc.len());
+            acc.clear();
+        }
+    }
+    fn on_tick(&mut self, last: bool) {
+        const WINDOW_TICKS: u64 = (WINDOW.as_millis() / TICK.as_millis()) as u64;
+        self.tick += 1;
+        for p in 0..PREFIXES {
+            if last || self.tick - self.opened[p] >= WINDOW_TICKS {
+                self.emit(p);
+            }
+        }
+    }
+}
+
+fn run_parking_lot(p: usize, total: u64) -> Duration {
+    let counts = Counts::new();
+    let acc = parking_lot::Mutex::new(LockedAcc::new(counts.clone()));
+    let elapsed = run_ticker(
+        p,
+        total,
+        &|i, j| acc.lock().publish(rec(slot(i, j), i)),
+        &mut |last| acc.lock().on_tick(last),
+    );
     assert_eq!(counts.total(), total / p as u64 * p as u64);
     elapsed
 }
@@ -702,7 +1185,7 @@ fn run_naive(p: usize, total: u64) -> Duration {
         .map(|(i, p)| (*p, i))
         .collect();
     let map = NaiveMap::default();
-    let mut drain = || {
+    let mut drain = |_last: bool| {
         for (prefix, events) in map.take() {
             let pid = index[prefix.as_str()];
             for chunk in events.chunks(MAX_COUNT) {
@@ -725,11 +1208,16 @@ type Runner = fn(usize, u64) -> Duration;
 
 fn bench_e2e(c: &mut Criterion) {
     let total: u64 = if quick() { 200_000 } else { 1_000_000 };
-    let contenders: [(&str, Runner); 6] = [
+    let contenders: [(&str, Runner); 11] = [
         ("ringfold", run_ringfold),
+        ("disruptor-sp", run_disruptor_sp),
         ("rtrb", run_rtrb),
+        ("disruptor-mp", run_disruptor_mp),
+        ("crossbeam-arrayqueue", run_array_queue),
         ("crossbeam-channel", run_crossbeam),
         ("std-sync_channel", run_std),
+        ("tokio-mpsc", run_tokio),
+        ("parking_lot-mutex-ids", run_parking_lot),
         ("mutex-hashmap", run_mutex_map),
         ("naive-dashmap", run_naive),
     ];

@@ -1,28 +1,54 @@
 //! Interning of event names into compact ids.
 //!
 //! `data:users:created` is interned once into an [`EventKey`]: a name id and
-//! the id of its prefix (`data:users`, the name minus its last `:` segment).
-//! Hot paths carry keys, never strings.
+//! the id of its prefix (`data:users`, the name minus its last `:` segment),
+//! plus the identity of the engine that interned it. Hot paths carry keys,
+//! never strings.
 //!
-//! Readers never take a lock: the table is an immutable snapshot published
-//! through an arc-swap cell, looked up with ahash. Writers (a name seen for
-//! the first time) serialise on a mutex, re-check, and publish a new
-//! snapshot (copy-on-write: O(names) per new name, which the configurable
-//! name limit bounds). Ids are dense and never reused, so a snapshot is a
-//! prefix of every later one.
+//! The structure, and why it makes a new name amortised O(1):
+//!
+//! * **Arenas.** Names and prefixes live in append-only [`Arena`]s: chunks
+//!   of doubling size that are allocated once and never move, so an entry's
+//!   address (and the `NameMeta` events point to) is fixed from the moment
+//!   it is written until the interner's storage is dropped. A published
+//!   length (Release store by the writer, Acquire load by readers) says
+//!   which entries are complete; `name(id)` is one length check and two
+//!   indexed reads, lock-free.
+//! * **Index.** Name strings map to ids through an open-addressing table of
+//!   atomic slots (`hash tag << 32 | id + 1`, 0 = empty), probed linearly
+//!   and kept at most half full. The writer fills a slot in place; only when
+//!   the table would pass half full does it build one twice the size and
+//!   publish it through an arc-swap cell. Each doubling rehashes every name
+//!   once, so over `n` names the rebuilds cost O(n) in total: amortised
+//!   O(1) per name, where the old copy-on-write snapshot cost O(names) for
+//!   every new name. A lookup is one arc-swap load, one hash and one probe
+//!   sequence, never a lock.
+//! * **Writers** (a name seen for the first time) serialise on a mutex,
+//!   re-check the index, and then, in this order: append the prefix if it
+//!   is new, fill the index slot, append the name (publishing the new
+//!   length). A reader that sees the length `n` therefore also sees the
+//!   index slots of ids below `n` (a whole [`View`]); a reader that finds a
+//!   slot whose id is not yet published treats it as a miss and takes the
+//!   lock, where it finds the name.
+//!
+//! Ids are dense, never reused and never move, so the interner needs no
+//! snapshots: an id below `name_count()` resolves forever.
 
 use std::sync::Arc as StdArc;
 use std::time::Instant;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, RandomState};
 
 use crate::error::Error;
 use crate::policy::{Policy, PolicyTable};
-use crate::sync::{lock, Arc, Mutex, SnapshotCell};
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering, SnapshotCell, UnsafeCell};
 
-/// An interned event name: compact ids for the name and its prefix.
+/// An interned event name: compact ids for the name and its prefix, and the
+/// identity of the engine that interned it.
 ///
-/// Obtain one with `Engine::key` and keep it on the hot path.
+/// Obtain one with `Engine::key` and keep it on the hot path. A key is only
+/// meaningful to the engine that made it: another engine refuses it rather
+/// than delivering it under whatever name has the same id there.
 ///
 /// ```
 /// use ringfold::{Engine, Value};
@@ -32,6 +58,10 @@ use crate::sync::{lock, Arc, Mutex, SnapshotCell};
 /// assert_eq!(a.prefix_id(), b.prefix_id());
 /// assert_ne!(a.name_id(), b.name_id());
 /// assert_eq!(engine.key("data:users:created")?, a);
+///
+/// // The same name in another engine is another key.
+/// let other = Engine::<Value>::builder().build()?;
+/// assert_ne!(other.key("data:users:created")?, a);
 /// # Ok::<(), ringfold::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,15 +71,26 @@ pub struct EventKey {
     /// so the hot path learns it from the key without a lookup.
     name: u32,
     prefix: u32,
+    /// The interning engine's tag (see [`next_engine_tag`]); 0 is never
+    /// handed to an engine.
+    engine: u32,
 }
 
 /// Top bit of `EventKey::name`: wake the flusher on publish.
 const WAKES: u32 = 1 << 31;
 
+/// Ids must fit below [`WAKES`]; the interner refuses names beyond it even
+/// if `max_names` is higher (the engine builder caps it lower anyway).
+const MAX_IDS: usize = WAKES as usize;
+
 impl EventKey {
     #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn for_tests(name: u32, prefix: u32) -> Self {
-        EventKey { name, prefix }
+        EventKey {
+            name,
+            prefix,
+            engine: 0,
+        }
     }
 
     /// Dense id of the full name within its engine.
@@ -68,11 +109,32 @@ impl EventKey {
     }
 }
 
+/// Source of engine tags. A plain std atomic even under the model-checking
+/// cfg: it only hands out distinct numbers and takes no part in any
+/// protocol the loom models check (and loom atomics cannot be statics).
+static NEXT_ENGINE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// A tag for a new interner: distinct from every live engine's unless
+/// 2^32 - 1 engines were created in between (the counter wraps, skipping 0).
+/// After a wrap two live engines can share a tag, and then a key from one
+/// is accepted by the other if its id is below the other's name count,
+/// which is the pre-tag behaviour; creating four billion engines while one
+/// stays alive is the price of a 4-byte tag.
+fn next_engine_tag() -> u32 {
+    loop {
+        let tag = NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if tag != 0 {
+            return tag;
+        }
+    }
+}
+
 /// What an event carries about its name: one thin pointer to this (see
 /// `event::NameRef`) instead of two fat string pointers and the key.
 ///
-/// Created once per name and shared (the same `Arc`) by every later
-/// snapshot, so it lives at a fixed address for as long as any snapshot does.
+/// Created once per name and held by the interner's name arena, which never
+/// moves or drops an entry before the arena itself is dropped: it lives at
+/// a fixed address for as long as the interner or any [`Keepalive`] does.
 pub(crate) struct NameMeta {
     pub(crate) name: StdArc<str>,
     pub(crate) prefix: StdArc<str>,
@@ -99,34 +161,240 @@ pub(crate) struct PrefixInfo {
     pub(crate) batch_name: StdArc<str>,
 }
 
-/// One immutable snapshot of the interned names.
-#[derive(Clone, Default)]
-pub(crate) struct Table {
-    by_name: AHashMap<StdArc<str>, EventKey>,
-    by_prefix: AHashMap<StdArc<str>, u32>,
-    pub(crate) names: Vec<NameInfo>,
-    pub(crate) prefixes: Vec<PrefixInfo>,
+/// log2 of the first chunk's length. Under loom the first chunks hold one
+/// and two entries, so the models cross a chunk boundary with two names.
+#[cfg(not(ringfold_loom))]
+const FIRST_CHUNK_SHIFT: u32 = 6;
+#[cfg(ringfold_loom)]
+const FIRST_CHUNK_SHIFT: u32 = 0;
+
+/// Chunk `k` holds `2^(FIRST_CHUNK_SHIFT + k)` entries, so this many chunks
+/// hold every id below 2^32 - 2^FIRST_CHUNK_SHIFT, more than [`MAX_IDS`].
+const CHUNKS: usize = (32 - FIRST_CHUNK_SHIFT) as usize;
+
+/// The chunk holding entry `id`, and the entry's offset in it.
+fn locate(id: usize) -> Option<(usize, usize)> {
+    let i = id.checked_add(1 << FIRST_CHUNK_SHIFT)?;
+    let top = usize::BITS - 1 - i.leading_zeros();
+    Some(((top - FIRST_CHUNK_SHIFT) as usize, i - (1 << top)))
 }
 
-impl Table {
-    pub(crate) fn get(&self, name: &str) -> Option<EventKey> {
-        self.by_name.get(name).copied()
+type Chunk<T> = Box<[UnsafeCell<Option<T>>]>;
+
+/// An append-only, lock-free-to-read vector whose entries never move.
+///
+/// The invariant every access relies on: a chunk pointer and an entry are
+/// written exactly once, by the single writer (see [`Arena::push`]), before
+/// the Release store of a length that covers them, and never again;
+/// readers touch only entries below a length they loaded with Acquire (and
+/// the chunks holding them), so every read happens after the one write.
+struct Arena<T> {
+    chunks: Box<[UnsafeCell<Option<Chunk<T>>>]>,
+    /// Entries published so far.
+    len: AtomicUsize,
+}
+
+// SAFETY: shared access only reads entries (`&T`, hence `T: Sync`) that
+// were completely written before being published (see the type's
+// invariant), and the single writer is serialised by the caller of
+// `push`; values are moved in by the writer's thread and dropped by
+// whichever thread drops the arena (`T: Send`).
+unsafe impl<T: Send + Sync> Sync for Arena<T> {}
+
+impl<T> Arena<T> {
+    fn new() -> Self {
+        Arena {
+            chunks: (0..CHUNKS).map(|_| UnsafeCell::new(None)).collect(),
+            len: AtomicUsize::new(0),
+        }
     }
-    pub(crate) fn prefix_id(&self, prefix: &str) -> Option<u32> {
-        self.by_prefix.get(prefix).copied()
+
+    /// Entries published so far (every id below resolves).
+    #[inline]
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Entry `id`, if it has been published. Lock-free: one Acquire load,
+    /// two indexed reads.
+    #[inline]
+    fn get(&self, id: usize) -> Option<&T> {
+        if id >= self.len() {
+            return None;
+        }
+        let (chunk, offset) = locate(id)?;
+        // SAFETY: `id` is below the length loaded with Acquire above, so the
+        // chunk holding it was written before that length was published and
+        // is never written again (the type's invariant): this read races
+        // with no write, and the reference stays valid as long as `self`.
+        let cells = self
+            .chunks
+            .get(chunk)?
+            .with(|p| unsafe { (*p).as_deref() })?;
+        // SAFETY: likewise for the entry itself: published, so written
+        // once and never again.
+        cells.get(offset)?.with(|p| unsafe { (*p).as_ref() })
+    }
+
+    /// Appends `value` and publishes it; returns its id, or `None` (value
+    /// dropped) past the arena's capacity, which the interner's `MAX_IDS`
+    /// keeps out of reach.
+    ///
+    /// # Safety
+    ///
+    /// At most one thread may be inside `push` at a time (the interner
+    /// calls it only with its writer lock held).
+    unsafe fn push(&self, value: T) -> Option<usize> {
+        // Only `push` stores the length and pushes are serialised (the
+        // caller's lock orders them), so this reads the latest value.
+        let id = self.len.load(Ordering::Relaxed);
+        let (chunk, offset) = locate(id)?;
+        let dir = self.chunks.get(chunk)?;
+        // SAFETY: reading a chunk pointer: the only writer is this thread
+        // (caller's contract), and readers only read it too.
+        if dir.with(|p| unsafe { (*p).is_none() }) {
+            let cells: Chunk<T> = (0..1usize << (chunk as u32 + FIRST_CHUNK_SHIFT))
+                .map(|_| UnsafeCell::new(None))
+                .collect();
+            // SAFETY: the chunk is allocated when its first id is pushed,
+            // so none of its ids is published yet and no reader looks at
+            // this pointer (readers only follow chunks of published ids);
+            // no other writer exists (caller's contract).
+            dir.with_mut(|p| unsafe { *p = Some(cells) });
+        }
+        // SAFETY: as above, a read of a pointer only this thread writes.
+        let cells = dir.with(|p| unsafe { (*p).as_deref() })?;
+        // SAFETY: entry `id` equals the published length, so no reader
+        // looks at it yet, and no other writer exists (caller's contract).
+        cells.get(offset)?.with_mut(|p| unsafe { *p = Some(value) });
+        self.len.store(id + 1, Ordering::Release);
+        Some(id)
+    }
+}
+
+/// Smallest index table (slots). Under loom it is tiny so that the second
+/// name already replaces the table.
+#[cfg(not(ringfold_loom))]
+const MIN_INDEX: usize = 64;
+#[cfg(ringfold_loom)]
+const MIN_INDEX: usize = 2;
+
+/// Bits of an index slot holding the hash tag; the low 32 hold `id + 1`.
+const TAG: u64 = 0xffff_ffff_0000_0000;
+
+/// Open-addressing hash index from name to id: power-of-two slots, linear
+/// probing, at most half full (so every probe sequence reaches an empty
+/// slot). Slots go from empty to full once and never change again.
+struct Index {
+    slots: Box<[AtomicU64]>,
+}
+
+/// An index slot: the hash's tag and `id + 1` (never 0).
+fn slot_value(hash: u64, id: usize) -> u64 {
+    (hash & TAG) | (id as u64 + 1)
+}
+
+/// Fills the first empty slot of `hash`'s probe sequence in a table that
+/// is being built (not yet shared). Ends: the table is at most half full.
+fn place(slots: &mut [u64], hash: u64, id: usize) {
+    let mask = slots.len() - 1;
+    let mut pos = hash as usize & mask;
+    while slots[pos] != 0 {
+        pos = (pos + 1) & mask;
+    }
+    slots[pos] = slot_value(hash, id);
+}
+
+impl Index {
+    /// A table with these contents. A replacement table is built as plain
+    /// words and only then turned into atomics, each created with its final
+    /// value: nothing is stored into it after it is shared except new
+    /// slots (and loom 0.7 trips an internal assertion, "this sometimes
+    /// fails", when an atomic is created and stored to by the same thread
+    /// with no synchronisation in between).
+    fn from_slots(slots: Vec<u64>) -> Self {
+        Index {
+            slots: slots.into_iter().map(AtomicU64::new).collect(),
+        }
+    }
+
+    /// Writer only: fills the first empty slot of `hash`'s probe sequence
+    /// with `id`. The Release store orders the slot before the name's
+    /// publication (the writer's later Release store of the length), so
+    /// a reader that sees the length also sees the slot.
+    fn insert(&self, hash: u64, id: usize) {
+        let mask = self.slots.len() - 1;
+        let mut pos = hash as usize & mask;
+        // Ends: the table is kept at most half full.
+        loop {
+            let slot = &self.slots[pos];
+            // Relaxed: only writers store slots, and the writer lock orders
+            // them before this one.
+            if slot.load(Ordering::Relaxed) == 0 {
+                slot.store(slot_value(hash, id), Ordering::Release);
+                return;
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+}
+
+/// What the writer lock guards besides the right to push.
+struct Writer {
+    /// Prefix string to id; only writers look prefixes up by string.
+    prefix_ids: AHashMap<StdArc<str>, u32>,
+}
+
+/// Name and prefix storage, shared with every [`Keepalive`].
+struct Store {
+    names: Arena<NameInfo>,
+    prefixes: Arena<PrefixInfo>,
+    /// By name id: the name and its key, all a lookup by string needs, in
+    /// one entry (the string pointer inline), so a hit costs the index
+    /// slot, this entry and the string bytes, as a hash map's bucket would,
+    /// rather than two more pointer hops through `NameInfo` and `NameMeta`.
+    /// Pushed before the index slot and the name, so it is complete for
+    /// every id the index or a `View` can yield.
+    keys: Arena<(StdArc<str>, EventKey)>,
+}
+
+/// A cheap handle (one reference count) that keeps an interner's names
+/// and prefixes, including every `NameMeta` and interned string, at their
+/// addresses for as long as it lives, even after the engine is dropped.
+/// What a delivered batch holds so the raw name pointers in its events
+/// (`event::NameRef`, `event::InternedStr`) stay valid.
+///
+/// The fold holds one for the flusher's lifetime.
+#[derive(Clone)]
+pub(crate) struct Keepalive(Arc<Store>);
+
+impl Keepalive {
+    /// Name `id`, as [`Interner::name`].
+    pub(crate) fn name(&self, id: usize) -> Option<&NameInfo> {
+        self.0.names.get(id)
+    }
+    /// Prefix `id`, as [`Interner::prefix`].
+    pub(crate) fn prefix(&self, id: usize) -> Option<&PrefixInfo> {
+        self.0.prefixes.get(id)
     }
 }
 
 /// The concurrent interner of one engine.
 pub(crate) struct Interner {
-    snapshot: SnapshotCell<Table>,
+    store: Arc<Store>,
+    /// The current index; replaced (never mutated in place except for
+    /// filling empty slots) when it doubles.
+    index: SnapshotCell<Index>,
+    hasher: RandomState,
     /// Serialises writers; readers never touch it.
-    writer: Mutex<()>,
+    writer: Mutex<Writer>,
     policies: PolicyTable,
     max_names: usize,
     max_len: usize,
     /// Time zero of event timestamps (see `NameMeta::epoch`).
     epoch: Instant,
+    /// This engine's identity, carried by every key it makes.
+    tag: u32,
 }
 
 /// Splits `name` into its prefix after validating it.
@@ -150,15 +418,34 @@ pub(crate) fn validate_name(name: &str, max_len: usize) -> Result<&str, Error> {
     Ok(name.rsplit_once(':').map_or(name, |(prefix, _)| prefix))
 }
 
+/// The index's hasher: randomly seeded (so colliding names cannot be
+/// chosen in advance), except under loom, which replays every execution
+/// and needs the same probe sequences each time.
+fn new_hasher() -> RandomState {
+    #[cfg(not(ringfold_loom))]
+    return RandomState::new();
+    #[cfg(ringfold_loom)]
+    return RandomState::with_seeds(1, 2, 3, 4);
+}
+
 impl Interner {
     pub(crate) fn new(policies: PolicyTable, max_names: usize, max_len: usize) -> Self {
         Interner {
-            snapshot: SnapshotCell::new(Arc::new(Table::default())),
-            writer: Mutex::new(()),
+            store: Arc::new(Store {
+                names: Arena::new(),
+                prefixes: Arena::new(),
+                keys: Arena::new(),
+            }),
+            index: SnapshotCell::new(Arc::new(Index::from_slots(vec![0; MIN_INDEX]))),
+            hasher: new_hasher(),
+            writer: Mutex::new(Writer {
+                prefix_ids: AHashMap::new(),
+            }),
             policies,
-            max_names,
+            max_names: max_names.min(MAX_IDS),
             max_len,
             epoch: Instant::now(),
+            tag: next_engine_tag(),
         }
     }
 
@@ -170,67 +457,251 @@ impl Interner {
     /// Interns `name`, returning the same key for the same name from any
     /// thread.
     pub(crate) fn key(&self, name: &str) -> Result<EventKey, Error> {
-        if let Some(key) = self.snapshot.load().get(name) {
+        let hash = self.hasher.hash_one(name);
+        if let Some(key) = self.find(name, hash) {
             return Ok(key);
         }
-        self.insert(name)
+        self.insert(name, hash)
+    }
+
+    /// The key of `name` if it is interned (lock-free; interns nothing).
+    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    pub(crate) fn get(&self, name: &str) -> Option<EventKey> {
+        self.find(name, self.hasher.hash_one(name))
+    }
+
+    /// True if `key` was made by this interner: one tag compare and the id
+    /// bound. The publish path checks this so that a key from another
+    /// engine is refused instead of delivered under this engine's name for
+    /// the same id.
+    #[inline]
+    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    pub(crate) fn owns(&self, key: EventKey) -> bool {
+        key.engine == self.tag && (key.name_id() as usize) < self.store.names.len()
+    }
+
+    /// Number of names interned so far; every id below resolves through
+    /// [`Interner::name`]. Lock-free (one Acquire load).
+    #[inline]
+    pub(crate) fn name_count(&self) -> usize {
+        self.store.names.len()
+    }
+
+    /// What the engine knows about name `id`; `None` if no such name (yet).
+    /// Lock-free O(1).
+    #[inline]
+    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    pub(crate) fn name(&self, id: usize) -> Option<&NameInfo> {
+        self.store.names.get(id)
+    }
+
+    /// Number of prefixes interned so far.
+    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    pub(crate) fn prefix_count(&self) -> usize {
+        self.store.prefixes.len()
+    }
+
+    /// What the engine knows about prefix `id`; `None` if no such prefix
+    /// (yet). Lock-free O(1).
+    #[inline]
+    pub(crate) fn prefix(&self, id: usize) -> Option<&PrefixInfo> {
+        self.store.prefixes.get(id)
+    }
+
+    /// A handle that keeps every interned name and prefix alive and in
+    /// place, even after this interner is dropped (see [`Keepalive`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn keepalive(&self) -> Keepalive {
+        Keepalive(self.store.clone())
+    }
+
+    /// The names published as of now, as one consistent view (the length is
+    /// read once; see [`View`]).
+    #[cfg(any(test, ringfold_loom))]
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            interner: self,
+            len: self.name_count(),
+        }
+    }
+
+    /// The lock-free lookup: one index load, one probe sequence; a slot
+    /// whose id is not published yet counts as a miss (the caller then
+    /// takes the writer lock, behind which the name is complete).
+    #[inline]
+    fn find(&self, name: &str, hash: u64) -> Option<EventKey> {
+        let index = self.index.load();
+        let mask = index.slots.len() - 1;
+        let mut pos = hash as usize & mask;
+        // Ends: the table is kept at most half full.
+        loop {
+            let slot = index.slots[pos].load(Ordering::Acquire);
+            if slot == 0 {
+                return None;
+            }
+            if slot & TAG == hash & TAG {
+                let id = (slot as u32 as usize).wrapping_sub(1);
+                if let Some((known, key)) = self.store.keys.get(id) {
+                    if **known == *name {
+                        return Some(*key);
+                    }
+                }
+            }
+            pos = (pos + 1) & mask;
+        }
     }
 
     #[cold]
-    fn insert(&self, name: &str) -> Result<EventKey, Error> {
+    fn insert(&self, name: &str, hash: u64) -> Result<EventKey, Error> {
         let prefix = validate_name(name, self.max_len)?;
-        let _writer = lock(&self.writer);
-        // Re-check under the writer lock: another thread may have won.
-        let current = self.snapshot.load_full();
-        if let Some(key) = current.get(name) {
+        let mut writer = lock(&self.writer);
+        // Re-check under the writer lock: another thread may have won. The
+        // lock orders this after every earlier insert, all of whose slots
+        // and lengths are therefore visible here.
+        if let Some(key) = self.find(name, hash) {
             return Ok(key);
         }
-        if current.names.len() >= self.max_names {
+        let id = self.store.names.len();
+        if id >= self.max_names {
             return Err(Error::TooManyNames {
                 limit: self.max_names,
             });
         }
-        let mut next = Table::clone(&current);
-        let prefix_id = match next.prefix_id(prefix) {
-            Some(id) => id,
+        let prefix_id = match writer.prefix_ids.get(prefix) {
+            Some(&id) => id,
             None => {
-                let id = next.prefixes.len() as u32;
                 let prefix: StdArc<str> = prefix.into();
-                next.prefixes.push(PrefixInfo {
+                let info = PrefixInfo {
                     batch_name: format!("{prefix}:batch").into(),
                     prefix: prefix.clone(),
-                });
-                next.by_prefix.insert(prefix, id);
-                id
+                };
+                // SAFETY: we hold the writer lock, the only way to push.
+                // Published before the name, so a reader that sees the
+                // name sees its prefix.
+                let Some(id) = (unsafe { self.store.prefixes.push(info) }) else {
+                    // Unreachable: fewer prefixes than names.
+                    return Err(Error::TooManyNames {
+                        limit: self.max_names,
+                    });
+                };
+                writer.prefix_ids.insert(prefix, id as u32);
+                id as u32
             }
         };
         let resolved = self.policies.resolve(name);
         let wakes = resolved.urgent || resolved.policy == Policy::Passthrough;
         let key = EventKey {
-            name: next.names.len() as u32 | if wakes { WAKES } else { 0 },
+            name: id as u32 | if wakes { WAKES } else { 0 },
             prefix: prefix_id,
+            engine: self.tag,
+        };
+        let prefix_str = match self.store.prefixes.get(prefix_id as usize) {
+            Some(p) => p.prefix.clone(),
+            None => prefix.into(),
         };
         let name: StdArc<str> = name.into();
+        // SAFETY: we hold the writer lock, the only way to push.
+        let pushed = unsafe { self.store.keys.push((name.clone(), key)) };
+        debug_assert_eq!(pushed, Some(id));
         let meta = StdArc::new(NameMeta {
-            name: name.clone(),
-            prefix: next.prefixes[prefix_id as usize].prefix.clone(),
+            name,
+            prefix: prefix_str,
             key,
             epoch: self.epoch,
         });
-        next.names.push(NameInfo {
-            meta,
-            prefix: prefix_id,
-            policy: resolved.policy,
-            urgent: resolved.urgent,
-        });
-        next.by_name.insert(name, key);
-        self.snapshot.store(Arc::new(next));
+        self.index_insert(hash, id);
+        // SAFETY: we hold the writer lock, the only way to push.
+        let pushed = unsafe {
+            self.store.names.push(NameInfo {
+                meta,
+                prefix: prefix_id,
+                policy: resolved.policy,
+                urgent: resolved.urgent,
+            })
+        };
+        debug_assert_eq!(pushed, Some(id));
         Ok(key)
     }
 
-    /// The current snapshot (never torn: either before or after an insert).
-    pub(crate) fn snapshot(&self) -> Arc<Table> {
-        self.snapshot.load_full()
+    /// Writer only (lock held): records that name `id` (not yet published)
+    /// has hash `hash`, in place if the table stays at most half full, or
+    /// in a table twice the size that then replaces it. Readers still on
+    /// the old table miss only names newer than it, and take the lock.
+    fn index_insert(&self, hash: u64, id: usize) {
+        let index = self.index.load_full();
+        let needed = (id + 1) * 2;
+        if needed <= index.slots.len() {
+            index.insert(hash, id);
+            return;
+        }
+        let mut slots = index.slots.len() * 2;
+        while slots < needed {
+            slots *= 2;
+        }
+        let mut grown = vec![0; slots];
+        for old in 0..id {
+            if let Some((name, _)) = self.store.keys.get(old) {
+                place(&mut grown, self.hasher.hash_one(&**name), old);
+            }
+        }
+        place(&mut grown, hash, id);
+        self.index.store(Arc::new(Index::from_slots(grown)));
+    }
+}
+
+/// The interner's names as of one moment: the length is loaded once, so
+/// every id below it resolves, by id and by name, and later names are not
+/// seen. What the loom models check for wholeness.
+#[cfg(any(test, ringfold_loom))]
+pub(crate) struct View<'a> {
+    interner: &'a Interner,
+    len: usize,
+}
+
+#[cfg(any(test, ringfold_loom))]
+impl View<'_> {
+    /// Names in this view.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    /// The key of `name` if it is in this view.
+    pub(crate) fn get(&self, name: &str) -> Option<EventKey> {
+        self.interner
+            .get(name)
+            .filter(|key| (key.name_id() as usize) < self.len)
+    }
+    /// Checks that the view is whole: every id below its length resolves to
+    /// an entry whose key has that id, which the index maps back to the same
+    /// key, and whose prefix id resolves to the name's prefix.
+    pub(crate) fn check_consistent(&self) -> Result<(), String> {
+        for id in 0..self.len {
+            let info = self
+                .interner
+                .name(id)
+                .ok_or_else(|| format!("id {id} below the length does not resolve"))?;
+            let name = &*info.meta.name;
+            let key = info.meta.key;
+            if key.name_id() as usize != id || key.prefix_id() != info.prefix {
+                return Err(format!("name {name:?}: key {key:?}, slot {id}"));
+            }
+            if self.get(name) != Some(key) {
+                return Err(format!("name {name:?} missing from the index"));
+            }
+            if !self.interner.owns(key) {
+                return Err(format!("name {name:?}: key not owned"));
+            }
+            let prefix = self
+                .interner
+                .prefix(info.prefix as usize)
+                .ok_or_else(|| format!("prefix id {} has no entry", info.prefix))?;
+            if info.prefix as usize >= self.interner.prefix_count() {
+                return Err(format!("prefix id {} beyond the prefix count", info.prefix));
+            }
+            if prefix.prefix != info.meta.prefix {
+                return Err(format!("prefix {:?} does not map back", &*prefix.prefix));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -251,16 +722,13 @@ mod tests {
     fn prefix_is_name_minus_last_segment() {
         let i = interner(16);
         let k = i.key("data:users:created").unwrap();
-        let t = i.snapshot();
-        assert_eq!(&*t.prefixes[k.prefix_id() as usize].prefix, "data:users");
-        assert_eq!(
-            &*t.prefixes[k.prefix_id() as usize].batch_name,
-            "data:users:batch"
-        );
-        assert_eq!(
-            &*t.names[k.name_id() as usize].meta.name,
-            "data:users:created"
-        );
+        let p = i.prefix(k.prefix_id() as usize).unwrap();
+        assert_eq!(&*p.prefix, "data:users");
+        assert_eq!(&*p.batch_name, "data:users:batch");
+        let n = i.name(k.name_id() as usize).unwrap();
+        assert_eq!(&*n.meta.name, "data:users:created");
+        assert_eq!(&*n.meta.prefix, "data:users");
+        assert_eq!(n.meta.key, k);
     }
 
     #[test]
@@ -273,6 +741,7 @@ mod tests {
             i.key(&"x".repeat(65)),
             Err(Error::NameTooLong { len: 65, max: 64 })
         ));
+        assert_eq!(i.name_count(), 0);
     }
 
     #[test]
@@ -285,6 +754,108 @@ mod tests {
             Err(Error::TooManyNames { limit: 2 })
         ));
         assert_eq!(i.key("a:1").unwrap(), a);
+        assert_eq!(i.get("a:3"), None);
+        assert_eq!(i.name_count(), 2);
+    }
+
+    #[test]
+    fn many_names_cross_chunks_and_index_growth() {
+        // Several arena chunks (64, 128, ...) and index doublings.
+        let n = 20_000;
+        let i = interner(n);
+        let keys: Vec<_> = (0..n)
+            .map(|k| i.key(&format!("p{}:n{k}", k % 97)).unwrap())
+            .collect();
+        assert_eq!(i.name_count(), n);
+        assert_eq!(i.prefix_count(), 97);
+        for (k, key) in keys.iter().enumerate() {
+            assert_eq!(key.name_id() as usize, k, "ids are dense, in order");
+            let name = format!("p{}:n{k}", k % 97);
+            assert_eq!(i.get(&name), Some(*key));
+            assert_eq!(i.key(&name).unwrap(), *key);
+            let info = i.name(k).unwrap();
+            assert_eq!(&*info.meta.name, name);
+            assert_eq!(info.prefix, key.prefix_id());
+            assert_eq!(
+                &*i.prefix(key.prefix_id() as usize).unwrap().prefix,
+                format!("p{}", k % 97)
+            );
+        }
+        assert!(i.name(n).is_none());
+        assert!(i.prefix(97).is_none());
+        i.view().check_consistent().unwrap();
+    }
+
+    #[test]
+    fn name_meta_never_moves() {
+        let i = interner(1000);
+        let k = i.key("a:first").unwrap();
+        let before = StdArc::as_ptr(&i.name(0).unwrap().meta);
+        let entry = i.name(0).unwrap() as *const NameInfo;
+        for n in 0..999 {
+            i.key(&format!("b:{n}")).unwrap();
+        }
+        assert_eq!(StdArc::as_ptr(&i.name(0).unwrap().meta), before);
+        assert_eq!(i.name(0).unwrap() as *const NameInfo, entry);
+        assert_eq!(i.key("a:first").unwrap(), k);
+    }
+
+    #[test]
+    fn owns_only_its_own_keys() {
+        let a = interner(16);
+        let b = interner(16);
+        let ka = a.key("a:secret:x").unwrap();
+        let kb = b.key("billing:invoice:n5").unwrap();
+        // Same ids in both engines: only the tag tells them apart.
+        assert_eq!(ka.name_id(), kb.name_id());
+        assert_eq!(ka.prefix_id(), kb.prefix_id());
+        assert_ne!(ka, kb);
+        assert!(a.owns(ka));
+        assert!(b.owns(kb));
+        assert!(!b.owns(ka), "a foreign key must not be owned");
+        assert!(!a.owns(kb), "a foreign key must not be owned");
+        // The same name interned by both is still two different keys.
+        let kb2 = b.key("a:secret:x").unwrap();
+        assert!(!a.owns(kb2) && b.owns(kb2));
+        // A key with this engine's tag but an id it never handed out.
+        let forged = EventKey { name: 5, ..ka };
+        assert!(!a.owns(forged));
+        assert!(!a.owns(EventKey::for_tests(0, 0)));
+    }
+
+    #[test]
+    fn event_key_stays_small_and_copy() {
+        fn copy<T: Copy>() {}
+        copy::<EventKey>();
+        assert_eq!(std::mem::size_of::<EventKey>(), 12);
+    }
+
+    #[test]
+    fn keepalive_outlives_the_interner() {
+        let i = interner(16);
+        let k = i.key("data:users:created").unwrap();
+        let keep = i.keepalive();
+        let meta = StdArc::as_ptr(&i.name(0).unwrap().meta);
+        drop(i);
+        let info = keep.name(k.name_id() as usize).unwrap();
+        assert_eq!(StdArc::as_ptr(&info.meta), meta);
+        assert_eq!(&*info.meta.name, "data:users:created");
+        assert_eq!(
+            &*keep.prefix(k.prefix_id() as usize).unwrap().batch_name,
+            "data:users:batch"
+        );
+    }
+
+    #[test]
+    fn view_is_fixed_at_its_length() {
+        let i = interner(16);
+        i.key("a:old").unwrap();
+        let view = i.view();
+        let new = i.key("a:new").unwrap();
+        assert_eq!(view.len(), 1);
+        assert_eq!(view.get("a:new"), None);
+        assert_eq!(i.view().get("a:new"), Some(new));
+        view.check_consistent().unwrap();
     }
 
     #[test]
@@ -302,7 +873,8 @@ mod tests {
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert!(results.windows(2).all(|w| w[0] == w[1]));
-        assert_eq!(i.snapshot().names.len(), 500);
-        assert_eq!(i.snapshot().prefixes.len(), 7);
+        assert_eq!(i.name_count(), 500);
+        assert_eq!(i.prefix_count(), 7);
+        i.view().check_consistent().unwrap();
     }
 }

@@ -6,10 +6,9 @@
 //! behaviour: every method forwards to exactly one internal one.
 
 use crate::error::Error;
-use crate::intern::{self, EventKey, Table};
+use crate::intern::{self, EventKey};
 use crate::policy::{Policy, PolicyTable};
 use crate::ring;
-use crate::sync::Arc;
 
 /// Creates an SPSC ring of `capacity` slots (a power of two, at least 2)
 /// and returns its two ends (`ring::channel`).
@@ -90,55 +89,46 @@ impl Interner {
         self.0.key(name)
     }
 
-    /// `intern::Interner::snapshot`: the current table.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.0.snapshot())
+    /// `intern::Interner::name`: the name with id `id`, if published.
+    pub fn name(&self, id: usize) -> Option<String> {
+        self.0.name(id).map(|info| info.meta.name.to_string())
+    }
+
+    /// `intern::Interner::owns`: the key was made by this interner.
+    pub fn owns(&self, key: EventKey) -> bool {
+        self.0.owns(key)
+    }
+
+    /// `intern::Interner::view`: the names published as of now.
+    pub fn view(&self) -> View<'_> {
+        View(self.0.view())
     }
 }
 
-/// One interner snapshot, as a reader holds it.
-pub struct Snapshot(Arc<Table>);
+/// The interner's names as of one moment (`intern::View`), as a reader
+/// holds it.
+pub struct View<'a>(intern::View<'a>);
 
-impl Snapshot {
-    /// Number of names interned in this snapshot.
+impl View<'_> {
+    /// Number of names in this view.
     pub fn len(&self) -> usize {
-        self.0.names.len()
+        self.0.len()
     }
 
-    /// True if no name is interned in this snapshot.
+    /// True if no name is in this view.
     pub fn is_empty(&self) -> bool {
-        self.0.names.is_empty()
+        self.0.len() == 0
     }
 
-    /// The key of `name` in this snapshot.
+    /// The key of `name` in this view.
     pub fn get(&self, name: &str) -> Option<EventKey> {
         self.0.get(name)
     }
 
-    /// Checks that the snapshot is whole: every name resolves to its own
-    /// dense id and to a prefix that exists and resolves back to the same
-    /// id. A torn snapshot (names and maps from different versions) fails.
+    /// `intern::View::check_consistent`: every id below the view's length
+    /// resolves by id and by name, to its own key and an existing prefix.
     pub fn check_consistent(&self) -> Result<(), String> {
-        let table = &*self.0;
-        for (id, info) in table.names.iter().enumerate() {
-            let key = table
-                .get(&info.meta.name)
-                .ok_or_else(|| format!("name {:?} missing from the map", &*info.meta.name))?;
-            if key.name_id() as usize != id || key.prefix_id() != info.prefix {
-                return Err(format!(
-                    "name {:?}: key {key:?}, slot {id}",
-                    &*info.meta.name
-                ));
-            }
-            let prefix = table
-                .prefixes
-                .get(info.prefix as usize)
-                .ok_or_else(|| format!("prefix id {} has no entry", info.prefix))?;
-            if table.prefix_id(&prefix.prefix) != Some(info.prefix) {
-                return Err(format!("prefix {:?} does not map back", &*prefix.prefix));
-            }
-        }
-        Ok(())
+        self.0.check_consistent()
     }
 }
 

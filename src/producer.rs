@@ -155,7 +155,7 @@ impl<T: Send + 'static> Producer<T> {
         let stamp = self.stamp();
         // One snapshot read per call: keys at or above it are not interned
         // in this engine and are rejected (counted) rather than sent.
-        let known = self.shared.interner.snapshot().names.len() as u32;
+        let known = self.shared.interner.name_count() as u32;
         // Only whole events: as many as the free slots hold.
         let per_event = if stamp == 0 { 1 } else { 3 };
         let fit = (self.ring.ring().capacity() - self.ring.refresh_len()) / per_event;
@@ -221,7 +221,7 @@ impl<T: Send + 'static> Producer<T> {
 
     #[cold]
     fn refresh_known(&mut self) -> bool {
-        let now = self.shared.interner.snapshot().names.len() as u32;
+        let now = self.shared.interner.name_count() as u32;
         let grew = now > self.known_names;
         self.known_names = now;
         grew

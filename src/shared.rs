@@ -98,11 +98,10 @@ impl<T: Send + 'static> Shared<T> {
     /// A snapshot of the counters (see `Stats::assemble`).
     pub(crate) fn stats(&self) -> Stats {
         let report = lock(&self.report).clone();
-        let table = self.interner.snapshot();
         let reg = lock(&self.registry);
         Stats::assemble(Parts {
             report: &report,
-            prefix_name: &|id| table.prefixes.get(id).map(|p| p.prefix.to_string()),
+            prefix_name: &|id| self.interner.prefix(id).map(|p| p.prefix.to_string()),
             retired: &reg.retired,
             live: reg.live.iter().map(|lane| lane.share()),
             unlaned: &self.unlaned,

@@ -39,10 +39,9 @@ impl Fixture {
         payloads: Vec<T>,
     ) -> Arc<Sealed<T>> {
         let key = self.interner.key(name).unwrap();
-        let table = self.interner.snapshot();
-        let info = &table.names[key.name_id() as usize];
+        let info = self.interner.name(key.name_id() as usize).unwrap();
         let pid = info.prefix;
-        let prefix = &table.prefixes[pid as usize];
+        let prefix = self.interner.prefix(pid as usize).unwrap();
         let mut events: Vec<Event<T>> = payloads
             .into_iter()
             .map(|payload| Event {
@@ -69,7 +68,7 @@ impl Fixture {
             epoch: self.epoch,
             dropped: 1,
             folded: 2,
-            keep_alive: table.clone(),
+            keep_alive: std::sync::Arc::new(self.interner.keepalive()),
         };
         let mut aggregates = Vec::new();
         pool.seal(header, &mut events, &mut aggregates)
@@ -189,8 +188,7 @@ fn pool_recycles_released_batches_without_allocating() {
     // The pool holds the only handle now: the next seal reuses it, and its
     // event buffer comes back to the caller (the flusher's accumulator).
     let key = f.interner.key("data:a:x").unwrap();
-    let table = f.interner.snapshot();
-    let meta = &table.names[key.name_id() as usize].meta;
+    let meta = &f.interner.name(key.name_id() as usize).unwrap().meta;
     let mut events = vec![Event {
         meta: NameRef::new(meta),
         sub_key: 0,
@@ -208,7 +206,7 @@ fn pool_recycles_released_batches_without_allocating() {
         epoch: f.epoch,
         dropped: 0,
         folded: 0,
-        keep_alive: table.clone(),
+        keep_alive: std::sync::Arc::new(f.interner.keepalive()),
     };
     let again = f.pool.seal(header, &mut events, &mut Vec::new());
     assert_eq!(f.pool.reused(), 1);

@@ -17,21 +17,20 @@ mod window;
 use std::time::Instant;
 
 use crate::event::{Batch, BatchReason, Event};
-use crate::intern::{Interner, Table};
+use crate::intern::{Interner, Keepalive};
 use crate::policy::Pattern;
 use crate::record::Decoded;
 use crate::stats::{PrefixStats, Report};
-use crate::sync::Arc;
 
 use route::Route;
 use window::{Acc, Fold, Sealed};
 
 /// Accumulators, routes and counters: everything a sweep folds into.
 pub(crate) struct Folder<T> {
-    /// Latest interner snapshot; also keeps every `InternedStr` and
-    /// `NameRef` valid.
-    table: Arc<Table>,
-    /// By name id, for every name in `table` (see `Route`).
+    /// The interner's name storage: keeps every `InternedStr` and
+    /// `NameRef` valid, and resolves prefix ids.
+    names: Keepalive,
+    /// By name id, for every name routed so far (see `Route`).
     routes: Vec<Route>,
     accs: Vec<Acc<T>>,
     /// Prefix ids with a non-empty window.
@@ -63,7 +62,7 @@ impl<T> Folder<T> {
     ) -> Self {
         let epoch = interner.epoch();
         let mut folder = Folder {
-            table: interner.snapshot(),
+            names: interner.keepalive(),
             routes: Vec::new(),
             accs: Vec::new(),
             pending: Vec::new(),
@@ -115,17 +114,18 @@ impl<T> Folder<T> {
     /// the name is newer than the ones seen so far.
     #[cold]
     fn route_new_name(&mut self, id: usize, interner: &Interner) -> Option<Route> {
-        if id >= self.table.names.len() {
-            self.table = interner.snapshot();
-        }
-        while self.routes.len() < self.table.names.len() {
-            let info = &self.table.names[self.routes.len()];
+        // The published name count only grows; every id below it resolves.
+        let known = interner.name_count();
+        while self.routes.len() < known {
+            let Some(info) = self.names.name(self.routes.len()) else {
+                break;
+            };
             let route = Route::of(info);
             self.routes.push(route);
             self.ensure_prefix(route.prefix as usize);
         }
-        // Producers only send keys below the snapshot length they saw, and
-        // snapshots only grow, so the lookup cannot miss.
+        // Producers only send keys below the name count they saw, and the
+        // count only grows, so the lookup cannot miss.
         let route = self.routes.get(id).copied();
         debug_assert!(route.is_some(), "unknown name id {id}");
         route
@@ -233,7 +233,9 @@ impl<T> Folder<T> {
             let pid = sealed.pid;
             let stats = &mut self.report.prefixes[pid];
             if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
-                let info = &self.table.prefixes[pid];
+                let Some(info) = self.names.prefix(pid) else {
+                    continue;
+                };
                 let batch = Batch {
                     prefix: &info.prefix,
                     name: &info.batch_name,
@@ -278,7 +280,7 @@ impl<T> Folder<T> {
         for i in 0..self.pending.len() {
             let pid = self.pending[i] as usize;
             let selected = filter.is_none_or(|patterns| {
-                let prefix = &self.table.prefixes[pid].prefix;
+                let prefix = self.names.prefix(pid).map_or("", |p| &p.prefix);
                 patterns.iter().any(|p| p.matches(prefix))
             });
             if selected {
