@@ -12,7 +12,7 @@ use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
 use crate::shared::Shared;
 use crate::subscriber::Subscriber;
 use crate::sync::Arc;
-use crate::value::Sample;
+use crate::value::{Sample, Sampler};
 
 static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -43,7 +43,7 @@ pub struct EngineBuilder<T: Send + 'static> {
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
-    sampler: Option<fn(&T) -> Option<f64>>,
+    sampler: Option<Sampler<T>>,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
@@ -198,10 +198,12 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// How `Policy::aggregate` reads a number from a payload.
+    /// How `Policy::aggregate` reads a number from a payload, as a float
+    /// (NaN and infinities are rejected as not numeric). For exact integer
+    /// sums, implement [`Sample::sample`] and use `sampled()` instead.
     #[must_use]
     pub fn sample_with(mut self, f: fn(&T) -> Option<f64>) -> Self {
-        self.sampler = Some(f);
+        self.sampler = Some(Sampler::Float(f));
         self
     }
 
@@ -231,7 +233,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
             }
         };
         let id = NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let interner = Interner::new(table, config.max_names, config.max_name_len);
+        let interner = Interner::new(table, config.max_names, config.max_name_len)
+            .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
         let join = flusher::spawn(shared.clone(), self.subscribers, core).map_err(Error::Spawn)?;
         Ok(Engine::start(shared, join))
@@ -264,10 +267,12 @@ impl<T: Send + 'static> EngineBuilder<T> {
 }
 
 impl<T: Sample + Send + 'static> EngineBuilder<T> {
-    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl.
+    /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl
+    /// ([`Sample::sample`]: integer readings are summed exactly).
     #[must_use]
-    pub fn sampled(self) -> Self {
-        self.sample_with(|t| t.as_f64())
+    pub fn sampled(mut self) -> Self {
+        self.sampler = Some(Sampler::Number(T::sample));
+        self
     }
 
     /// Adds the design's default policy table ([`default_rules`]): chat,

@@ -142,8 +142,15 @@ pub enum BatchReason {
 pub struct Aggregate {
     pub(crate) name: InternedStr,
     pub(crate) key: EventKey,
+    /// The numeric summary, accumulated by `fold::numeric`.
     pub(crate) count: u64,
-    pub(crate) sum: f64,
+    /// Exact sum of the integer readings.
+    pub(crate) int_sum: i128,
+    /// Sum of the float readings (and of integer partial sums that would
+    /// have overflowed `int_sum`).
+    pub(crate) float_sum: f64,
+    /// Every reading was an integer and `int_sum` is their exact sum.
+    pub(crate) exact: bool,
     pub(crate) min: f64,
     pub(crate) max: f64,
     pub(crate) first: (f64, Instant),
@@ -151,25 +158,6 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    pub(crate) fn new(name: InternedStr, key: EventKey, v: f64, at: Instant) -> Self {
-        Aggregate {
-            name,
-            key,
-            count: 1,
-            sum: v,
-            min: v,
-            max: v,
-            first: (v, at),
-            last: (v, at),
-        }
-    }
-    pub(crate) fn add(&mut self, v: f64, at: Instant) {
-        self.count += 1;
-        self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        self.last = (v, at);
-    }
     /// The event name aggregated.
     pub fn name(&self) -> &str {
         self.name.get()
@@ -182,11 +170,45 @@ impl Aggregate {
     pub fn count(&self) -> u64 {
         self.count
     }
-    /// Sum of readings.
+    /// Sum of readings, as a float: the exact integer sum plus the float
+    /// readings' sum. Only finite readings are aggregated (NaN and the
+    /// infinities are rejected as not numeric), so it is never NaN.
+    ///
+    /// ```
+    /// # use ringfold::{Batch, Engine, Policy, Value};
+    /// # use std::sync::{Arc, Mutex};
+    /// # use std::time::Duration;
+    /// let sums = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = sums.clone();
+    /// let engine = Engine::<Value>::builder()
+    ///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
+    ///     .sampled()
+    ///     .subscriber(move |b: &Batch<'_, Value>| {
+    ///         for a in b.aggregates() {
+    ///             sink.lock().unwrap().push((a.count(), a.sum(), a.sum_exact()));
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// engine.publish("gpu:0:energy", 1u64 << 53)?;
+    /// engine.publish("gpu:0:energy", 1u64)?;
+    /// engine.publish("gpu:0:energy", f64::NAN)?; // not a number: dropped
+    /// engine.flush()?;
+    /// let exact = (1i128 << 53) + 1; // beyond f64's exact integers
+    /// assert_eq!(sums.lock().unwrap()[0], (2, exact as f64, Some(exact)));
+    /// assert_eq!(engine.stats().dropped.not_numeric, 1);
+    /// # engine.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sum(&self) -> f64 {
-        self.sum
+        self.int_sum as f64 + self.float_sum
     }
-    /// Smallest reading.
+    /// The exact sum, when every reading of the window was an integer
+    /// (`Sample::sample` gave `Number::Int`); `None` once a float reading
+    /// was folded in.
+    pub fn sum_exact(&self) -> Option<i128> {
+        self.exact.then_some(self.int_sum)
+    }
+    /// Smallest reading (integers beyond 2^53 rounded to `f64`).
     pub fn min(&self) -> f64 {
         self.min
     }
@@ -196,7 +218,7 @@ impl Aggregate {
     }
     /// Arithmetic mean.
     pub fn mean(&self) -> f64 {
-        self.sum / self.count as f64
+        self.sum() / self.count as f64
     }
     /// First reading of the window and when it was stamped.
     pub fn first(&self) -> (f64, Instant) {
@@ -213,6 +235,7 @@ impl fmt::Debug for Aggregate {
         f.debug_struct("Aggregate")
             .field("name", &self.name())
             .field("count", &self.count)
+            .field("sum", &self.sum())
             .field("min", &self.min)
             .field("mean", &self.mean())
             .field("max", &self.max)

@@ -41,7 +41,9 @@ use ahash::{AHashMap, RandomState};
 
 use crate::error::Error;
 use crate::policy::{Policy, PolicyTable};
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering, SnapshotCell, UnsafeCell};
+use crate::sync::{
+    lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SnapshotCell, UnsafeCell,
+};
 
 /// An interned event name: compact ids for the name and its prefix, and the
 /// identity of the engine that interned it.
@@ -78,10 +80,14 @@ pub struct EventKey {
 
 /// Top bit of `EventKey::name`: wake the flusher on publish.
 const WAKES: u32 = 1 << 31;
+/// Next bit (name ids stay below `record::MAX_NAMES` = 2^30): stamp events
+/// at publish, because the name's policy (`latest`) picks survivors by
+/// publish time, or because the engine has `precise_timestamps`.
+const STAMPS: u32 = 1 << 30;
 
-/// Ids must fit below [`WAKES`]; the interner refuses names beyond it even
-/// if `max_names` is higher (the engine builder caps it lower anyway).
-const MAX_IDS: usize = WAKES as usize;
+/// Ids must fit below [`STAMPS`]; the interner refuses names beyond it even
+/// if `max_names` is higher (the engine builder caps it there anyway).
+const MAX_IDS: usize = STAMPS as usize;
 
 impl EventKey {
     #[cfg(all(test, not(ringfold_loom)))]
@@ -95,7 +101,13 @@ impl EventKey {
 
     /// Dense id of the full name within its engine.
     pub fn name_id(&self) -> u32 {
-        self.name & !WAKES
+        self.name & !(WAKES | STAMPS)
+    }
+
+    /// Events of this name carry a publish stamp (see `STAMPS`).
+    #[inline]
+    pub(crate) fn stamps(&self) -> bool {
+        self.name & STAMPS != 0
     }
 
     /// Events of this name wake a sleeping flusher at once (the name is
@@ -395,6 +407,10 @@ pub(crate) struct Interner {
     epoch: Instant,
     /// This engine's identity, carried by every key it makes.
     tag: u32,
+    /// Some name's events are stamped at publish (its key has `STAMPS`).
+    any_stamps: AtomicBool,
+    /// Every name's events are stamped (`precise_timestamps`).
+    stamp_all: bool,
 }
 
 /// Splits `name` into its prefix after validating it.
@@ -446,7 +462,18 @@ impl Interner {
             max_len,
             epoch: Instant::now(),
             tag: next_engine_tag(),
+            any_stamps: AtomicBool::new(false),
+            stamp_all: false,
         }
+    }
+
+    /// Every key this interner makes carries `STAMPS`
+    /// (`EngineBuilder::precise_timestamps`), so the publish path decides
+    /// whether to read the clock from the key alone.
+    pub(crate) fn stamping_all(mut self, on: bool) -> Self {
+        self.stamp_all = on;
+        self.any_stamps = AtomicBool::new(on);
+        self
     }
 
     /// Time zero of this engine's event timestamps.
@@ -478,6 +505,14 @@ impl Interner {
     #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
     pub(crate) fn owns(&self, key: EventKey) -> bool {
         key.engine == self.tag && (key.name_id() as usize) < self.store.names.len()
+    }
+
+    /// Some name of this engine has publish stamps (a `latest` name).
+    #[inline]
+    pub(crate) fn any_stamps(&self) -> bool {
+        // Relaxed: see `insert`; a name whose id a caller learnt from
+        // `name_count` (Acquire) was published after the flag was set.
+        self.any_stamps.load(Ordering::Relaxed)
     }
 
     /// Number of names interned so far; every id below resolves through
@@ -590,8 +625,9 @@ impl Interner {
         };
         let resolved = self.policies.resolve(name);
         let wakes = resolved.urgent || resolved.policy == Policy::Passthrough;
+        let stamps = self.stamp_all || matches!(resolved.policy, Policy::Latest { .. });
         let key = EventKey {
-            name: id as u32 | if wakes { WAKES } else { 0 },
+            name: id as u32 | if wakes { WAKES } else { 0 } | if stamps { STAMPS } else { 0 },
             prefix: prefix_id,
             engine: self.tag,
         };
@@ -609,6 +645,11 @@ impl Interner {
             key,
             epoch: self.epoch,
         });
+        // Relaxed: published with the name below (its Release length
+        // store), so a reader that sees this name's id sees the flag.
+        if stamps {
+            self.any_stamps.store(true, Ordering::Relaxed);
+        }
         self.index_insert(hash, id);
         // SAFETY: we hold the writer lock, the only way to push.
         let pushed = unsafe {

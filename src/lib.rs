@@ -55,4 +55,4 @@ pub use policy::{default_rules, Pattern, Policy};
 pub use producer::Producer;
 pub use stats::{DropStats, PrefixStats, Stats};
 pub use subscriber::Subscriber;
-pub use value::{Sample, ShortStr, Value, SHORT_STR_MAX};
+pub use value::{Number, Sample, ShortStr, Value, SHORT_STR_MAX};

@@ -139,6 +139,7 @@ impl View<'_> {
 
 use crate::delivery::{BatchPool, Epoch, Hand, Header, OnUnsubscribe, Push, Queue};
 use crate::event::BatchReason;
+use crate::sync::Arc;
 
 /// The flusher's batch pool (`delivery::BatchPool`), sealing empty batches
 /// of one prefix numbered by `seq`.

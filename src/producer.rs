@@ -117,7 +117,10 @@ impl<T: Send + 'static> Producer<T> {
         self.publish_record(key, 0, true, payload)
     }
 
-    /// Like [`Producer::publish_urgent`] with a sub-key.
+    /// Like [`Producer::publish_urgent`] with a sub-key. Under
+    /// `Policy::latest` the urgent event still comes last in its batch: a
+    /// pending survivor with the same `(name, sub_key)` is superseded by it
+    /// (left out and counted as folded), never replaced in place.
     pub fn publish_urgent_with_sub_key(
         &mut self,
         key: EventKey,
@@ -152,28 +155,47 @@ impl<T: Send + 'static> Producer<T> {
                 rejected: Vec::new(),
             });
         }
-        let stamp = self.stamp();
         // One snapshot read per call: keys at or above it are not interned
         // in this engine and are rejected (counted) rather than sent.
         let known = self.shared.interner.name_count() as u32;
-        // Only whole events: as many as the free slots hold.
-        let per_event = if stamp == 0 { 1 } else { 3 };
-        let fit = (self.ring.ring().capacity() - self.ring.refresh_len()) / per_event;
+        // Only whole events: the next event is taken from the caller only
+        // while the free slots hold the most it can need (3 with a stamp).
+        let max_slots = if self.shared.interner.any_stamps() {
+            3
+        } else {
+            1
+        };
+        let free = std::cell::Cell::new(self.ring.ring().capacity() - self.ring.refresh_len());
+        // At most one clock read per call, and none unless an event is
+        // stamped (precise mode, or a `latest` name).
+        let epoch = self.shared.interner.epoch();
+        let mut clock = 0;
+        let mut ext = 0;
         let lane = &self.lane;
         let mut accepted = 0;
         let mut invalid = Vec::new();
-        let mut slots = events
-            .take(fit)
+        let mut slots = std::iter::from_fn(|| (free.get() >= max_slots).then(|| events.next())?)
             .filter_map(|(key, payload)| {
                 if key.name_id() < known {
                     accepted += 1;
-                    Some(Outgoing {
+                    let stamp = if key.stamps() {
+                        if clock == 0 {
+                            clock = (epoch.elapsed().as_nanos() as u64).saturating_add(1);
+                        }
+                        clock
+                    } else {
+                        0
+                    };
+                    let out = Outgoing {
                         key,
                         urgent: false,
                         sub_key: 0,
                         stamp,
                         payload,
-                    })
+                    };
+                    free.set(free.get() - out.slots());
+                    ext += out.slots() - 1;
+                    Some(out)
                 } else {
                     lane.count_drop(&lane.drops.invalid_name, None);
                     invalid.push(payload);
@@ -184,7 +206,7 @@ impl<T: Send + 'static> Producer<T> {
         let written = self.ring.push_many(&mut slots);
         drop(slots);
         if written > 0 {
-            self.count_ext((per_event - 1) * accepted);
+            self.count_ext(ext);
             if let Err(mut taken_back) = self.after_push(false) {
                 // The engine closed under us and the events were not
                 // drained: they were never accepted.
@@ -227,10 +249,13 @@ impl<T: Send + 'static> Producer<T> {
         grew
     }
 
-    /// Nanoseconds since the epoch plus one in precise mode; 0 otherwise.
+    /// Nanoseconds since the epoch plus one if the key says so (precise
+    /// mode, or a name whose policy needs publish order: `latest` picks
+    /// survivors by stamp, see `fold`); 0 otherwise, without reading the
+    /// clock. One bit test of the key, no load.
     #[inline]
-    fn stamp(&self) -> u64 {
-        if self.shared.config.precise_timestamps {
+    fn stamp(&self, key: EventKey) -> u64 {
+        if key.stamps() {
             self.read_clock()
         } else {
             0
@@ -297,7 +322,7 @@ impl<T: Send + 'static> Producer<T> {
             key,
             urgent,
             sub_key,
-            stamp: self.stamp(),
+            stamp: self.stamp(key),
             payload,
         };
         if let Err(out) = self.try_push(out) {

@@ -14,6 +14,7 @@ use crate::ring::Consumer;
 use crate::state::State;
 use crate::stats::{DropCounters, Parts, Report, Retired, Stats};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::value::Sampler;
 
 /// A lane registered by a new producer, with the ring's reading end for the
 /// flusher to adopt.
@@ -33,7 +34,7 @@ pub(crate) struct Shared<T> {
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) interner: Interner,
-    pub(crate) sampler: Option<fn(&T) -> Option<f64>>,
+    pub(crate) sampler: Option<Sampler<T>>,
     /// Closed / parked / deep, and the flusher's handle (see `state.rs`).
     pub(crate) state: State,
     pub(crate) control: Control,
@@ -54,7 +55,7 @@ impl<T: Send + 'static> Shared<T> {
         id: u64,
         config: Config,
         interner: Interner,
-        sampler: Option<fn(&T) -> Option<f64>>,
+        sampler: Option<Sampler<T>>,
     ) -> Self {
         Shared {
             id,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{recorder, wait_until, Rng, HOUR, LONG};
+use common::{gate, recorder, wait_until, Rng, HOUR, LONG};
 use ringfold::{Batch, BatchReason, Engine, Policy, PublishError, Value};
 
 #[test]
@@ -131,6 +131,86 @@ fn a_new_entity_within_a_window_keeps_both_in_first_appearance_order() {
     assert_eq!(log[0].folded, 3);
 }
 
+#[test]
+fn an_urgent_latest_event_supersedes_its_pending_survivor_and_comes_last() {
+    let (rec, log) = recorder::<Value>();
+    let engine = Engine::<Value>::builder()
+        .policy("chat:*", Policy::latest(HOUR, 1000))
+        .tick(HOUR)
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    let key = engine.key("chat:s1:delta").unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a1")).unwrap();
+    p.publish_with_sub_key(key, 8, Value::from("b1")).unwrap();
+    p.publish_with_sub_key(key, 9, Value::from("c1")).unwrap();
+    p.publish_with_sub_key(key, 7, Value::from("a2")).unwrap();
+    p.publish_urgent_with_sub_key(key, 7, Value::from("a-final"))
+        .unwrap();
+    // No flush: only the urgent path delivers within the hour.
+    assert!(wait_until(LONG, || !log.lock().unwrap().is_empty()));
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].reason, BatchReason::Urgent);
+    let events: Vec<_> = log[0].events.iter().map(|e| (e.1, e.2.clone())).collect();
+    assert_eq!(
+        events,
+        vec![
+            (8, Value::from("b1")),
+            (9, Value::from("c1")),
+            (7, Value::from("a-final"))
+        ],
+        "other survivors in order of first appearance, the urgent one last"
+    );
+    assert_eq!(log[0].folded, 2, "a2 replaced a1; a-final superseded a2");
+    drop(log);
+    let stats = engine.stats();
+    assert_eq!((stats.delivered, stats.folded), (3, 2));
+    assert!(stats.is_conserved());
+}
+
+#[test]
+fn publish_many_of_latest_names_sends_whole_stamped_events() {
+    // `latest` names are stamped at publish: three slots per event, so an
+    // 8-slot ring takes two whole events, never a torn third.
+    let (gate, entered, release) = gate();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let engine = Engine::<u64>::builder()
+        .policy("gate:*", Policy::Passthrough)
+        .policy("chat:*", Policy::latest(HOUR, 1000))
+        .ring_capacity(8)
+        .subscriber(gate)
+        .subscriber(move |b: &Batch<'_, u64>| {
+            let mut sink = sink.lock().unwrap();
+            sink.extend(b.events().iter().map(|e| *e.payload()));
+        })
+        .build()
+        .unwrap();
+    let mut p = engine.producer().unwrap();
+    p.publish("gate:g:x", 0).unwrap();
+    entered.recv().unwrap(); // the flusher is held: the ring is not drained
+    let key = engine.key("chat:s1:delta").unwrap();
+    let mut events = (1..=20u64).map(|i| (key, i));
+    assert_eq!(p.publish_many(&mut events).unwrap(), 2);
+    assert_eq!(
+        events.next(),
+        Some((key, 3)),
+        "the rest stays with the caller"
+    );
+    release.send(()).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 2],
+        "the later event survives"
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.published, stats.folded), (3, 1));
+    assert!(stats.is_conserved());
+}
+
 /// Final state per (name, sub-key) after applying every delivered event.
 fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), Value> {
     let state: Arc<Mutex<HashMap<(String, u64), Value>>> = Arc::default();
@@ -176,33 +256,71 @@ fn latest_then_flush_ends_in_the_same_state_as_passthrough() {
     }
 }
 
+/// `(name, sum_exact)` of every aggregate delivered.
+type ExactLog = Arc<Mutex<Vec<(String, Option<i128>)>>>;
+
+fn exact_sums() -> (impl FnMut(&Batch<'_, Value>) + Send + 'static, ExactLog) {
+    let log = ExactLog::default();
+    let sink = log.clone();
+    let subscriber = move |b: &Batch<'_, Value>| {
+        let mut sink = sink.lock().unwrap();
+        for a in b.aggregates() {
+            sink.push((a.name().to_owned(), a.sum_exact()));
+        }
+    };
+    (subscriber, log)
+}
+
 #[test]
 fn aggregates_match_a_reference_computation_on_random_data() {
     for seed in 1..=8 {
         let mut rng = Rng::new(seed);
         let (rec, log) = recorder::<Value>();
+        let (exact_rec, exact_log) = exact_sums();
         let engine = Engine::<Value>::builder()
             .policy("gpu:*", Policy::aggregate(HOUR, 1_000_000))
             .sampled()
             .subscriber(rec)
+            .subscriber(exact_rec)
             .build()
             .unwrap();
-        let names = ["gpu:0:power_mw", "gpu:0:temp_c", "gpu:1:power_mw"];
+        // Two names mix integers and floats; the third gets only integers,
+        // large ones (u64 near 2^64, i64 near -2^63), whose sum an f64
+        // cannot hold exactly.
+        let names = ["gpu:0:power_mw", "gpu:0:temp_c", "gpu:1:energy_uj"];
         let mut reference: HashMap<&str, Vec<f64>> = HashMap::new();
+        let mut reference_exact: HashMap<&str, Option<i128>> = HashMap::new();
         let mut p = engine.producer().unwrap();
         let n = 1 + rng.below(500);
         for _ in 0..n {
-            let name = names[rng.below(3) as usize];
-            // Mix integers and floats, negatives included.
-            let v = if rng.below(2) == 0 {
-                Value::from(rng.below(100_000) as i64 - 50_000)
-            } else {
-                Value::from((rng.below(1_000_000) as f64) / 7.0)
+            let i = rng.below(3) as usize;
+            let name = names[i];
+            let v = match (i, rng.below(2)) {
+                (2, 0) => Value::from(u64::MAX - rng.below(1 << 20)),
+                (2, _) => Value::from(i64::MIN + rng.below(1 << 20) as i64),
+                // Mix integers and floats, negatives included.
+                (_, 0) => Value::from(rng.below(100_000) as i64 - 50_000),
+                (_, _) => Value::from((rng.below(1_000_000) as f64) / 7.0),
             };
             reference.entry(name).or_default().push(v.as_f64().unwrap());
+            let exact = reference_exact.entry(name).or_insert(Some(0));
+            *exact = match v {
+                Value::U64(u) => exact.map(|s| s + i128::from(u)),
+                Value::I64(i) => exact.map(|s| s + i128::from(i)),
+                _ => None,
+            };
             p.publish(name, v).unwrap();
         }
         engine.flush().unwrap();
+        let exact_log = exact_log.lock().unwrap();
+        assert_eq!(exact_log.len(), reference_exact.len());
+        for (name, exact) in exact_log.iter() {
+            assert_eq!(
+                *exact,
+                reference_exact[name.as_str()],
+                "seed {seed}: {name}"
+            );
+        }
         let log = log.lock().unwrap();
         let mut seen = 0;
         for b in log.iter() {
@@ -211,7 +329,12 @@ fn aggregates_match_a_reference_computation_on_random_data() {
                 let r = &reference[name.as_str()];
                 seen += 1;
                 assert_eq!(*count, r.len() as u64);
-                let rsum: f64 = r.iter().sum();
+                // The float sum is checked against the exact sum where
+                // there is one, else against a float reference.
+                let rsum: f64 = match reference_exact[name.as_str()] {
+                    Some(exact) => exact as f64,
+                    None => r.iter().sum(),
+                };
                 assert!(
                     (sum - rsum).abs() <= 1e-9 * rsum.abs().max(1.0),
                     "{sum} vs {rsum}"
@@ -249,6 +372,86 @@ fn non_numeric_payloads_under_aggregate_are_counted_not_averaged() {
     let stats = engine.stats();
     assert_eq!(stats.dropped.not_numeric, 1);
     assert!(stats.is_conserved());
+}
+
+#[test]
+fn nan_and_infinities_under_aggregate_are_not_numbers() {
+    let (rec, log) = recorder::<Value>();
+    let engine = Engine::<Value>::builder()
+        .policy("gpu:*", Policy::aggregate(HOUR, 1000))
+        .sampled()
+        .subscriber(rec)
+        .build()
+        .unwrap();
+    engine.publish("gpu:0:util", 10.0).unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN] {
+        engine.publish("gpu:0:util", bad).unwrap();
+    }
+    engine.publish("gpu:0:util", 30.0).unwrap();
+    engine.flush().unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1);
+    let (_, count, sum, min, max, first, last) = log[0].aggregates[0].clone();
+    assert_eq!((count, sum, min, max), (2, 40.0, 10.0, 30.0));
+    assert_eq!((first, last), (10.0, 30.0));
+    assert_eq!(log[0].dropped, 4, "the rejections are visible in band");
+    let stats = engine.stats();
+    assert_eq!(stats.dropped.not_numeric, 4);
+    assert_eq!(stats.folded, 2);
+    assert!(stats.is_conserved());
+}
+
+#[test]
+fn a_custom_float_sampler_obeys_the_same_rule() {
+    let sums = Arc::new(Mutex::new(Vec::new()));
+    let sink = sums.clone();
+    let engine = Engine::<f64>::builder()
+        .policy("gpu:*", Policy::aggregate(HOUR, 1000))
+        .sample_with(|v| Some(*v))
+        .subscriber(move |b: &Batch<'_, f64>| {
+            for a in b.aggregates() {
+                sink.lock()
+                    .unwrap()
+                    .push((a.count(), a.sum(), a.sum_exact()));
+            }
+        })
+        .build()
+        .unwrap();
+    for v in [1.5, f64::NAN, 2.5, f64::INFINITY] {
+        engine.publish("gpu:0:util", v).unwrap();
+    }
+    engine.flush().unwrap();
+    assert_eq!(*sums.lock().unwrap(), vec![(2, 4.0, None)]);
+    assert_eq!(engine.stats().dropped.not_numeric, 2);
+}
+
+#[test]
+fn integer_sums_are_exact_beyond_f64_precision() {
+    let (rec, log) = exact_sums();
+    let sums = Arc::new(Mutex::new(Vec::new()));
+    let sink = sums.clone();
+    let engine = Engine::<Value>::builder()
+        .policy("gpu:*", Policy::aggregate(HOUR, 1000))
+        .sampled()
+        .subscriber(rec)
+        .subscriber(move |b: &Batch<'_, Value>| {
+            for a in b.aggregates() {
+                sink.lock().unwrap().push(a.sum());
+            }
+        })
+        .build()
+        .unwrap();
+    engine.publish("gpu:0:energy_uj", 1u64 << 53).unwrap();
+    engine.publish("gpu:0:energy_uj", 1u64).unwrap();
+    engine.publish("gpu:0:energy_uj", u64::MAX).unwrap();
+    engine.publish("gpu:0:energy_uj", -5i64).unwrap();
+    engine.flush().unwrap();
+    let exact = (1i128 << 53) + 1 + i128::from(u64::MAX) - 5;
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![("gpu:0:energy_uj".to_owned(), Some(exact))]
+    );
+    assert_eq!(*sums.lock().unwrap(), vec![exact as f64]);
 }
 
 #[test]

@@ -8,7 +8,15 @@
 //! among its events), on count (its smallest `max_count`), at once for an
 //! urgent event, or on flush/shutdown. Names of one prefix share its window
 //! even under different policies.
+//!
+//! An urgent event closes its prefix's window with the pending events
+//! first, in their documented order, and itself last. Under `latest` it is
+//! therefore never folded into a survivor's slot (which would put it in the
+//! middle): a pending survivor of the same (name, sub-key) is superseded,
+//! i.e. removed from the batch and counted as folded, and the urgent event
+//! comes last.
 
+mod numeric;
 mod route;
 #[cfg(all(test, not(ringfold_loom)))]
 mod tests;
@@ -21,6 +29,7 @@ use crate::intern::{Interner, Keepalive};
 use crate::policy::Pattern;
 use crate::record::Decoded;
 use crate::stats::{PrefixStats, Report};
+use crate::value::Sampler;
 
 use route::Route;
 use window::{Acc, Fold, Sealed};
@@ -41,7 +50,7 @@ pub(crate) struct Folder<T> {
     spare: Vec<Sealed<T>>,
     /// Counters of closed windows; `publish_report` adds the open ones.
     report: Report,
-    sampler: Option<fn(&T) -> Option<f64>>,
+    sampler: Option<Sampler<T>>,
     /// The interner's epoch, for event timestamps.
     epoch: Instant,
     /// Counters changed since the last `publish_report`.
@@ -50,16 +59,15 @@ pub(crate) struct Folder<T> {
     /// timestamp of events not stamped at publish).
     now: Instant,
     now_nanos: u64,
+    /// Passes so far (`set_now` starts each one): `latest` windows guard
+    /// their sealed survivors by sweep number (see `window::Acc`).
+    sweep: u64,
 }
 
 impl<T> Folder<T> {
     /// A fold over `interner`'s names, reading aggregate samples through
     /// `sampler`, starting at time `now`.
-    pub(crate) fn new(
-        interner: &Interner,
-        sampler: Option<fn(&T) -> Option<f64>>,
-        now: Instant,
-    ) -> Self {
+    pub(crate) fn new(interner: &Interner, sampler: Option<Sampler<T>>, now: Instant) -> Self {
         let epoch = interner.epoch();
         let mut folder = Folder {
             names: interner.keepalive(),
@@ -74,14 +82,20 @@ impl<T> Folder<T> {
             dirty: false,
             now,
             now_nanos: 0,
+            sweep: 0,
         };
         folder.set_now(now);
         folder
     }
 
-    /// The time of the current pass: windows opened now close at
+    /// Starts a pass at time `now`: windows opened now close at
     /// `now + interval`, and `emit_due` compares deadlines against it.
+    /// Called once per pass, before its sweep of every ring: `latest`
+    /// counts sweeps through it (a straggler of one task, published on
+    /// another thread before an event that a sweep took, has arrived by the
+    /// next sweep; see `window::Acc::guard_survivors`).
     pub(crate) fn set_now(&mut self, now: Instant) {
+        self.sweep += 1;
         self.now = now;
         self.now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
     }
@@ -167,7 +181,7 @@ impl<T> Folder<T> {
             acc.max_count = acc.max_count.min(route.max_count);
         }
         acc.taken += 1;
-        let urgent = event.urgent;
+        let urgent = route.urgent || event.urgent;
         let folded = Event {
             meta: route.meta,
             sub_key: event.sub_key,
@@ -176,7 +190,8 @@ impl<T> Folder<T> {
         };
         match route.fold {
             Fold::Keep => acc.events.push(folded),
-            Fold::Latest => acc.fold_latest(event.name_id, folded),
+            Fold::Latest if urgent => acc.fold_latest_urgent(event.name_id, folded, self.sweep),
+            Fold::Latest => acc.fold_latest(event.name_id, folded, self.sweep),
             Fold::Aggregate => {
                 if !acc.fold_aggregate(self.sampler, folded) {
                     self.report.not_numeric += 1;
@@ -185,7 +200,7 @@ impl<T> Folder<T> {
             }
         }
         let full = acc.taken >= acc.max_count;
-        if route.urgent || urgent {
+        if urgent {
             self.emit(pid, BatchReason::Urgent);
         } else if full {
             let reason = if route.passthrough {

@@ -7,8 +7,25 @@ use crate::event::BatchReason;
 use crate::intern::{EventKey, Interner};
 use crate::policy::{Pattern, Policy, PolicyTable};
 use crate::record::Decoded;
+use crate::value::{Number, Sampler};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Payloads the rig's sampler reads as NaN, +inf and -inf; `u64::MAX` has
+/// no reading at all; every other payload is an exact integer.
+const NAN: u64 = u64::MAX - 1;
+const INF: u64 = u64::MAX - 2;
+const NEG_INF: u64 = u64::MAX - 3;
+
+fn sample(v: &u64) -> Option<Number> {
+    match *v {
+        u64::MAX => None,
+        NAN => Some(Number::Float(f64::NAN)),
+        INF => Some(Number::Float(f64::INFINITY)),
+        NEG_INF => Some(Number::Float(f64::NEG_INFINITY)),
+        v => Some(Number::Int(v.into())),
+    }
+}
 
 /// What a delivered batch looked like.
 #[derive(Debug, PartialEq)]
@@ -43,8 +60,7 @@ impl Rig {
         }
         let interner = Interner::new(table, 64, 64);
         let t0 = Instant::now();
-        let sampler: fn(&u64) -> Option<f64> = |v| (*v != u64::MAX).then_some(*v as f64);
-        let folder = Folder::new(&interner, Some(sampler), t0);
+        let folder = Folder::new(&interner, Some(Sampler::Number(sample)), t0);
         Rig {
             interner,
             folder,
@@ -61,12 +77,28 @@ impl Rig {
     }
 
     fn take_event(&mut self, name: &str, sub_key: u64, urgent: bool, payload: u64) {
+        self.take_decoded(name, sub_key, urgent, None, payload);
+    }
+
+    /// An event stamped at publish with `stamp` (nanoseconds).
+    fn take_stamped(&mut self, name: &str, sub_key: u64, stamp: u64, payload: u64) {
+        self.take_decoded(name, sub_key, false, Some(stamp), payload);
+    }
+
+    fn take_decoded(
+        &mut self,
+        name: &str,
+        sub_key: u64,
+        urgent: bool,
+        stamp: Option<u64>,
+        payload: u64,
+    ) {
         let key = self.key(name);
         let event = Decoded {
             name_id: key.name_id(),
             urgent,
             sub_key,
-            stamp: None,
+            stamp,
             payload,
         };
         self.folder.take(event, &self.interner);
@@ -223,6 +255,115 @@ fn latest_keeps_one_survivor_per_name_and_sub_key() {
 }
 
 #[test]
+fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
+    let mut rig = Rig::new(
+        &[("chat:*", Policy::latest(10 * MS, 100))],
+        &["chat:*:finished"],
+    );
+    let delta = |sub: u64, p: u64| ("chat:s1:delta".to_owned(), sub, p);
+    rig.take("chat:s1:delta", 7, 1);
+    rig.take("chat:s1:delta", 8, 2);
+    rig.take("chat:s1:delta", 9, 3);
+    rig.take("chat:s1:delta", 7, 4);
+    // Urgent, same (name, sub-key) as the first survivor.
+    rig.take_event("chat:s1:delta", 7, true, 5);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    assert_eq!(
+        seen[0].events,
+        vec![delta(8, 2), delta(9, 3), delta(7, 5)],
+        "the others in order of first appearance, the urgent one last"
+    );
+    assert_eq!(seen[0].folded, 2, "4 replaced 1, then 5 superseded 4");
+    // A name made urgent by a rule comes last after the pending survivors
+    // (its own events never stay pending: each one closes the window).
+    rig.take("chat:s1:delta", 8, 13);
+    rig.take("chat:s1:delta", 8, 14);
+    rig.take("chat:s1:finished", 0, 15);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].events,
+        vec![delta(8, 14), ("chat:s1:finished".to_owned(), 0, 15)]
+    );
+    // No survivor of the urgent key: the urgent event simply comes last.
+    rig.take("chat:s1:delta", 1, 20);
+    rig.take_event("chat:s1:delta", 2, true, 21);
+    assert_eq!(rig.delivered()[0].events, vec![delta(1, 20), delta(2, 21)]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!(report.folded, 3);
+    assert_eq!(report.delivered, 3 + 2 + 2);
+}
+
+#[test]
+fn latest_survivors_are_chosen_by_publish_stamp_and_guard_against_stragglers() {
+    // One task's events published from two threads land in two rings and
+    // may arrive out of publish order; stamps restore it.
+    let mut rig = Rig::new(&[("chat:*", Policy::latest(10 * MS, 100))], &[]);
+    let d = "chat:s1:delta";
+    rig.take_stamped(d, 7, 20, 2);
+    rig.take_stamped(d, 7, 10, 1); // published before 2, arrived after
+    let seen = rig.at(10 * MS); // the next pass: sweep 2 seals the window
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 7, 2)]);
+    assert_eq!(seen[0].folded, 1, "the older arrival is folded away");
+    // A straggler older than the delivered survivor, arriving in the sweep
+    // after the one that took that survivor's window's last event: folded,
+    // never delivered after the newer value.
+    rig.take_stamped(d, 7, 15, 3);
+    rig.take_stamped(d, 8, 5, 4); // another key: unaffected
+    let seen = rig.at(20 * MS); // sweep 3
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 8, 4)]);
+    assert_eq!(seen[0].folded, 1);
+    // Seals while a guard is in force merge into it: key 7 is still
+    // guarded through sweep 3, though the last window had no key-7
+    // survivor.
+    rig.take_stamped(d, 7, 16, 5);
+    assert_eq!(
+        rig.at(30 * MS),
+        vec![],
+        "only a straggler: nothing to deliver"
+    );
+    // The guard is bounded: two sweeps after the last arrival it is gone
+    // (any event published before a delivered one has arrived by then).
+    rig.take_stamped(d, 7, 17, 6);
+    let seen = rig.at(40 * MS);
+    assert_eq!(seen[0].events, vec![(d.to_owned(), 7, 6)]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!((report.delivered, report.folded), (3, 3));
+    // Equal stamps: the later arrival (same ring, so publish order) wins.
+    rig.take_stamped(d, 9, 50, 7);
+    rig.take_stamped(d, 9, 50, 8);
+    assert_eq!(rig.at(50 * MS)[0].events, vec![(d.to_owned(), 9, 8)]);
+}
+
+#[test]
+fn an_urgent_latest_event_older_than_its_survivor_is_stale() {
+    let mut rig = Rig::new(&[("chat:*", Policy::latest(10 * MS, 100))], &[]);
+    let d = "chat:s1:delta";
+    rig.take_stamped(d, 7, 20, 2);
+    rig.take_stamped(d, 8, 21, 3);
+    // Published urgent before 2, arrived after it: stale, folded; the
+    // window still closes at once.
+    rig.take_decoded(d, 7, true, Some(10), 1);
+    let seen = rig.delivered();
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    assert_eq!(
+        seen[0].events,
+        vec![(d.to_owned(), 7, 2), (d.to_owned(), 8, 3)]
+    );
+    assert_eq!(seen[0].folded, 1);
+    // A newer urgent event supersedes and guards like any survivor.
+    rig.take_stamped(d, 7, 30, 4);
+    rig.take_decoded(d, 7, true, Some(31), 5);
+    assert_eq!(rig.delivered()[0].events, vec![(d.to_owned(), 7, 5)]);
+    rig.take_stamped(d, 7, 29, 6); // straggler in the same sweep
+    assert_eq!(rig.at(10 * MS), vec![]);
+}
+
+#[test]
 fn aggregate_folds_numbers_and_discards_the_rest() {
     let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
     rig.take("gpu:0:util", 0, 10);
@@ -243,6 +384,51 @@ fn aggregate_folds_numbers_and_discards_the_rest() {
     rig.folder.publish_report(&mut report);
     assert_eq!(report.not_numeric, 1);
     assert_eq!(report.folded, 3);
+}
+
+#[test]
+fn aggregate_rejects_nan_and_infinities_like_non_numeric_payloads() {
+    let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
+    rig.take("gpu:0:util", 0, 10);
+    rig.take("gpu:0:util", 0, NAN);
+    rig.take("gpu:0:util", 0, INF);
+    rig.take("gpu:0:util", 0, NEG_INF);
+    rig.take("gpu:0:util", 0, 30);
+    rig.take("gpu:0:temp", 0, NAN); // a name with only non-numbers: no aggregate
+    let mut sums = Vec::new();
+    rig.folder.set_now(rig.t0 + 10 * MS);
+    rig.folder.emit_due();
+    rig.folder.deliver(|batch| {
+        assert_eq!(batch.dropped(), 4, "rejections are shown in band");
+        for a in batch.aggregates() {
+            sums.push((a.name().to_owned(), a.count(), a.sum(), a.sum_exact()));
+            assert_eq!((a.min(), a.max(), a.mean()), (10.0, 30.0, 20.0));
+        }
+        0
+    });
+    assert_eq!(sums, vec![("gpu:0:util".to_owned(), 2, 40.0, Some(40))]);
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!(report.not_numeric, 4);
+    assert_eq!(report.folded, 2);
+}
+
+#[test]
+fn aggregate_sums_integers_exactly() {
+    let mut rig = Rig::new(&[("gpu:*", Policy::aggregate(10 * MS, 100))], &[]);
+    let big = 1u64 << 53;
+    rig.take("gpu:0:energy", 0, big);
+    rig.take("gpu:0:energy", 0, 1);
+    rig.take("gpu:0:energy", 0, NAN - 4); // near u64::MAX
+    let mut exact = None;
+    rig.folder.set_now(rig.t0 + 10 * MS);
+    rig.folder.emit_due();
+    rig.folder.deliver(|batch| {
+        exact = batch.aggregates()[0].sum_exact();
+        0
+    });
+    let expected = i128::from(big) + 1 + i128::from(NAN - 4);
+    assert_eq!(exact, Some(expected));
 }
 
 #[test]

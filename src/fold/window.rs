@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use super::numeric;
 use crate::event::{Aggregate, BatchReason, Event, InternedStr};
+use crate::value::Sampler;
 
 /// How a name's events are folded into its prefix's window.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,8 +30,17 @@ pub(super) struct Acc<T> {
     /// Shortest window interval among this window's events.
     pub(super) interval: Duration,
     pub(super) deadline: Instant,
-    /// `latest`: (name id, sub-key) -> index in `events`.
-    latest: AHashMap<(u32, u64), usize>,
+    /// `latest`: (name id, sub-key) -> the survivor's index in `events`
+    /// and its publish stamp.
+    latest: AHashMap<(u32, u64), (usize, u64)>,
+    /// `latest`: the survivors of this prefix's last sealed window(s), by
+    /// (name id, sub-key), with their stamps; consulted through sweep
+    /// `guard_until` (see `Acc::stale`). Same type as `latest`, so sealing
+    /// swaps the two maps instead of copying.
+    guard: AHashMap<(u32, u64), (usize, u64)>,
+    guard_until: u64,
+    /// The sweep that took this window's latest `latest` event.
+    last_sweep: u64,
     pub(super) aggregates: Vec<Aggregate>,
     /// `aggregate`: name id -> index in `aggregates`.
     aggregate_index: AHashMap<u32, usize>,
@@ -51,6 +62,9 @@ impl<T> Acc<T> {
             interval: Duration::MAX,
             deadline: now,
             latest: AHashMap::new(),
+            guard: AHashMap::new(),
+            guard_until: 0,
+            last_sweep: 0,
             aggregates: Vec::new(),
             aggregate_index: AHashMap::new(),
             discarded: 0,
@@ -67,7 +81,9 @@ impl<T> Acc<T> {
 
     /// The window restarts empty (its buffers were moved into a `Sealed`).
     pub(super) fn reset(&mut self) {
-        self.latest.clear();
+        if !self.latest.is_empty() {
+            self.guard_survivors();
+        }
         self.aggregate_index.clear();
         self.taken = 0;
         self.discarded = 0;
@@ -75,44 +91,117 @@ impl<T> Acc<T> {
         self.max_count = usize::MAX;
     }
 
-    /// `latest`: the event replaces the survivor of its (name, sub-key) in
-    /// this window, or becomes one.
-    pub(super) fn fold_latest(&mut self, name_id: u32, event: Event<T>) {
-        match self.latest.get(&(name_id, event.sub_key)) {
-            Some(&i) => {
-                self.events[i] = event;
+    /// Sealing a `latest` window: its survivors' stamps guard the next
+    /// window until the end of the sweep after the one that took the
+    /// window's last event. Why that long and no longer: an event that
+    /// happened before one a sweep took is visible to the flusher by its
+    /// next sweep (the sweep's Acquire load of the later event's tail
+    /// orders every later load of the other rings' tails after it), so a
+    /// straggler older than a sealed survivor arrives by then or never.
+    fn guard_survivors(&mut self) {
+        if self.guard_until >= self.last_sweep && !self.guard.is_empty() {
+            // The previous seal's guard is still in force: merge, keeping
+            // the newer stamp per key.
+            for (key, (i, stamp)) in self.latest.drain() {
+                let kept = self.guard.entry(key).or_insert((i, stamp));
+                kept.1 = kept.1.max(stamp);
+            }
+        } else {
+            self.guard.clear();
+            std::mem::swap(&mut self.guard, &mut self.latest);
+        }
+        self.guard_until = self.last_sweep + 1;
+    }
+
+    /// `latest`: whether an event of `key` stamped `stamp` is older than a
+    /// survivor already delivered (see `guard_survivors`), during `sweep`.
+    #[inline]
+    fn stale(&self, key: (u32, u64), stamp: u64, sweep: u64) -> bool {
+        self.guard_until >= sweep
+            && self
+                .guard
+                .get(&key)
+                .is_some_and(|&(_, delivered)| stamp < delivered)
+    }
+
+    /// `latest`: the survivor of its (name, sub-key) is the event with the
+    /// newest publish stamp, not the last to arrive: events of one task
+    /// published from different threads (an async task moving between
+    /// workers) land in different rings and may arrive out of order. An
+    /// event older than its key's survivor, or than one already delivered
+    /// (`stale`), is folded away (counted in `folded`). Equal stamps: the
+    /// later arrival wins (same ring, so publish order).
+    pub(super) fn fold_latest(&mut self, name_id: u32, event: Event<T>, sweep: u64) {
+        let key = (name_id, event.sub_key);
+        self.last_sweep = sweep;
+        if self.stale(key, event.nanos, sweep) {
+            self.folded += 1;
+            return;
+        }
+        match self.latest.get_mut(&key) {
+            Some((i, stamp)) => {
+                if event.nanos >= *stamp {
+                    *stamp = event.nanos;
+                    self.events[*i] = event;
+                }
                 self.folded += 1;
             }
             None => {
-                self.latest
-                    .insert((name_id, event.sub_key), self.events.len());
+                self.latest.insert(key, (self.events.len(), event.nanos));
                 self.events.push(event);
             }
         }
     }
 
+    /// `latest`, for an urgent event (the window is sealed right after):
+    /// the event is never folded into a survivor's slot, because the batch
+    /// must end with it while the other survivors keep their order of
+    /// first appearance. A pending survivor of the same (name, sub-key) is
+    /// superseded instead: removed from the window and counted as folded.
+    /// An urgent event older (by publish stamp) than that survivor or than
+    /// a delivered one is stale like any other and folded away; the window
+    /// still closes at once.
+    pub(super) fn fold_latest_urgent(&mut self, name_id: u32, event: Event<T>, sweep: u64) {
+        let key = (name_id, event.sub_key);
+        self.last_sweep = sweep;
+        if self.stale(key, event.nanos, sweep) {
+            self.folded += 1;
+            return;
+        }
+        if let Some(&(i, stamp)) = self.latest.get(&key) {
+            self.folded += 1;
+            if event.nanos < stamp {
+                return;
+            }
+            // O(survivors), once per urgent event. Indices above `i` in
+            // `latest` go stale, which is harmless: the window is sealed
+            // before anything else is folded in, and sealing uses only the
+            // stamps.
+            self.events.remove(i);
+        }
+        self.latest.insert(key, (self.events.len(), event.nanos));
+        self.events.push(event);
+    }
+
     /// `aggregate`: folds the event's numeric reading into its name's
     /// running aggregate. False (and counted as discarded) if the payload is
-    /// not numeric.
-    pub(super) fn fold_aggregate(
-        &mut self,
-        sampler: Option<fn(&T) -> Option<f64>>,
-        event: Event<T>,
-    ) -> bool {
+    /// not numeric or its reading is NaN or infinite (see `numeric`).
+    pub(super) fn fold_aggregate(&mut self, sampler: Option<Sampler<T>>, event: Event<T>) -> bool {
         let key = event.meta.get().key;
-        let Some(v) = sampler.and_then(|f| f(&event.payload)) else {
+        let reading = sampler.and_then(|s| s.read(&event.payload));
+        let Some(n) = reading.and_then(numeric::reading) else {
             self.discarded += 1;
             self.dropped_since += 1;
             return false;
         };
         let at = event.timestamp();
         match self.aggregate_index.get(&key.name_id()) {
-            Some(&i) => self.aggregates[i].add(v, at),
+            Some(&i) => numeric::add(&mut self.aggregates[i], n, at),
             None => {
                 self.aggregate_index
                     .insert(key.name_id(), self.aggregates.len());
                 let name = InternedStr::new(&event.meta.get().name);
-                self.aggregates.push(Aggregate::new(name, key, v, at));
+                self.aggregates.push(numeric::start(name, key, n, at));
             }
         }
         self.folded += 1;
