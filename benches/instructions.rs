@@ -86,7 +86,7 @@ fn engine(ring: usize, high_water: usize, tick: Duration) -> Engine<u64> {
         .high_water(high_water)
         .tick(tick)
         .on_full(FullPolicy::Block(Duration::from_secs(60)))
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             black_box(b.len());
         })
         .build()

@@ -9,7 +9,10 @@
 //! * memory: resident bytes of an engine with 64 producers at the default
 //!   ring capacity, each scenario in a fresh child process (this binary
 //!   re-executed) so allocator reuse cannot hide anything;
-//! * flusher CPU over 1 s idle, from /proc/self/task/*/schedstat.
+//! * flusher CPU over 1 s idle, from /proc/self/task/*/schedstat;
+//! * delivery (issue 13): passthrough latency to a fast subscriber while
+//!   another sleeps 200 ms per batch, and fan-out to 1, 4 and 16
+//!   subscribers (events per second, resident memory).
 //!
 //! Runs only under `cargo bench` (the `--bench` flag); `cargo test
 //! --benches` just checks that it builds. `RINGFOLD_BENCH_QUICK=1` shrinks
@@ -19,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringfold::{Batch, Engine, EventKey, FullPolicy, Policy};
+use ringfold::{
+    Batch, Engine, EventKey, FullPolicy, LagPolicy, OnUnsubscribe, Policy, SubscribeOptions,
+};
 
 const PREFIXES: usize = 64;
 const MEM_CHILD: &str = "RINGFOLD_BENCH_MEM_CHILD";
@@ -34,7 +39,7 @@ fn names() -> Vec<String> {
         .collect()
 }
 
-fn keys<T: Send + 'static>(engine: &Engine<T>) -> Vec<EventKey> {
+fn keys<T: Send + Sync + 'static>(engine: &Engine<T>) -> Vec<EventKey> {
     names().iter().map(|n| engine.key(n).unwrap()).collect()
 }
 
@@ -83,9 +88,33 @@ fn engine_latency(
     pace: Duration,
     background: bool,
 ) -> Vec<u64> {
+    engine_latency_with(policy, kind, n, pace, background, false)
+}
+
+/// `engine_latency`, optionally with a second subscriber that sleeps
+/// 200 ms in every batch (a slow sink on its own delivery thread, with a
+/// small drop-oldest queue).
+fn engine_latency_with(
+    policy: Policy,
+    kind: Kind,
+    n: usize,
+    pace: Duration,
+    background: bool,
+    slow: bool,
+) -> Vec<u64> {
     let delays = Arc::new(Mutex::new(Vec::with_capacity(n * 2)));
     let sink = delays.clone();
-    let engine = Engine::<u64>::builder()
+    let mut builder = Engine::<u64>::builder();
+    if slow {
+        builder = builder.subscriber_with(
+            "*",
+            SubscribeOptions::new("slow")
+                .lag(LagPolicy::DropOldest { capacity: 4 })
+                .on_unsubscribe(OnUnsubscribe::Discard),
+            |_: &Batch<u64>| thread::sleep(Duration::from_millis(200)),
+        );
+    }
+    let engine = builder
         .default_policy(policy)
         .policy("bg:*", Policy::batch(Duration::from_millis(50), 100))
         .precise_timestamps(true)
@@ -94,7 +123,7 @@ fn engine_latency(
         } else {
             "none:*"
         })
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let now = Instant::now();
             if b.prefix().starts_with("bg:") {
                 return;
@@ -122,8 +151,18 @@ fn engine_latency(
         }
         thread::sleep(pace);
     }
-    engine.flush().unwrap();
-    engine.shutdown().unwrap();
+    if slow {
+        // `flush` would wait for the slow subscriber too: wait for the fast
+        // one's deliveries only, and leave the slow one behind.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delays.lock().unwrap().len() < n && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = engine.shutdown_timeout(Duration::from_secs(2));
+    } else {
+        engine.flush().unwrap();
+        engine.shutdown().unwrap();
+    }
     let v = std::mem::take(&mut *delays.lock().unwrap());
     assert_eq!(v.len(), n);
     v
@@ -167,6 +206,10 @@ fn latency() {
         engine_latency(Policy::Passthrough, Kind::Normal, n, pace, false),
     );
     print_row(
+        "ringfold passthrough, another subscriber sleeps 200 ms",
+        engine_latency_with(Policy::Passthrough, Kind::Normal, n, pace, false, true),
+    );
+    print_row(
         "ringfold passthrough, another prefix's window open",
         engine_latency(Policy::Passthrough, Kind::Normal, n, pace, true),
     );
@@ -201,7 +244,7 @@ fn flush_time() {
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::batch(Duration::from_secs(30), 1_000_000))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             std::hint::black_box(b.len());
         })
         .build()
@@ -312,11 +355,11 @@ fn mem_child(which: &str) {
     println!("MEM {which}|{created}|{touched}");
 }
 
-fn mem_ringfold<T: Send + 'static>(base: u64, payload: fn(u64) -> T) -> (u64, u64) {
+fn mem_ringfold<T: Send + Sync + 'static>(base: u64, payload: fn(u64) -> T) -> (u64, u64) {
     const P: usize = 64;
     let engine = Engine::<T>::builder()
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(|b: &Batch<'_, T>| {
+        .subscriber(|b: &Batch<T>| {
             std::hint::black_box(b.len());
         })
         .build()
@@ -414,7 +457,7 @@ fn idle_cpu() {
     ] {
         let engine = Engine::<u64>::builder()
             .policy("slow:*", Policy::batch(Duration::from_secs(10), 1000))
-            .subscriber(|b: &Batch<'_, u64>| {
+            .subscriber(|b: &Batch<u64>| {
                 std::hint::black_box(b.len());
             })
             .build()
@@ -448,6 +491,59 @@ fn idle_cpu() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Delivery fan-out.
+
+/// Events per second from one producer (64 prefixes, batch 50 ms/100,
+/// `FullPolicy::Block` so nothing is dropped) until `flush()` returns, i.e.
+/// until every one of `subs` counting subscribers has processed every
+/// batch; and the process's resident memory growth over the run.
+fn fan_out_row(subs: usize, n: u64) -> (f64, u64) {
+    let rss0 = rss_bytes();
+    let mut builder = Engine::<u64>::builder().on_full(FullPolicy::Block(Duration::from_secs(10)));
+    let counts: Vec<Arc<std::sync::atomic::AtomicU64>> = (0..subs)
+        .map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
+        .collect();
+    for c in &counts {
+        let c = c.clone();
+        builder = builder.subscriber(move |b: &Batch<u64>| {
+            c.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let engine = builder.build().unwrap();
+    let keys = keys(&engine);
+    let mut producer = engine.producer().unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        producer
+            .publish_key(keys[i as usize % PREFIXES], i)
+            .unwrap();
+    }
+    engine.flush().unwrap();
+    let elapsed = start.elapsed();
+    let rss1 = rss_bytes();
+    for c in &counts {
+        assert_eq!(c.load(std::sync::atomic::Ordering::Relaxed), n);
+    }
+    drop(producer);
+    engine.shutdown().unwrap();
+    (n as f64 / elapsed.as_secs_f64(), rss1.saturating_sub(rss0))
+}
+
+fn fan_out() {
+    let n = if quick() { 200_000 } else { 2_000_000 };
+    println!("\n## Delivery fan-out: {n} events, 1 producer, 64 prefixes, batch 50 ms/100, until flush() returns\n");
+    println!(
+        "| {:<12} | {:>14} | {:>14} |",
+        "subscribers", "events/s", "RSS growth MiB"
+    );
+    println!("|{:-<14}|{:->16}|{:->16}|", "", "", "");
+    for subs in [1, 4, 16] {
+        let (rate, rss) = fan_out_row(subs, n);
+        println!("| {subs:<12} | {rate:>14.0} | {:>14} |", mib(rss));
+    }
+}
+
 fn main() {
     if let Ok(which) = std::env::var(MEM_CHILD) {
         mem_child(&which);
@@ -464,4 +560,5 @@ fn main() {
     idle_cpu();
     latency();
     flush_time();
+    fan_out();
 }

@@ -280,7 +280,7 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("ringfold", |b| {
         let engine = Engine::<u64>::builder()
             .default_policy(Policy::batch(WINDOW, MAX_COUNT))
-            .subscriber(|b: &Batch<'_, u64>| {
+            .subscriber(|b: &Batch<u64>| {
                 black_box(b.len());
             })
             .build()
@@ -585,7 +585,7 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     let mut builder = Engine::<u64>::builder()
         .default_policy(Policy::batch(WINDOW, MAX_COUNT))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             if let Some(e) = b.events().first() {
                 sink.add(e.key().prefix_id() as usize, b.len());
             }

@@ -76,7 +76,7 @@ fn main() {
     let sink = table.clone();
     let engine = Engine::<Value>::builder()
         .default_rules()
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             let mut t = sink.lock().unwrap();
             let dev = t.entry(b.prefix().to_owned()).or_default();
             for a in b.aggregates() {

@@ -36,7 +36,7 @@ struct Lang {
     lines: u64,
 }
 
-fn print_batch(batch: &Batch<'_, Value>) {
+fn print_batch(batch: &Batch<Value>) {
     if !batch.prefix().starts_with("code_index:") {
         return;
     }

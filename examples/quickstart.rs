@@ -3,7 +3,7 @@ use ringfold::{Batch, Engine, Value};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::<Value>::builder()
         .default_rules() // chat:* passthrough, data:* 50 ms / 100, gpu:* aggregated, ...
-        .subscriber(|batch: &Batch<'_, Value>| {
+        .subscriber(|batch: &Batch<Value>| {
             println!("{} x{} ({:?})", batch.name(), batch.len(), batch.reason());
         })
         .build()?;

@@ -47,8 +47,6 @@
 mod common;
 #[path = "common/event_loop.rs"]
 mod event_loop;
-#[path = "common/feed.rs"]
-mod feed;
 #[path = "common/sink.rs"]
 mod sink;
 
@@ -61,15 +59,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource};
-use ringfold::{BatchReason, Engine, Policy, Stats, Value};
+use ringfold::{
+    BatchReason, Engine, LagPolicy, Policy, Stats, SubscribeOptions, SubscriberStats, Value,
+};
 
 use common::{bytes, count, duration, reduction, Histogram, IndexKeys, Rng};
-use feed::SubscriberStats;
 
-/// The owned batch the delivery consumers (SQLite sink, event loop) take.
-type Batch = feed::Batch;
-/// A pull-mode subscription: blocking `recv`, async `poll_next`.
-type Receiver = feed::Receiver;
+/// The owned batch every subscriber takes.
+type Batch = ringfold::Batch<Value>;
+/// A pull-mode subscription: blocking `recv`, and with the `stream`
+/// feature a `futures_core::Stream` of batches.
+type Receiver = ringfold::Receiver<Value>;
 
 /// The families shown in the live table, in this order; others follow.
 const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
@@ -144,8 +144,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 // ---------------------------------------------------------------------------
-// Delay measurement (runs on the flusher thread, so it stays cheap: one
-// clock read and one uncontended lock per batch)
+// Delay measurement (on its own delivery thread: one clock read and one
+// uncontended lock per batch, so it keeps up even with one batch per event)
 // ---------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -170,8 +170,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&ringfold::Batch<'_, Value>) + Send {
-    move |batch: &ringfold::Batch<'_, Value>| {
+fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch) + Send {
+    move |batch: &Batch| {
         let now = Instant::now();
         let fam = family_index(batch.prefix());
         let mut d = lock(&delays);
@@ -697,7 +697,6 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
 
     let delays = Arc::new(Mutex::new(Delays::default()));
-    let feed = feed::Feed::default();
     let builder = Engine::<Value>::builder();
     let builder = if args.baseline {
         // The unbatched bus: every event is its own delivery.
@@ -707,18 +706,20 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
     let engine = builder
         .precise_timestamps(true)
-        .subscriber(delay_recorder(delays.clone()))
-        .subscriber({
-            let feed = feed.clone();
-            move |b: &ringfold::Batch<'_, Value>| feed.deliver(b)
-        })
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("delay-recorder"),
+            delay_recorder(delays.clone()),
+        )
         .build()?;
     // The event loop's IPC bridge takes every family, and a UI must see
     // every event: room for 2^18 deliveries, unbounded in effect, as the
     // seed's bus was. The SQLite event log takes `data:*` with the default
     // queue (1,024 batches, oldest dropped and counted when full).
-    let ui_rx = feed.receiver("*", "ui-bridge", UI_QUEUE);
-    let sqlite_rx = feed.receiver("data:*", "sqlite-log", 1024);
+    let ui_rx = engine.receiver(
+        "*",
+        SubscribeOptions::new("ui-bridge").lag(LagPolicy::DropOldest { capacity: UI_QUEUE }),
+    )?;
 
     let mode = if args.baseline {
         "baseline: every name passthrough (one delivery per event)"
@@ -745,8 +746,9 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         std::env::temp_dir().join(format!("ringfold-tower-log-{}.sqlite", std::process::id()));
     println!(
         "subscribers: delay recorder (all); sqlite-log (data:*, one transaction per batch, \
-         synchronous=FULL, {}); ui-bridge (all, async on the event loop)",
-        sink_path.display()
+         synchronous=FULL, {}); ui-bridge (all, async on the event loop: {})",
+        sink_path.display(),
+        event_loop::CONSUMER,
     );
     let burst = STARTUP_BURST.min(duration_total);
     println!(
@@ -769,11 +771,13 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let event_loop = event_loop::spawn(ui_rx, phases)?;
     let sink_counters = Arc::new(sink::SinkCounters::default());
     let mut sqlite = sink::SqliteSink::create(&sink_path, sink_counters.clone())?;
-    let sqlite = spawn("tower-sqlite-log", move || {
-        while let Some(batch) = sqlite_rx.recv() {
-            sqlite.write(&batch);
-        }
-    })?;
+    // A run-time subscription on its own delivery thread; the handle keeps
+    // it alive until the end.
+    let sqlite = engine.subscribe_with(
+        "data:*",
+        SubscribeOptions::new("sqlite-log"),
+        move |batch: &Batch| sqlite.write(batch),
+    )?;
     let indexer = spawn("tower-indexer", {
         let (engine, stop) = (engine.clone(), stop.clone());
         move || run_indexer(engine, roots, phases.burst_end, stop)
@@ -803,7 +807,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
         let stats = engine.stats();
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
-        print_subscribers(&feed.stats());
+        print_subscribers(&stats.subscribers);
         println!();
         prev_at = now;
         if due >= end {
@@ -823,8 +827,8 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let process_cpu = common::process_cpu();
     let stats = engine.shutdown()?;
     let wall = start.elapsed();
-    // Every delivery is queued; the consumers drain their queues and end.
-    feed.close();
+    // Shutdown delivered everything and closed the subscriptions: the
+    // event loop's stream ends once it has taken what is queued.
     let loop_report = match event_loop.join() {
         Ok(Ok(r)) => Some(r),
         Ok(Err(e)) => {
@@ -836,19 +840,15 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             None
         }
     };
-    if sqlite.join().is_err() {
-        eprintln!("sqlite log panicked");
-    }
-    let subscribers = feed.stats();
+    drop(sqlite);
+    let subscribers = &stats.subscribers;
 
     print_summary(&stats, &delays, wall, flusher_cpu, process_cpu);
     println!();
-    print_subscribers(&subscribers);
-    let conserved = subscribers
-        .iter()
-        .all(|s| s.sealed == s.delivered_batches + s.lag_dropped_batches + s.queued);
+    print_subscribers(subscribers);
+    let conserved = subscribers.iter().all(SubscriberStats::is_conserved);
     println!(
-        "  per subscriber: sealed = delivered + lag-dropped + queued: {}",
+        "  per subscriber: sealed = delivered + lag-dropped + discarded + queued + in flight: {}",
         if conserved { "yes" } else { "NO" }
     );
     print_sink(&sink_counters);

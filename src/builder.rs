@@ -3,20 +3,21 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, FullPolicy};
+use crate::config::{self, Config, FullPolicy};
+use crate::delivery::{SubscribeOptions, Subscriber, Subscription};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::flusher;
 use crate::intern::Interner;
 use crate::policy::{default_rules, Pattern, Policy, PolicyTable};
+use crate::record::Slot;
 use crate::shared::Shared;
-use crate::subscriber::Subscriber;
 use crate::sync::Arc;
 use crate::value::{Sample, Sampler};
 
 static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-impl<T: Send + 'static> Engine<T> {
+impl<T: Send + Sync + 'static> Engine<T> {
     /// Starts configuring an engine.
     ///
     /// ```
@@ -28,8 +29,12 @@ impl<T: Send + 'static> Engine<T> {
     }
 }
 
+/// A build-time subscription: pattern, options (`None`: defaults with a
+/// generated name) and the subscriber.
+type BuildSubscriber<T> = (String, Option<SubscribeOptions>, Box<dyn Subscriber<T>>);
+
 /// Configures and builds an [`Engine`].
-pub struct EngineBuilder<T: Send + 'static> {
+pub struct EngineBuilder<T: Send + Sync + 'static> {
     default_policy: Policy,
     rules: Vec<(String, Policy)>,
     urgent: Vec<String>,
@@ -39,14 +44,14 @@ pub struct EngineBuilder<T: Send + 'static> {
     pin: Option<usize>,
     on_full: FullPolicy,
     urgent_wait: Duration,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    subscribers: Vec<BuildSubscriber<T>>,
     max_names: usize,
     max_name_len: usize,
     precise_timestamps: bool,
     sampler: Option<Sampler<T>>,
 }
 
-impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
+impl<T: Send + Sync + 'static> std::fmt::Debug for EngineBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Subscribers and the sampler are closures: shown by count/presence.
         f.debug_struct("EngineBuilder")
@@ -68,13 +73,13 @@ impl<T: Send + 'static> std::fmt::Debug for EngineBuilder<T> {
     }
 }
 
-impl<T: Send + 'static> Default for EngineBuilder<T> {
+impl<T: Send + Sync + 'static> Default for EngineBuilder<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Send + 'static> EngineBuilder<T> {
+impl<T: Send + Sync + 'static> EngineBuilder<T> {
     /// Defaults: `Policy::batch(50 ms, 100)` for unmatched names, rings of
     /// 4096 slots with a high-water mark of 1024, a 5 ms tick, drop-newest
     /// on a full ring, urgent events wait up to 1 s, up to 4096 names of
@@ -115,7 +120,9 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 
     /// Marks names matching `pattern` urgent: each such event flushes its
-    /// prefix at once (after the prefix's earlier events).
+    /// prefix at once (after the prefix's earlier events), and on a full
+    /// ring waits up to [`EngineBuilder::urgent_wait`], like
+    /// `Producer::publish_urgent`.
     #[must_use]
     pub fn urgent(mut self, pattern: &str) -> Self {
         self.urgent.push(pattern.to_owned());
@@ -123,7 +130,8 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 
     /// Slots per producer ring; a power of two, at least 2 (4 with
-    /// `precise_timestamps`). An event takes one slot, plus one if its
+    /// `precise_timestamps` or a `latest` policy), at most [`EngineBuilder::MAX_RING_CAPACITY`]
+    /// and 1 GiB in all (checked by `build`). An event takes one slot, plus one if its
     /// sub-key does not fit in 32 bits and two if it is stamped at publish.
     #[must_use]
     pub fn ring_capacity(mut self, n: usize) -> Self {
@@ -161,18 +169,60 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
-    /// How long an urgent publish waits for ring space before giving up
-    /// (counted as `urgent_timeout`).
+    /// How long an urgent publish (by `publish_urgent*` or by an
+    /// [`EngineBuilder::urgent`] rule) waits for ring space before giving
+    /// up (counted as `urgent_timeout`). `Duration::MAX` waits without
+    /// limit.
     #[must_use]
     pub fn urgent_wait(mut self, wait: Duration) -> Self {
         self.urgent_wait = wait;
         self
     }
 
-    /// Adds a subscriber (any number; each sees every batch, in order).
+    /// Adds a subscriber to every prefix, with default options (name
+    /// `subscriber-<n>`, a drop-oldest queue of 1024 batches). Any number;
+    /// each gets every batch, in order, on its own delivery thread, and the
+    /// engine joins it at shutdown.
     #[must_use]
     pub fn subscriber(mut self, subscriber: impl Subscriber<T> + 'static) -> Self {
-        self.subscribers.push(Box::new(subscriber));
+        self.subscribers
+            .push(("*".to_owned(), None, Box::new(subscriber)));
+        self
+    }
+
+    /// Adds a subscriber to the prefixes `pattern` matches (see
+    /// [`Engine::subscribe`]) with `options`; a bad pattern or option is
+    /// reported by [`build`](Self::build).
+    ///
+    /// ```
+    /// use ringfold::{Batch, Engine, LagPolicy, SubscribeOptions};
+    /// use std::time::Duration;
+    /// let engine = Engine::<u64>::builder()
+    ///     .subscriber_with(
+    ///         "data:*",
+    ///         SubscribeOptions::new("sink").lag(LagPolicy::Block {
+    ///             capacity: 16,
+    ///             timeout: Duration::from_millis(100),
+    ///         }),
+    ///         |b: &Batch<u64>| assert!(b.prefix().starts_with("data")),
+    ///     )
+    ///     .build()?;
+    /// engine.publish("data:users:created", 1u64)?;
+    /// let stats = engine.shutdown()?;
+    /// assert_eq!(stats.subscribers[0].name, "sink");
+    /// assert_eq!(stats.subscribers[0].delivered_events, 1);
+    /// assert!(Engine::<u64>::builder().subscriber_with("*x", SubscribeOptions::new("bad"), |_: &Batch<u64>| {}).build().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn subscriber_with(
+        mut self,
+        pattern: &str,
+        options: SubscribeOptions,
+        subscriber: impl Subscriber<T> + 'static,
+    ) -> Self {
+        self.subscribers
+            .push((pattern.to_owned(), Some(options), Box::new(subscriber)));
         self
     }
 
@@ -207,16 +257,50 @@ impl<T: Send + 'static> EngineBuilder<T> {
         self
     }
 
+    /// Most slots a producer ring may have (`ring_capacity`,
+    /// `Engine::producer_with_capacity`): 2^24. A ring is also limited to
+    /// 1 GiB (slots times slot size); `build` checks both
+    /// (`Error::InvalidConfig`).
+    pub const MAX_RING_CAPACITY: usize = config::MAX_RING_CAPACITY;
+
+    /// Largest payload type `build` accepts, in bytes (`size_of::<T>()`):
+    /// 16 KiB. Larger payloads would be moved by value across the flusher's
+    /// (and the publishing thread's) stack; box them (`Box<[u8]>`, `Arc<..>`). `build` refuses a larger
+    /// `T` with `Error::PayloadTooLarge`.
+    ///
+    /// ```
+    /// use ringfold::{Engine, Error};
+    /// match Engine::<[u8; 1 << 20]>::builder().build() {
+    ///     Err(Error::PayloadTooLarge { size, max }) => assert!(size > max),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// let boxed = Engine::<Box<[u8]>>::builder().build()?; // fine
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub const MAX_PAYLOAD_SIZE: usize = config::MAX_PAYLOAD_SIZE;
+
     /// Validates the configuration and starts the flusher.
     pub fn build(self) -> Result<Engine<T>, Error> {
+        let size = std::mem::size_of::<T>();
+        if size > Self::MAX_PAYLOAD_SIZE {
+            return Err(Error::PayloadTooLarge {
+                size,
+                max: Self::MAX_PAYLOAD_SIZE,
+            });
+        }
         let cap = self.ring_capacity;
         let config = Config {
             ring_capacity: cap,
+            slot_size: std::mem::size_of::<Slot<T>>(),
             high_water: self.high_water.unwrap_or((cap / 4).max(1)),
             tick: self.tick,
             on_full: self.on_full,
             urgent_wait: self.urgent_wait,
             precise_timestamps: self.precise_timestamps,
+            stamps: self.precise_timestamps
+                || std::iter::once(&self.default_policy)
+                    .chain(self.rules.iter().map(|(_, p)| p))
+                    .any(|p| matches!(p, Policy::Latest { .. })),
             max_names: self.max_names,
             max_name_len: self.max_name_len,
         };
@@ -236,8 +320,22 @@ impl<T: Send + 'static> EngineBuilder<T> {
         let interner = Interner::new(table, config.max_names, config.max_name_len)
             .stamping_all(config.precise_timestamps);
         let shared = Arc::new(Shared::new(id, config, interner, self.sampler));
-        let join = flusher::spawn(shared.clone(), self.subscribers, core).map_err(Error::Spawn)?;
-        Ok(Engine::start(shared, join))
+        // Subscribed before the flusher starts, so they see every batch.
+        // On an error the subscriptions made so far drop (closed, their
+        // threads exit).
+        let mut subscriptions = Vec::with_capacity(self.subscribers.len());
+        for (pattern, options, subscriber) in self.subscribers {
+            let options =
+                options.unwrap_or_else(|| SubscribeOptions::new(shared.subscriber_name()));
+            subscriptions.push(Subscription::spawn(
+                &shared.subscribers,
+                &pattern,
+                &options,
+                subscriber,
+            )?);
+        }
+        let join = flusher::spawn(shared.clone(), core).map_err(Error::Spawn)?;
+        Ok(Engine::start(shared, join, subscriptions))
     }
 
     /// Validates the policies and urgent patterns into the interner's table.
@@ -266,7 +364,7 @@ impl<T: Send + 'static> EngineBuilder<T> {
     }
 }
 
-impl<T: Sample + Send + 'static> EngineBuilder<T> {
+impl<T: Sample + Send + Sync + 'static> EngineBuilder<T> {
     /// Lets `Policy::aggregate` read payloads through their [`Sample`] impl
     /// ([`Sample::sample`]: integer readings are summed exactly).
     #[must_use]

@@ -3,10 +3,19 @@
 //! that shutdown (and a publish racing it) waits for. Every wait goes
 //! through one deadline-aware helper, [`Control::wait_until`].
 
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::policy::Pattern;
 use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+
+/// The deadline `timeout` from now, or `None` when the clock cannot express
+/// it (`Duration::MAX` and the like): the one place a caller's duration
+/// becomes a deadline, so a huge timeout means "wait without limit" and
+/// never overflows (`Instant + Duration` panics on overflow).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
 
 /// Flush requests and the flusher's acknowledgements.
 #[derive(Default)]
@@ -21,6 +30,9 @@ struct Requests {
     patterns: Vec<Pattern>,
     /// The flusher has finished its final drain and exited its loop.
     stopped: bool,
+    /// Async waiters (`flush_async`, `shutdown_async`), woken on every
+    /// completion and on the stop.
+    wakers: Vec<Waker>,
 }
 
 /// Outstanding flush requests, taken by the flusher in one go.
@@ -81,10 +93,55 @@ impl Control {
         deadline: Option<Instant>,
         wake: impl FnOnce(),
     ) -> bool {
-        let mut req = lock(&self.requests);
-        if req.stopped {
+        let req = lock(&self.requests);
+        let Some((req, generation)) = self.request_locked(req, pattern) else {
             // Shutdown already delivered every accepted event.
             return true;
+        };
+        wake();
+        let (_req, done) =
+            self.wait_until(req, deadline, |r| r.completed >= generation || r.stopped);
+        done
+    }
+
+    /// Caller side, async: requests a flush without waiting; the
+    /// generation to poll for with [`Control::poll_completed`], or `None`
+    /// when the flusher has already stopped (nothing left to flush). The
+    /// caller wakes the flusher.
+    pub(crate) fn request(&self, pattern: Option<Pattern>) -> Option<u64> {
+        let req = lock(&self.requests);
+        self.request_locked(req, pattern).map(|(_, g)| g)
+    }
+
+    /// `Ready` once flush `generation` is done or the flusher stopped;
+    /// otherwise registers `cx`'s waker. Never blocks beyond the lock.
+    pub(crate) fn poll_completed(&self, generation: u64, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_until(cx, |r| r.completed >= generation || r.stopped)
+    }
+
+    /// `Ready` once the flusher stopped; otherwise registers `cx`'s waker.
+    pub(crate) fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_until(cx, |r| r.stopped)
+    }
+
+    fn poll_until(&self, cx: &mut Context<'_>, done: impl Fn(&Requests) -> bool) -> Poll<()> {
+        let mut req = lock(&self.requests);
+        if done(&req) {
+            return Poll::Ready(());
+        }
+        if !req.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            req.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn request_locked<'a>(
+        &self,
+        mut req: MutexGuard<'a, Requests>,
+        pattern: Option<Pattern>,
+    ) -> Option<(MutexGuard<'a, Requests>, u64)> {
+        if req.stopped {
+            return None;
         }
         req.requested += 1;
         let generation = req.requested;
@@ -97,10 +154,7 @@ impl Control {
         // swap in `take_request`; the request itself travels under the
         // mutex either way.
         self.pending.store(true, Ordering::SeqCst);
-        wake();
-        let (_req, done) =
-            self.wait_until(req, deadline, |r| r.completed >= generation || r.stopped);
-        done
+        Some((req, generation))
     }
 
     /// Blocks until the flusher has stopped (true), or `deadline` passes.
@@ -141,6 +195,9 @@ impl Control {
         let mut req = lock(&self.requests);
         req.completed = req.completed.max(generation);
         self.cv.notify_all();
+        let wakers = std::mem::take(&mut req.wakers);
+        drop(req);
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Flusher: the final drain is done; releases every waiter.
@@ -149,6 +206,9 @@ impl Control {
         req.stopped = true;
         req.completed = req.requested;
         self.cv.notify_all();
+        let wakers = std::mem::take(&mut req.wakers);
+        drop(req);
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 

@@ -42,6 +42,14 @@ pub enum Error {
     },
     /// A builder setting was out of range (zero capacity, zero interval, ...).
     InvalidConfig(&'static str),
+    /// The payload type is larger than `EngineBuilder::MAX_PAYLOAD_SIZE`;
+    /// box it.
+    PayloadTooLarge {
+        /// `size_of` the payload type, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// `Policy::aggregate` was configured but the engine cannot read numbers
     /// from its payload type; call `EngineBuilder::sampled` (for payloads
     /// implementing `Sample`) or `EngineBuilder::sample_with`.
@@ -60,15 +68,20 @@ pub enum Error {
     Spawn(std::io::Error),
     /// The engine has been shut down.
     ShutDown,
-    /// `flush` was called from inside a subscriber, i.e. on the flusher
-    /// thread itself, which would wait for its own progress. Events published
-    /// before the subscriber was called are already being delivered in order.
+    /// `flush` was called from inside a subscriber's callback, i.e. on its
+    /// delivery thread, which would wait for its own progress (the batch in
+    /// hand). Events published before are still delivered in order.
     FlushFromSubscriber,
     /// A bounded shutdown or flush ran out of time; the report says what was
-    /// still pending. The flusher keeps draining in the background.
+    /// still pending, and per subscriber what is queued or in its hands
+    /// (`Stats::subscribers`). The rest goes on in the background.
     Timeout(Box<Stats>),
-    /// The flusher thread died (a bug: subscriber panics are caught).
-    FlusherDied,
+    /// The flusher thread died: a panic escaped its loop (a bug in the
+    /// engine, or user code it runs, such as a sampler, that panicked).
+    /// The engine is closed; the stats are as of the death (`pending`
+    /// counts what will never be delivered, `flusher_died` is set). Every
+    /// later publish, flush and shutdown reports it.
+    FlusherDied(Box<Stats>),
 }
 
 impl fmt::Display for Error {
@@ -89,6 +102,10 @@ impl fmt::Display for Error {
                 write!(f, "invalid pattern {pattern:?}: {reason}")
             }
             Error::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            Error::PayloadTooLarge { size, max } => write!(
+                f,
+                "payload type is {size} bytes, over the limit of {max}: box it"
+            ),
             Error::AggregateWithoutSampler { pattern } => write!(
                 f,
                 "pattern {pattern:?} aggregates, but no sampler is set: call .sampled() or .sample_with(..) on the builder"
@@ -99,14 +116,18 @@ impl fmt::Display for Error {
             Error::Spawn(e) => write!(f, "cannot spawn the flusher thread: {e}"),
             Error::ShutDown => f.write_str("the engine has been shut down"),
             Error::FlushFromSubscriber => {
-                f.write_str("flush called from inside a subscriber (the flusher thread)")
+                f.write_str("flush called from inside a subscriber's callback")
             }
             Error::Timeout(stats) => write!(
                 f,
                 "timed out with {} events still pending",
                 stats.pending
             ),
-            Error::FlusherDied => f.write_str("the flusher thread terminated unexpectedly"),
+            Error::FlusherDied(stats) => write!(
+                f,
+                "the flusher thread died; {} accepted events will not be delivered",
+                stats.pending
+            ),
         }
     }
 }
@@ -140,15 +161,31 @@ pub enum PublishError<T> {
     Full(T),
     /// The engine was shut down. Counted in stats.
     ShutDown(T),
-    /// The name was invalid or could not be interned. Counted in stats.
+    /// The name was invalid (empty, an empty segment, `*`, too long).
+    /// Counted in stats as `invalid_name`.
     InvalidName(T),
+    /// The key was made by another engine (`Engine::key` of a different
+    /// engine): refused, never delivered under this engine's name for the
+    /// same id. Counted as `foreign_key`.
+    ForeignKey(T),
+    /// The name is new and the engine already interned
+    /// `EngineBuilder::max_names` names. Counted as `too_many_names`.
+    TooManyNames(T),
+    /// The engine's flusher thread died (see [`Error::FlusherDied`]):
+    /// nothing can be delivered any more. Counted as `flusher_died`.
+    FlusherDied(T),
 }
 
 impl<T> PublishError<T> {
     /// Takes the payload back.
     pub fn into_inner(self) -> T {
         match self {
-            PublishError::Full(t) | PublishError::ShutDown(t) | PublishError::InvalidName(t) => t,
+            PublishError::Full(t)
+            | PublishError::ShutDown(t)
+            | PublishError::InvalidName(t)
+            | PublishError::ForeignKey(t)
+            | PublishError::TooManyNames(t)
+            | PublishError::FlusherDied(t) => t,
         }
     }
 }
@@ -159,6 +196,9 @@ impl<T> fmt::Display for PublishError<T> {
             PublishError::Full(_) => "producer ring is full",
             PublishError::ShutDown(_) => "engine is shut down",
             PublishError::InvalidName(_) => "invalid event name",
+            PublishError::ForeignKey(_) => "event key of another engine",
+            PublishError::TooManyNames(_) => "too many distinct event names",
+            PublishError::FlusherDied(_) => "the engine's flusher thread died",
         })
     }
 }
@@ -172,6 +212,9 @@ impl<T> fmt::Debug for PublishError<T> {
             PublishError::Full(_) => "Full(..)",
             PublishError::ShutDown(_) => "ShutDown(..)",
             PublishError::InvalidName(_) => "InvalidName(..)",
+            PublishError::ForeignKey(_) => "ForeignKey(..)",
+            PublishError::TooManyNames(_) => "TooManyNames(..)",
+            PublishError::FlusherDied(_) => "FlusherDied(..)",
         })
     }
 }
@@ -188,12 +231,11 @@ impl<T> std::error::Error for PublishError<T> {}
 /// let engine = Engine::<u64>::builder().build()?;
 /// let other = Engine::<u64>::builder().build()?;
 /// let good = engine.key("data:a:b")?;
-/// let foreign = other.key("data:a:b")?; // id 0 there too...
-/// let unknown = other.key("data:a:c")?; // ...but id 1 is not interned here
+/// let foreign = other.key("data:a:b")?; // same name, same id, other engine
 /// let mut producer = engine.producer()?;
-/// let mut events = vec![(good, 1), (unknown, 2), (foreign, 3)].into_iter();
+/// let mut events = vec![(good, 1), (foreign, 2), (good, 3)].into_iter();
 /// match producer.publish_many(&mut events) {
-///     Err(PublishManyError::InvalidName { accepted, rejected }) => {
+///     Err(PublishManyError::ForeignKey { accepted, rejected }) => {
 ///         assert_eq!(accepted, 2);
 ///         assert_eq!(rejected, vec![2]);
 ///     }
@@ -207,15 +249,20 @@ pub enum PublishManyError<T> {
     /// The engine is shut down. `rejected` holds every payload the call
     /// took and did not publish (none when the engine was already closed
     /// at the call: then every event is still in the iterator). Counted as
-    /// `shut_down` (those with unknown keys as `invalid_name`).
+    /// `shut_down` (those with keys of another engine as `foreign_key`).
     ShutDown {
-        /// The payloads handed back (those with unknown keys first).
+        /// The payloads handed back (those with foreign keys first).
+        rejected: Vec<T>,
+    },
+    /// The engine's flusher thread died (see [`Error::FlusherDied`]);
+    /// `rejected` as for `ShutDown`. Counted as `flusher_died`.
+    FlusherDied {
+        /// The payloads handed back.
         rejected: Vec<T>,
     },
     /// `accepted` events were published; `rejected` holds the payloads
-    /// whose keys are not interned in this engine (counted as
-    /// `invalid_name`).
-    InvalidName {
+    /// whose keys were made by another engine (counted as `foreign_key`).
+    ForeignKey {
         /// Events published by the call.
         accepted: usize,
         /// The payloads handed back, in iteration order.
@@ -228,7 +275,8 @@ impl<T> PublishManyError<T> {
     pub fn into_rejected(self) -> Vec<T> {
         match self {
             PublishManyError::ShutDown { rejected }
-            | PublishManyError::InvalidName { rejected, .. } => rejected,
+            | PublishManyError::FlusherDied { rejected }
+            | PublishManyError::ForeignKey { rejected, .. } => rejected,
         }
     }
 }
@@ -243,9 +291,14 @@ impl<T> fmt::Display for PublishManyError<T> {
                     rejected.len()
                 )
             }
-            PublishManyError::InvalidName { accepted, rejected } => write!(
+            PublishManyError::FlusherDied { rejected } => write!(
                 f,
-                "{} events with unknown keys handed back ({accepted} published)",
+                "the engine's flusher thread died ({} payloads handed back)",
+                rejected.len()
+            ),
+            PublishManyError::ForeignKey { accepted, rejected } => write!(
+                f,
+                "{} events with keys of another engine handed back ({accepted} published)",
                 rejected.len()
             ),
         }
@@ -260,8 +313,12 @@ impl<T> fmt::Debug for PublishManyError<T> {
                 .debug_struct("ShutDown")
                 .field("rejected", &rejected.len())
                 .finish(),
-            PublishManyError::InvalidName { accepted, rejected } => f
-                .debug_struct("InvalidName")
+            PublishManyError::FlusherDied { rejected } => f
+                .debug_struct("FlusherDied")
+                .field("rejected", &rejected.len())
+                .finish(),
+            PublishManyError::ForeignKey { accepted, rejected } => f
+                .debug_struct("ForeignKey")
                 .field("accepted", accepted)
                 .field("rejected", &rejected.len())
                 .finish(),

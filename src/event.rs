@@ -1,49 +1,48 @@
-//! What subscribers see: events, batches and aggregates.
+//! What subscribers see inside a batch: events and aggregates (the owned
+//! batch itself is `delivery::Batch`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::intern::{EventKey, NameMeta};
 
-/// A borrowed pointer to an interned string.
+/// An interned string, owned: a reference-counted handle to the engine's
+/// copy of it.
 ///
-/// Interned strings are `Arc<str>`s held by every interner snapshot; ids are
-/// never reused and every later snapshot holds the same `Arc`s, so the bytes
-/// stay put for as long as any snapshot lives. Events and aggregates are
-/// created and owned only by the flusher, which keeps its latest snapshot
-/// alive for longer than any event it holds (subscribers only ever get
-/// `&Event`), so dereferencing from `&self` is sound. This saves two atomic
-/// reference-count operations per event on the flusher.
-#[derive(Clone, Copy)]
-pub(crate) struct InternedStr(*const str);
+/// Held by [`Aggregate`], which is `Clone + Send + 'static` and may be kept
+/// by a subscriber for as long as it likes, long after the engine and its
+/// name table are gone. So it owns its string (one reference-count
+/// increment per aggregated name per window, not per event) rather than
+/// borrowing the interner's copy; no `unsafe` here.
+#[derive(Clone)]
+pub(crate) struct InternedStr(std::sync::Arc<str>);
 
 impl InternedStr {
     pub(crate) fn new(s: &std::sync::Arc<str>) -> Self {
-        InternedStr(&**s as *const str)
+        InternedStr(s.clone())
     }
     #[inline]
     pub(crate) fn get(&self) -> &str {
-        // SAFETY: see the type's documentation: the pointee is owned by an
-        // interner snapshot that outlives every holder of this pointer.
-        unsafe { &*self.0 }
+        &self.0
     }
 }
-
-// SAFETY: the pointee is immutable `str` data shared through `Arc`s.
-unsafe impl Send for InternedStr {}
-// SAFETY: as above.
-unsafe impl Sync for InternedStr {}
 
 /// A borrowed thin pointer to an interned name's [`NameMeta`] (name, prefix
 /// and key): one word per event instead of two fat string pointers and the
 /// key.
 ///
-/// Sound for the same reason as [`InternedStr`]: every `NameMeta` is held in
-/// an `Arc` by the snapshot that introduced its name and by every later
-/// snapshot (snapshots are prefix-extending clones that share the `Arc`s),
-/// so it stays put for as long as any snapshot lives; events are created
-/// and owned only by the flusher, which keeps its latest snapshot alive
-/// longer than any event it holds (subscribers only get `&Event`).
+/// Why the pointee outlives every dereference: every `NameMeta` is held in
+/// an `Arc` by the interner's append-only name store (`intern.rs`), which
+/// never moves or frees an entry while the interner or any of its
+/// `Keepalive` handles lives. A `NameRef` is held only by crate-internal
+/// types and by [`Event`], and events never leave the crate by value: the
+/// flusher owns them while folding (the fold holds a `Keepalive`), and a
+/// sealed batch that carries them to subscribers holds a keep-alive of its
+/// own, so every `&Event` a subscriber gets borrows from something that
+/// keeps the names alive. `Event` is neither `Clone` nor constructible
+/// outside the crate (its `compile_fail` examples check both), so safe
+/// code cannot hold an event past its batch. [`Aggregate`], which
+/// subscribers may keep, owns its name instead ([`InternedStr`]).
 #[derive(Clone, Copy)]
 pub(crate) struct NameRef(*const NameMeta);
 
@@ -54,8 +53,9 @@ impl NameRef {
     }
     #[inline]
     pub(crate) fn get(&self) -> &NameMeta {
-        // SAFETY: see the type's documentation: the pointee is owned by an
-        // interner snapshot that outlives every holder of this pointer.
+        // SAFETY: see the type's documentation: the pointee is owned by the
+        // interner's name store, kept alive by every holder of this pointer
+        // (the fold's `Keepalive`, a sealed batch's keep-alive).
         unsafe { &*self.0 }
     }
 }
@@ -71,6 +71,33 @@ unsafe impl Sync for NameRef {}
 /// Timestamps: by default an event is stamped when the flusher takes it off
 /// its ring (one clock read per sweep, so the hot path reads no clock);
 /// with `EngineBuilder::precise_timestamps(true)` it is stamped at publish.
+///
+/// Subscribers only ever borrow events (`&Event`, from the batch that holds
+/// them), because an event points into the engine's name table (see
+/// `NameRef`) instead of owning its name: keep the payload or the name, not
+/// the event. An `Event` cannot be cloned out of its batch:
+///
+/// ```compile_fail
+/// fn keep(event: &ringfold::Event<u64>) -> ringfold::Event<u64> {
+///     <ringfold::Event<u64> as Clone>::clone(event)
+/// }
+/// ```
+///
+/// nor can the borrow outlive the batch it came from:
+///
+/// ```compile_fail
+/// fn keep(event: &ringfold::Event<u64>) -> &'static ringfold::Event<u64> {
+///     event
+/// }
+/// ```
+///
+/// What may be kept is owned:
+///
+/// ```
+/// fn keep(event: &ringfold::Event<u64>) -> (String, u64) {
+///     (event.name().to_owned(), *event.payload())
+/// }
+/// ```
 pub struct Event<T> {
     /// Name, prefix and key, behind one thin pointer.
     pub(crate) meta: NameRef,
@@ -138,7 +165,31 @@ pub enum BatchReason {
 }
 
 /// Numeric summary of one event name within a window (`Policy::aggregate`).
-#[derive(Clone, Copy)]
+///
+/// `Clone` (not `Copy`) and `'static`: it owns its name, so a subscriber may
+/// keep aggregates after the engine is gone.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use ringfold::{Aggregate, Engine, Policy};
+/// let kept: Arc<Mutex<Vec<Aggregate>>> = Arc::default();
+/// let sink = kept.clone();
+/// let engine = Engine::<f64>::builder()
+///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
+///     .sample_with(|v| Some(*v))
+///     .subscriber(move |batch: &ringfold::Batch<f64>| {
+///         sink.lock().unwrap().extend(batch.aggregates().iter().cloned())
+///     })
+///     .build()?;
+/// engine.publish("gpu:0:util", 1.0)?;
+/// engine.shutdown()?;
+/// drop(engine);
+/// let kept = kept.lock().unwrap();
+/// assert_eq!(kept[0].name(), "gpu:0:util");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
 pub struct Aggregate {
     pub(crate) name: InternedStr,
     pub(crate) key: EventKey,
@@ -183,7 +234,7 @@ impl Aggregate {
     /// let engine = Engine::<Value>::builder()
     ///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
     ///     .sampled()
-    ///     .subscriber(move |b: &Batch<'_, Value>| {
+    ///     .subscriber(move |b: &Batch<Value>| {
     ///         for a in b.aggregates() {
     ///             sink.lock().unwrap().push((a.count(), a.sum(), a.sum_exact()));
     ///         }
@@ -239,85 +290,6 @@ impl fmt::Debug for Aggregate {
             .field("min", &self.min)
             .field("mean", &self.mean())
             .field("max", &self.max)
-            .finish()
-    }
-}
-
-/// One consolidated delivery for one prefix.
-pub struct Batch<'a, T> {
-    pub(crate) prefix: &'a str,
-    pub(crate) name: &'a str,
-    pub(crate) events: &'a [Event<T>],
-    pub(crate) aggregates: &'a [Aggregate],
-    pub(crate) reason: BatchReason,
-    pub(crate) dropped: u64,
-    pub(crate) folded: u64,
-}
-
-impl<'a, T> Batch<'a, T> {
-    /// A batch of one event, as the closure subscriber's `on_event` sees it.
-    pub(crate) fn single(event: &'a Event<T>) -> Self {
-        Batch {
-            prefix: event.prefix(),
-            name: "",
-            events: std::slice::from_ref(event),
-            aggregates: &[],
-            reason: BatchReason::Passthrough,
-            dropped: 0,
-            folded: 0,
-        }
-    }
-    /// The prefix, e.g. `data:users`.
-    pub fn prefix(&self) -> &'a str {
-        self.prefix
-    }
-    /// `"<prefix>:batch"`.
-    pub fn name(&self) -> &'a str {
-        self.name
-    }
-    /// Number of events carried (aggregated readings are in `aggregates`).
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-    /// True if no events are carried.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-    /// The events, in publish order per producer (for `latest`: the
-    /// survivors, in the order of their first appearance in the window).
-    pub fn events(&self) -> &'a [Event<T>] {
-        self.events
-    }
-    /// Per-name numeric summaries (`Policy::aggregate`), in order of first
-    /// appearance.
-    pub fn aggregates(&self) -> &'a [Aggregate] {
-        self.aggregates
-    }
-    /// Why the batch was emitted.
-    pub fn reason(&self) -> BatchReason {
-        self.reason
-    }
-    /// Events of this prefix rejected (ring full, urgent timeout, not
-    /// numeric) since the previous batch of the prefix: loss, in band.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-    /// Events folded away in this window: replaced by a later value of the
-    /// same key (`latest`) or summarised into `aggregates`.
-    pub fn folded(&self) -> u64 {
-        self.folded
-    }
-}
-
-impl<T> fmt::Debug for Batch<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Batch")
-            .field("prefix", &self.prefix)
-            .field("len", &self.events.len())
-            .field("aggregates", &self.aggregates.len())
-            .field("reason", &self.reason)
-            .field("dropped", &self.dropped)
-            .field("folded", &self.folded)
             .finish()
     }
 }

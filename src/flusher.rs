@@ -1,6 +1,8 @@
 //! The flusher thread: sweeps every producer ring into the fold
-//! (`fold.rs`), hands closed windows to the subscribers, answers flush and
-//! shutdown requests, and sleeps when there is nothing to do. Reads top-down:
+//! (`fold.rs`), seals closed windows into shared batches and queues them for
+//! their subscribers (`delivery`; no subscriber code ever runs here),
+//! answers flush and shutdown requests, and sleeps when there is nothing to
+//! do. Reads top-down:
 //! `spawn`, the loop (`run`), a sweep, the sleep, the final hand-off.
 //!
 //! Sleeping is adaptive, in the manner of kernel ring buffers: the flusher
@@ -15,13 +17,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::event::{Batch, BatchReason};
-use crate::fold::Folder;
+use crate::delivery::{BatchPool, Epoch, Header, KeepAlive, RouteCache};
+use crate::event::BatchReason;
+use crate::fold::{Closed, Folder};
 use crate::lane::Lane;
 use crate::record::{Decoder, Slot};
 use crate::ring::Consumer;
 use crate::shared::Shared;
-use crate::subscriber::Subscriber;
 use crate::sync::{self, lock, Arc, JoinHandle, Ordering};
 
 /// How long a DEEP park lasts at most. Correctness does not depend on it
@@ -45,10 +47,26 @@ const DEEP_PARK: Duration = Duration::from_secs(60);
 /// check the park protocol itself.
 const STREAM_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
+/// Sealed batches the pool keeps for reuse. A batch is reusable once every
+/// subscriber let go of it, so the pool must span the batches in flight
+/// (queued or in a subscriber's hands) for the steady state to allocate
+/// nothing: 2048 covers two default-sized (1024-batch) queues' worth of
+/// passthrough batches (`tests/alloc.rs`). The price: a kept batch's
+/// payloads stay alive until its buffers are reused (cleared then), so
+/// memory holds up to this many delivered windows; beyond it a lagging
+/// subscriber costs allocations, never unbounded memory.
+const POOL_BATCHES: usize = 2048;
+
 /// Spawns the flusher thread.
-pub(crate) fn spawn<T: Send + 'static>(
+///
+/// The loop runs under `catch_unwind`: user input never panics it by
+/// design (checked time arithmetic, subscriber and payload-drop panics
+/// caught where they happen), but if a panic escapes anyway (a bug, or user
+/// code such as a sampler that panicked), the engine must not go on
+/// accepting events that nobody will deliver, nor leave callers waiting
+/// for a flusher that is gone. See [`died`].
+pub(crate) fn spawn<T: Send + Sync + 'static>(
     shared: Arc<Shared<T>>,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
     core: Option<core_affinity::CoreId>,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = format!("ringfold-flusher-{}", shared.id);
@@ -57,8 +75,51 @@ pub(crate) fn spawn<T: Send + 'static>(
         if let Some(core) = core {
             core_affinity::set_for_current(core);
         }
-        Flusher::new(shared, subscribers).run();
+        let mut flusher = Flusher::new(shared.clone());
+        if catch_unwind(AssertUnwindSafe(|| flusher.run())).is_err() {
+            died(&shared, flusher);
+        } else {
+            // A payload's `Drop` may panic here, after the
+            // final drain: everything was delivered and nothing waits on
+            // us, so it is ignored rather than reported as a death.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(flusher)));
+        }
     })
+}
+
+/// The flusher's loop panicked. Closes the engine as dead (`State::die`:
+/// publishes, new producers and flushes are refused with `FlusherDied`),
+/// hands every ring's reading end back to its lane (so a publish that
+/// raced the death can take its own record back, as at shutdown), publishes
+/// the last report it can, and releases everyone waiting in `Control`.
+///
+/// The fold, which holds the accepted-but-undelivered payloads, is leaked,
+/// not dropped: its state after a panic is unknown, and a payload `Drop`
+/// that panicked twice in one drop would abort the process. The stats say
+/// how many events that is (`pending`).
+fn died<T: Send + Sync + 'static>(shared: &Shared<T>, mut flusher: Flusher<T>) {
+    shared.state.die();
+    // Adopted lanes, and lanes registered but not yet adopted (after `die`
+    // no more come: the registry refuses lanes once the engine is closed,
+    // under this lock).
+    let unadopted: Vec<_> = lock(&shared.registry).new.drain(..).collect();
+    let adopted = flusher.lanes.drain(..).map(|s| (s.lane, s.consumer));
+    for (lane, consumer) in adopted.chain(unadopted) {
+        *lock(&lane.orphan) = Some(consumer);
+        // A producer waiting for space sees CLOSED when it wakes.
+        if let Some(t) = lock(&lane.waiter).as_ref() {
+            t.unpark();
+        }
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        flusher.folder.mark_dirty();
+        flusher.publish_report();
+    }));
+    // Subscribers get what was already queued, then their streams end.
+    shared.subscribers.close_all();
+    let Flusher { folder, .. } = flusher;
+    std::mem::forget(folder);
+    shared.control.stop();
 }
 
 /// One producer's ring, as the flusher holds it.
@@ -68,11 +129,27 @@ struct LaneSlot<T> {
     drops_seen: u64,
 }
 
+/// Turns closed windows into shared batches and queues them: the
+/// flusher's whole share of delivery.
+struct Sealer<T> {
+    pool: BatchPool<T>,
+    routes: RouteCache<T>,
+    /// By prefix id: the next batch's sequence number.
+    seqs: Vec<u64>,
+    epoch: Epoch,
+    /// What every batch carries to keep the interned names it points into
+    /// alive: one handle to the interner's storage, made at the first seal
+    /// (one allocation per engine, none per batch).
+    keep_alive: Option<KeepAlive>,
+    /// `pool.drop_panics()` as last put into the report.
+    reported_panics: u64,
+}
+
 struct Flusher<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     lanes: Vec<LaneSlot<T>>,
     folder: Folder<T>,
-    subscribers: Vec<Box<dyn Subscriber<T>>>,
+    sealer: Sealer<T>,
     /// Reassembles events from ring slots (see `record.rs`).
     decoder: Decoder,
     /// An event was taken since the flusher last went to sleep.
@@ -81,12 +158,26 @@ struct Flusher<T: Send + 'static> {
     pass_taken: usize,
 }
 
-impl<T: Send + 'static> Flusher<T> {
-    fn new(shared: Arc<Shared<T>>, subscribers: Vec<Box<dyn Subscriber<T>>>) -> Self {
+impl<T: Send + Sync + 'static> Flusher<T> {
+    fn new(shared: Arc<Shared<T>>) -> Self {
+        // Batches' wall-clock times are derived from the interner's epoch
+        // (the base of event timestamps) and the wall clock read with it.
+        let now = Epoch::now();
+        let epoch = Epoch {
+            instant: shared.interner.epoch(),
+            system: now.system_at(shared.interner.epoch()),
+        };
         Flusher {
             lanes: Vec::new(),
             folder: Folder::new(&shared.interner, shared.sampler, Instant::now()),
-            subscribers,
+            sealer: Sealer {
+                pool: BatchPool::new(POOL_BATCHES, epoch),
+                routes: RouteCache::default(),
+                seqs: Vec::new(),
+                epoch,
+                keep_alive: None,
+                reported_panics: 0,
+            },
             decoder: Decoder::default(),
             took_any: false,
             pass_taken: 0,
@@ -96,7 +187,7 @@ impl<T: Send + 'static> Flusher<T> {
 
     /// The loop: take requests and new lanes, sweep, close due windows,
     /// answer a flush, sleep; on shutdown, the final drain.
-    fn run(mut self) {
+    fn run(&mut self) {
         loop {
             // On closing, also the heavy barrier (see `State::closing`): the
             // final sweep below sees every publish that did not see CLOSED.
@@ -187,8 +278,8 @@ impl<T: Send + 'static> Flusher<T> {
                     // ring's head it goes with.
                     slot.lane.ext_popped.fetch_add(ext, Ordering::Release);
                 }
-                // The range is released; now the subscribers run.
-                deliver(&mut self.folder, &mut self.subscribers);
+                // The range is released; now the closed windows are queued.
+                self.sealer.deliver(&mut self.folder, &self.shared);
                 if outcome.producer_waiting {
                     if let Some(t) = lock(&slot.lane.waiter).as_ref() {
                         t.unpark();
@@ -213,10 +304,17 @@ impl<T: Send + 'static> Flusher<T> {
     }
 
     fn deliver(&mut self) {
-        deliver(&mut self.folder, &mut self.subscribers);
+        self.sealer.deliver(&mut self.folder, &self.shared);
     }
 
     fn publish_report(&mut self) {
+        // Payload drops that panicked while batches were recycled; the
+        // delivery side's panics are in the subscribers' own stats.
+        let panics = self.sealer.pool.drop_panics();
+        if panics != self.sealer.reported_panics {
+            self.sealer.reported_panics = panics;
+            self.folder.report_mut().panics = panics;
+        }
         let mut report = lock(&self.shared.report);
         self.folder.publish_report(&mut report);
     }
@@ -304,10 +402,13 @@ impl<T: Send + 'static> Flusher<T> {
             })
     }
 
-    /// Final step of shutdown: publish the last report, hand each ring's
-    /// reading end back to its lane (so a publish that raced the close can
-    /// take its record back), and release everyone waiting.
-    fn finish(mut self) {
+    /// Final step of shutdown: close every subscriber's queue (delivery
+    /// threads deliver what is queued, then exit), publish the last
+    /// report, hand each ring's reading end back to its lane (so a publish
+    /// that raced the close can take its record back), and release
+    /// everyone waiting.
+    fn finish(&mut self) {
+        self.shared.subscribers.close_all();
         self.folder.mark_dirty();
         self.publish_report();
         for slot in self.lanes.drain(..) {
@@ -317,19 +418,46 @@ impl<T: Send + 'static> Flusher<T> {
     }
 }
 
-/// Hands the fold's sealed batches to every subscriber. A panicking
-/// subscriber is counted and skipped for this batch; the others still get
-/// it, and so does it next time.
-fn deliver<T>(folder: &mut Folder<T>, subscribers: &mut [Box<dyn Subscriber<T>>]) {
-    folder.deliver(|batch: &Batch<'_, T>| {
-        let mut panics = 0;
-        for subscriber in subscribers.iter_mut() {
-            if catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(batch))).is_err() {
-                panics += 1;
-            }
+impl<T: Send + Sync + 'static> Sealer<T> {
+    /// Seals the fold's closed windows (in the order they closed) and
+    /// queues each for the subscribers of its prefix. Never runs subscriber
+    /// code: a queue push is the whole cost per subscriber.
+    fn deliver(&mut self, folder: &mut Folder<T>, shared: &Shared<T>) {
+        folder.deliver(|closed| self.seal_and_queue(closed, shared));
+    }
+
+    fn seal_and_queue(&mut self, closed: Closed<'_, T>, shared: &Shared<T>) {
+        let pid = closed.prefix_id as usize;
+        if pid >= self.seqs.len() {
+            self.seqs.resize(pid + 1, 0);
         }
-        panics
-    });
+        let seq = self.seqs[pid];
+        self.seqs[pid] += 1;
+        let keep_alive = self
+            .keep_alive
+            .get_or_insert_with(|| {
+                // A std `Arc` around the storage handle: `KeepAlive` is a
+                // `dyn Any`, which loom's `Arc` cannot hold.
+                std::sync::Arc::new(closed.names.clone())
+            })
+            .clone();
+        let header = Header {
+            prefix: closed.info.prefix.clone(),
+            name: closed.info.batch_name.clone(),
+            prefix_id: closed.prefix_id,
+            reason: closed.reason,
+            seq,
+            opened: closed.opened,
+            closed: closed.closed,
+            epoch: self.epoch,
+            dropped: closed.dropped,
+            folded: closed.folded,
+            keep_alive,
+        };
+        let sealed = self.pool.seal(header, closed.events, closed.aggregates);
+        self.routes
+            .deliver(&shared.subscribers, &mut self.pool, &sealed);
+    }
 }
 
 /// Moves a lane's per-prefix rejection counts into the fold, for the next

@@ -119,6 +119,12 @@ impl EventKey {
     pub fn prefix_id(&self) -> u32 {
         self.prefix
     }
+
+    /// The tag of the engine that made this key (`Interner::owns`).
+    #[inline]
+    pub(crate) fn engine_tag(&self) -> u32 {
+        self.engine
+    }
 }
 
 /// Source of engine tags. A plain std atomic even under the model-checking
@@ -502,9 +508,14 @@ impl Interner {
     /// engine is refused instead of delivered under this engine's name for
     /// the same id.
     #[inline]
-    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
     pub(crate) fn owns(&self, key: EventKey) -> bool {
         key.engine == self.tag && (key.name_id() as usize) < self.store.names.len()
+    }
+
+    /// This engine's tag, carried by every key it makes (see `owns`).
+    #[inline]
+    pub(crate) fn tag(&self) -> u32 {
+        self.tag
     }
 
     /// Some name of this engine has publish stamps (a `latest` name).

@@ -37,22 +37,20 @@ mod ring;
 mod shared;
 mod state;
 mod stats;
-mod subscriber;
 mod sync;
 mod value;
 
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
 pub use delivery::{
-    LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, SubscriberStats,
-    Subscription, TryRecvError,
+    Batch, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, Subscriber,
+    SubscriberStats, Subscription, TryRecvError,
 };
-pub use engine::Engine;
+pub use engine::{Engine, DROP_SHUTDOWN_WAIT};
 pub use error::{Error, PublishError, PublishManyError};
-pub use event::{Aggregate, Batch, BatchReason, Event};
+pub use event::{Aggregate, BatchReason, Event};
 pub use intern::EventKey;
 pub use policy::{default_rules, Pattern, Policy};
 pub use producer::Producer;
 pub use stats::{DropStats, PrefixStats, Stats};
-pub use subscriber::Subscriber;
 pub use value::{Number, Sample, ShortStr, Value, SHORT_STR_MAX};

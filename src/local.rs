@@ -32,7 +32,8 @@ fn closed<T: Send + 'static>(p: &dyn Any) -> bool {
 
 /// Runs `f` with this thread's producer for the engine of `shared` (creating it if
 /// needed). If no producer can be had (the engine is shut down, or the
-/// thread is exiting) the payload comes back as `ShutDown`, counted.
+/// thread is exiting) the payload comes back as `ShutDown` (`FlusherDied`
+/// if the flusher's death closed the engine), counted.
 pub(crate) fn with_producer<T: Send + 'static>(
     shared: &Arc<Shared<T>>,
     payload: T,
@@ -69,9 +70,17 @@ pub(crate) fn with_producer<T: Send + 'static>(
         // thread is exiting.
         _ => {
             let unlaned = &shared.unlaned;
-            // Relaxed: a stats counter.
-            unlaned.shut_down.fetch_add(1, Ordering::Relaxed);
+            // Relaxed: stats counters. A dead flusher closed the engine
+            // too; say which.
+            let dead = shared.state.peek().dead();
+            let counter = if dead {
+                &unlaned.flusher_died
+            } else {
+                &unlaned.shut_down
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             match payload {
+                Some(payload) if dead => Err(PublishError::FlusherDied(payload)),
                 Some(payload) => Err(PublishError::ShutDown(payload)),
                 // `f` ran and consumed the payload only if it returned;
                 // this arm is reached only when it did not run.

@@ -113,10 +113,20 @@ impl Policy {
 
     /// The window the flusher applies: passthrough is a zero-length window
     /// with a count threshold of one.
+    ///
+    /// Intervals are capped at [`MAX_WINDOW`], so the flusher's `now +
+    /// interval` cannot overflow the clock (`Policy::batch(Duration::MAX,
+    /// ..)` used to panic the flusher on its first event).
     pub(crate) fn effective_window(&self) -> (Duration, usize) {
-        self.window().unwrap_or((Duration::ZERO, 1))
+        let (interval, max_count) = self.window().unwrap_or((Duration::ZERO, 1));
+        (interval.min(MAX_WINDOW), max_count)
     }
 }
+
+/// Longest window interval the flusher applies: about a century. A longer
+/// one (up to `Duration::MAX`) is accepted and means "never closes on time":
+/// only its count, an urgent event, a flush or shutdown closes it.
+pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

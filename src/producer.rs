@@ -20,6 +20,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::config::FullPolicy;
+use crate::control;
 use crate::error::{Error, PublishError, PublishManyError};
 use crate::intern::EventKey;
 use crate::lane::Lane;
@@ -33,6 +34,11 @@ use crate::sync::{self, lock, Arc, Ordering};
 /// `Producer::push_when_full`). None under loom, whose models check the
 /// park protocol.
 const FULL_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
+
+/// How long one park lasts while waiting for space without a deadline
+/// (`Duration::MAX`): the flusher's unpark ends it sooner; this only bounds
+/// the cost of a lost wake-up.
+const UNBOUNDED_PARK: Duration = Duration::from_millis(100);
 
 /// A publishing handle with its own lock-free ring to the flusher.
 ///
@@ -60,21 +66,51 @@ pub struct Producer<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     lane: Arc<Lane<T>>,
     ring: ring::Producer<Slot<T>>,
-    /// Names known to exist when last checked: keys below this are valid.
-    known_names: u32,
+    /// Ring occupancy at which a publish wakes a parked flusher
+    /// (`Config::high_water_for` this ring's capacity).
+    high_water: usize,
+    /// Names of this engine known to be interned: a key whose id is below
+    /// this passed `Interner::owns` already, so the hot path checks the
+    /// engine tag and this bound without touching the interner (the count
+    /// only grows; `owns_slow` refreshes it).
+    known_names: usize,
+    /// This engine's tag (`EventKey::engine`), copied from the interner.
+    engine_tag: u32,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 impl<T: Send + 'static> Producer<T> {
     pub(crate) fn register(shared: Arc<Shared<T>>) -> Result<Producer<T>, Error> {
-        let (ring, consumer) = ring::channel(shared.config.ring_capacity);
+        let capacity = shared.config.ring_capacity;
+        Self::register_with_capacity(shared, capacity)
+    }
+
+    /// A producer whose ring has `capacity` slots (validated by the caller:
+    /// see `Config::check_ring_capacity`).
+    pub(crate) fn register_with_capacity(
+        shared: Arc<Shared<T>>,
+        capacity: usize,
+    ) -> Result<Producer<T>, Error> {
+        if shared.state.peek().dead() {
+            return Err(Error::FlusherDied(Box::new(shared.stats())));
+        }
+        let (ring, consumer) = ring::channel(capacity);
         let lane = Arc::new(Lane::new(ring.ring().clone()));
-        shared.register_lane(lane.clone(), consumer)?;
+        if let Err(e) = shared.register_lane(lane.clone(), consumer) {
+            // Refused because the engine closed, maybe by the flusher's
+            // death (which closes it too): say which.
+            if shared.state.peek().dead() {
+                return Err(Error::FlusherDied(Box::new(shared.stats())));
+            }
+            return Err(e);
+        }
         Ok(Producer {
+            high_water: shared.config.high_water_for(capacity),
+            known_names: shared.interner.name_count(),
+            engine_tag: shared.interner.tag(),
             shared,
             lane,
             ring,
-            known_names: 0,
             _not_sync: PhantomData,
         })
     }
@@ -84,6 +120,10 @@ impl<T: Send + 'static> Producer<T> {
     pub fn publish(&mut self, name: &str, payload: T) -> Result<(), PublishError<T>> {
         match self.shared.interner.key(name) {
             Ok(key) => self.publish_key(key, payload),
+            Err(Error::TooManyNames { .. }) => {
+                self.lane.count_drop(&self.lane.drops.too_many_names, None);
+                Err(PublishError::TooManyNames(payload))
+            }
             Err(_) => {
                 self.lane.count_drop(&self.lane.drops.invalid_name, None);
                 Err(PublishError::InvalidName(payload))
@@ -150,14 +190,17 @@ impl<T: Send + 'static> Producer<T> {
         &mut self,
         events: &mut impl Iterator<Item = (EventKey, T)>,
     ) -> Result<usize, PublishManyError<T>> {
-        if self.shared.state.peek().closed() {
-            return Err(PublishManyError::ShutDown {
-                rejected: Vec::new(),
+        let state = self.shared.state.peek();
+        if state.closed() {
+            let rejected = Vec::new();
+            return Err(if state.dead() {
+                PublishManyError::FlusherDied { rejected }
+            } else {
+                PublishManyError::ShutDown { rejected }
             });
         }
-        // One snapshot read per call: keys at or above it are not interned
-        // in this engine and are rejected (counted) rather than sent.
-        let known = self.shared.interner.name_count() as u32;
+        // Keys of another engine are rejected (counted) rather than sent.
+        let interner = &self.shared.interner;
         // Only whole events: the next event is taken from the caller only
         // while the free slots hold the most it can need (3 with a stamp).
         let max_slots = if self.shared.interner.any_stamps() {
@@ -176,7 +219,7 @@ impl<T: Send + 'static> Producer<T> {
         let mut invalid = Vec::new();
         let mut slots = std::iter::from_fn(|| (free.get() >= max_slots).then(|| events.next())?)
             .filter_map(|(key, payload)| {
-                if key.name_id() < known {
+                if interner.owns(key) {
                     accepted += 1;
                     let stamp = if key.stamps() {
                         if clock == 0 {
@@ -197,7 +240,7 @@ impl<T: Send + 'static> Producer<T> {
                     ext += out.slots() - 1;
                     Some(out)
                 } else {
-                    lane.count_drop(&lane.drops.invalid_name, None);
+                    lane.count_drop(&lane.drops.foreign_key, None);
                     invalid.push(payload);
                     None
                 }
@@ -208,20 +251,28 @@ impl<T: Send + 'static> Producer<T> {
         if written > 0 {
             self.count_ext(ext);
             if let Err(mut taken_back) = self.after_push(false) {
-                // The engine closed under us and the events were not
-                // drained: they were never accepted.
-                self.lane
-                    .drops
-                    .shut_down
-                    .fetch_add(taken_back.len() as u64, Ordering::Relaxed);
+                // The engine closed under us (shutdown, or the flusher
+                // died) and the events were not drained: they were never
+                // accepted.
+                let dead = self.shared.state.peek().dead();
+                let counter = if dead {
+                    &self.lane.drops.flusher_died
+                } else {
+                    &self.lane.drops.shut_down
+                };
+                counter.fetch_add(taken_back.len() as u64, Ordering::Relaxed);
                 invalid.append(&mut taken_back);
-                return Err(PublishManyError::ShutDown { rejected: invalid });
+                return Err(if dead {
+                    PublishManyError::FlusherDied { rejected: invalid }
+                } else {
+                    PublishManyError::ShutDown { rejected: invalid }
+                });
             }
         }
         if invalid.is_empty() {
             Ok(accepted)
         } else {
-            Err(PublishManyError::InvalidName {
+            Err(PublishManyError::ForeignKey {
                 accepted,
                 rejected: invalid,
             })
@@ -231,22 +282,6 @@ impl<T: Send + 'static> Producer<T> {
     /// True once the engine has begun shutting down.
     pub fn is_closed(&self) -> bool {
         self.shared.state.peek().closed()
-    }
-
-    /// Keys below `known_names` are valid; refresh when a key is above it.
-    #[cold]
-    #[inline]
-    fn is_known(&mut self, key: EventKey) -> bool {
-        key.name_id() < self.known_names
-            || (self.refresh_known() && key.name_id() < self.known_names)
-    }
-
-    #[cold]
-    fn refresh_known(&mut self) -> bool {
-        let now = self.shared.interner.name_count() as u32;
-        let grew = now > self.known_names;
-        self.known_names = now;
-        grew
     }
 
     /// Nanoseconds since the epoch plus one if the key says so (precise
@@ -311,8 +346,10 @@ impl<T: Send + 'static> Producer<T> {
         urgent: bool,
         payload: T,
     ) -> Result<(), PublishError<T>> {
-        if !self.is_known(key) {
-            return Err(self.reject_invalid(payload));
+        // The key's engine tag and id bound: a key of another engine is
+        // refused, never delivered under this engine's name for its id.
+        if !self.owns(key) {
+            return Err(self.reject_foreign(payload));
         }
         // Cheap early out; the exact check is the one after the push.
         if self.shared.state.peek().closed() {
@@ -344,20 +381,43 @@ impl<T: Send + 'static> Producer<T> {
         }
     }
 
-    /// An unknown key: counted, and the payload handed back.
-    #[cold]
-    #[inline(never)]
-    fn reject_invalid(&self, payload: T) -> PublishError<T> {
-        self.lane.count_drop(&self.lane.drops.invalid_name, None);
-        PublishError::InvalidName(payload)
+    /// `Interner::owns`, answered from the producer's own cache when the
+    /// key is of a name interned before the cache was last refreshed.
+    #[inline(always)]
+    fn owns(&mut self, key: EventKey) -> bool {
+        key.engine_tag() == self.engine_tag
+            && ((key.name_id() as usize) < self.known_names || self.owns_slow(key))
     }
 
-    /// A closed engine: counted, and the payload handed back.
+    /// A name newer than the cached count (or a foreign key): refresh the
+    /// count from the interner and decide there.
+    #[cold]
+    #[inline(never)]
+    fn owns_slow(&mut self, key: EventKey) -> bool {
+        self.known_names = self.shared.interner.name_count();
+        self.shared.interner.owns(key)
+    }
+
+    /// A key of another engine: counted, and the payload handed back.
+    #[cold]
+    #[inline(never)]
+    fn reject_foreign(&self, payload: T) -> PublishError<T> {
+        self.lane.count_drop(&self.lane.drops.foreign_key, None);
+        PublishError::ForeignKey(payload)
+    }
+
+    /// A closed engine: counted, and the payload handed back, as
+    /// `FlusherDied` if the flusher's death closed it, else `ShutDown`.
     #[cold]
     #[inline(never)]
     fn reject_closed(&self, payload: T) -> PublishError<T> {
-        self.lane.count_drop(&self.lane.drops.shut_down, None);
-        PublishError::ShutDown(payload)
+        if self.shared.state.peek().dead() {
+            self.lane.count_drop(&self.lane.drops.flusher_died, None);
+            PublishError::FlusherDied(payload)
+        } else {
+            self.lane.count_drop(&self.lane.drops.shut_down, None);
+            PublishError::ShutDown(payload)
+        }
     }
 
     /// The engine closed between our push and its final drain: our event
@@ -365,9 +425,8 @@ impl<T: Send + 'static> Producer<T> {
     #[cold]
     #[inline(never)]
     fn closed_under_us(&self, mut taken_back: Vec<T>) -> Result<(), PublishError<T>> {
-        self.lane.drops.shut_down.fetch_add(1, Ordering::Relaxed);
         match taken_back.pop() {
-            Some(payload) => Err(PublishError::ShutDown(payload)),
+            Some(payload) => Err(self.reject_closed(payload)),
             // Unreachable by the protocol (our event is the one taken
             // back); nothing to return but the fact.
             None => Ok(()),
@@ -400,8 +459,8 @@ impl<T: Send + 'static> Producer<T> {
         let wake = state.deep()
             || urgent
             || (state.parked()
-                && self.ring.len_upper_bound() >= self.shared.config.high_water
-                && self.ring.refresh_len() >= self.shared.config.high_water);
+                && self.ring.len_upper_bound() >= self.high_water
+                && self.ring.refresh_len() >= self.high_water);
         if wake && self.shared.state.wake() && !urgent && !state.deep() {
             // Relaxed: a stats counter.
             self.shared
@@ -436,11 +495,26 @@ impl<T: Send + 'static> Producer<T> {
         taken
     }
 
+    /// Does `key`'s name match an urgent rule (`EngineBuilder::urgent`)?
+    /// Only names that wake the flusher can; those are looked up.
+    #[cold]
+    fn urgent_by_rule(&self, key: EventKey) -> bool {
+        key.wakes()
+            && self
+                .shared
+                .interner
+                .name(key.name_id() as usize)
+                .is_some_and(|info| info.urgent)
+    }
+
     /// Ring full: drop-newest, or wait (bounded) for space.
     #[cold]
     #[inline(never)]
     fn push_when_full(&mut self, out: Outgoing<T>) -> Result<(), PublishError<T>> {
-        let urgent = out.urgent;
+        // Urgent by the call (`publish_urgent*`) or by a rule
+        // (`EngineBuilder::urgent`): both wait `urgent_wait`. The rule is
+        // looked up only here, on the full-ring path.
+        let urgent = out.urgent || self.urgent_by_rule(out.key);
         let prefix = Some(out.key.prefix_id());
         let wait = match (urgent, self.shared.config.on_full) {
             // A subscriber publishing from the flusher thread must never
@@ -477,12 +551,13 @@ impl<T: Send + 'static> Producer<T> {
                 Err(back) => out = back,
             }
         }
-        let deadline = Instant::now() + wait;
+        // `None`: the wait is too long for the clock (`Duration::MAX`), i.e.
+        // without limit.
+        let deadline = control::deadline_after(wait);
         *lock(&self.lane.waiter) = Some(sync::current());
         let result = loop {
             if self.shared.state.peek().closed() {
-                self.lane.count_drop(&self.lane.drops.shut_down, None);
-                break Err(PublishError::ShutDown(out.payload));
+                break Err(self.reject_closed(out.payload));
             }
             self.shared.state.wake();
             self.ring.announce_waiting(true);
@@ -490,12 +565,20 @@ impl<T: Send + 'static> Producer<T> {
                 Ok(()) => break Ok(()),
                 Err(back) => out = back,
             }
-            let now = Instant::now();
-            if now >= deadline {
-                give_up(&self.lane);
-                break Err(PublishError::Full(out.payload));
+            match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        give_up(&self.lane);
+                        break Err(PublishError::Full(out.payload));
+                    }
+                    sync::park_timeout(deadline - now);
+                }
+                // The flusher unparks us when it frees space, and the loop
+                // re-checks the state word; the timeout only bounds a lost
+                // wake-up's cost.
+                None => sync::park_timeout(UNBOUNDED_PARK),
             }
-            sync::park_timeout(deadline - now);
         };
         self.ring.announce_waiting(false);
         result

@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::delivery;
 use crate::error::Error;
 use crate::intern::Interner;
 use crate::lane::Lane;
@@ -48,6 +49,11 @@ pub(crate) struct Shared<T> {
     pub(crate) registry_dirty: AtomicBool,
     /// The flusher's counters, as of its last pass.
     pub(crate) report: Mutex<Report>,
+    /// Every subscription (build-time and run-time), each with its own
+    /// queue; the flusher routes sealed batches to them.
+    pub(crate) subscribers: delivery::Registry<T>,
+    /// Numbers the default subscriber names (`subscriber-<n>`).
+    pub(crate) next_subscriber: AtomicU64,
 }
 
 impl<T: Send + 'static> Shared<T> {
@@ -73,6 +79,8 @@ impl<T: Send + 'static> Shared<T> {
             }),
             registry_dirty: AtomicBool::new(false),
             report: Mutex::new(Report::default()),
+            subscribers: delivery::Registry::new(),
+            next_subscriber: AtomicU64::new(0),
         }
     }
 
@@ -96,6 +104,13 @@ impl<T: Send + 'static> Shared<T> {
         Ok(())
     }
 
+    /// A default subscriber name: `subscriber-<n>`.
+    pub(crate) fn subscriber_name(&self) -> String {
+        // Relaxed: a name counter.
+        let n = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        format!("subscriber-{n}")
+    }
+
     /// A snapshot of the counters (see `Stats::assemble`).
     pub(crate) fn stats(&self) -> Stats {
         let report = lock(&self.report).clone();
@@ -107,6 +122,8 @@ impl<T: Send + 'static> Shared<T> {
             live: reg.live.iter().map(|lane| lane.share()),
             unlaned: &self.unlaned,
             high_water_wakeups: self.high_water_wakeups.load(Ordering::Relaxed),
+            flusher_died: self.state.peek().dead(),
+            subscribers: self.subscribers.stats(),
         })
     }
 }

@@ -14,6 +14,12 @@
 //! did anyone publish?" (flusher: [`State::is_closed`], `barrier::heavy`,
 //! final sweep). The barriers, not the orderings of the word's accesses,
 //! make those hand-offs work; see `barrier.rs`.
+//!
+//! Bits: CLOSED (shutdown begun), PARKED and DEEP (the flusher's park
+//! announcements), DEAD (the flusher thread died; set with CLOSED).
+//! Operations, one ordering each: `peek` and `after_publish` Relaxed (after
+//! `barrier::light`), `is_closed` Acquire, `close` and `die` SeqCst RMW,
+//! `announce_park` and `end_park` SeqCst RMW, `wake` AcqRel RMW.
 
 use crate::barrier;
 use crate::sync::{self, lock, AtomicUsize, Mutex, Ordering, Thread};
@@ -27,6 +33,11 @@ const PARKED: usize = 2;
 /// The flusher sleeps with nothing pending anywhere; the first publish
 /// wakes it.
 const DEEP: usize = 4;
+/// The flusher thread died (a panic escaped its loop: a bug, or user code
+/// such as a sampler that panicked). Always set together with CLOSED, so
+/// every path that refuses work after shutdown refuses it after a death
+/// too; this bit only changes what they report (`FlusherDied`).
+const DEAD: usize = 8;
 
 /// One read of the state word.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -55,6 +66,12 @@ impl Seen {
     #[inline]
     pub(crate) fn deep(self) -> bool {
         self.0 & DEEP != 0
+    }
+
+    /// The flusher died (implies [`Seen::closed`]).
+    #[inline]
+    pub(crate) fn dead(self) -> bool {
+        self.0 & DEAD != 0
     }
 }
 
@@ -129,6 +146,17 @@ impl State {
     /// and the loom shutdown model was checked with it.
     pub(crate) fn close(&self) -> bool {
         self.word.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0
+    }
+
+    /// The flusher's thread wrapper, after catching a panic out of the
+    /// flusher's loop: sets CLOSED and DEAD together, so publishes, new
+    /// producers and flushes from now on are refused as after a shutdown,
+    /// reported as `FlusherDied`. SeqCst, like [`State::close`] (rare, and
+    /// the same kind of transition); no barrier: there is no final sweep
+    /// to hand off to, so a publish racing the death may be accepted and
+    /// never delivered (it stays counted as pending in the stats).
+    pub(crate) fn die(&self) {
+        self.word.fetch_or(CLOSED | DEAD, Ordering::SeqCst);
     }
 
     /// Flusher: announces a park (DEEP or PARKED), then runs the heavy half

@@ -23,8 +23,15 @@ pub struct DropStats {
     pub full: u64,
     /// Published after shutdown.
     pub shut_down: u64,
-    /// Invalid or un-internable name.
+    /// Invalid name: empty, an empty segment, `*`, too long.
     pub invalid_name: u64,
+    /// A key made by another engine.
+    pub foreign_key: u64,
+    /// A new name refused because the engine already interned
+    /// `EngineBuilder::max_names` names.
+    pub too_many_names: u64,
+    /// Publishes refused because the flusher thread had died.
+    pub flusher_died: u64,
     /// Urgent event whose bounded wait for ring space ran out.
     pub urgent_timeout: u64,
     /// Accepted by an aggregating prefix but not numeric: discarded by the
@@ -35,7 +42,13 @@ pub struct DropStats {
 impl DropStats {
     /// Publishes rejected at the producer (not counted in `published`).
     pub fn rejected(&self) -> u64 {
-        self.full + self.shut_down + self.invalid_name + self.urgent_timeout
+        self.full
+            + self.shut_down
+            + self.invalid_name
+            + self.foreign_key
+            + self.too_many_names
+            + self.flusher_died
+            + self.urgent_timeout
     }
 }
 
@@ -84,7 +97,9 @@ pub struct Stats {
     pub batches: u64,
     /// Rejections by reason.
     pub dropped: DropStats,
-    /// Subscriber panics caught.
+    /// Panics caught on the delivery side: in subscribers' callbacks and
+    /// `Drop`s (summed over the current subscriptions, see `subscribers`)
+    /// and in payload `Drop`s when the flusher recycles a batch.
     pub subscriber_panics: u64,
     /// Flusher wake-ups caused by a producer crossing its high-water mark.
     pub high_water_wakeups: u64,
@@ -96,6 +111,15 @@ pub struct Stats {
     pub producers: usize,
     /// Per-prefix counters, by prefix name.
     pub prefixes: BTreeMap<String, PrefixStats>,
+    /// The flusher thread died (see `Error::FlusherDied`): `pending`
+    /// events will never be delivered.
+    pub flusher_died: bool,
+    /// Per subscriber (build-time and run-time, in subscription order):
+    /// its delivery counters. A subscription leaves this list when its
+    /// handle is dropped; after shutdown the engine's own ones stay, closed.
+    /// Each obeys its own conservation law
+    /// ([`SubscriberStats::is_conserved`](crate::SubscriberStats::is_conserved)).
+    pub subscribers: Vec<crate::SubscriberStats>,
 }
 
 impl Stats {
@@ -121,6 +145,9 @@ pub(crate) struct DropCounters {
     pub(crate) full: AtomicU64,
     pub(crate) shut_down: AtomicU64,
     pub(crate) invalid_name: AtomicU64,
+    pub(crate) foreign_key: AtomicU64,
+    pub(crate) too_many_names: AtomicU64,
+    pub(crate) flusher_died: AtomicU64,
     pub(crate) urgent_timeout: AtomicU64,
 }
 
@@ -131,6 +158,9 @@ impl DropCounters {
         into.full += self.full.load(Ordering::Relaxed);
         into.shut_down += self.shut_down.load(Ordering::Relaxed);
         into.invalid_name += self.invalid_name.load(Ordering::Relaxed);
+        into.foreign_key += self.foreign_key.load(Ordering::Relaxed);
+        into.too_many_names += self.too_many_names.load(Ordering::Relaxed);
+        into.flusher_died += self.flusher_died.load(Ordering::Relaxed);
         into.urgent_timeout += self.urgent_timeout.load(Ordering::Relaxed);
     }
 }
@@ -200,6 +230,9 @@ pub(crate) struct Parts<'a, L> {
     /// Rejections of `Engine::publish*` calls that never reached a lane.
     pub(crate) unlaned: &'a DropCounters,
     pub(crate) high_water_wakeups: u64,
+    /// The flusher thread died.
+    pub(crate) flusher_died: bool,
+    pub(crate) subscribers: Vec<crate::SubscriberStats>,
 }
 
 impl Stats {
@@ -218,8 +251,11 @@ impl Stats {
             dropped: parts.retired.dropped,
             high_water_wakeups: parts.high_water_wakeups,
             producers: parts.live.len(),
+            flusher_died: parts.flusher_died,
             ..Stats::default()
         };
+        stats.subscriber_panics += parts.subscribers.iter().map(|s| s.panics).sum::<u64>();
+        stats.subscribers = parts.subscribers;
         stats.dropped.not_numeric = report.not_numeric;
         parts.unlaned.add_to(&mut stats.dropped);
         let mut in_rings = 0u64;

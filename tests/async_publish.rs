@@ -29,7 +29,7 @@ fn stream_sessions(policy: Policy) -> HashMap<String, (u64, u64)> {
         .policy("chat:*", policy)
         .ring_capacity(1 << 16)
         .on_full(FullPolicy::Block(LONG))
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let mut seen = sink.lock().unwrap();
             for e in b.events() {
                 let (last, backwards) = seen.entry(e.name().to_owned()).or_insert((0, 0));

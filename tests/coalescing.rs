@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{gate, recorder, wait_until, Rng, HOUR, LONG};
-use ringfold::{Batch, BatchReason, Engine, Policy, PublishError, Value};
+use common::{gate, gate_options, jam, recorder, wait_until, Rng, HOUR, JAM, LONG};
+use ringfold::{
+    Batch, BatchReason, Engine, LagPolicy, Policy, PublishError, SubscribeOptions, Value,
+};
 
 #[test]
 fn five_deltas_in_one_window_become_one_update_with_the_final_state() {
@@ -181,16 +183,22 @@ fn publish_many_of_latest_names_sends_whole_stamped_events() {
         .policy("gate:*", Policy::Passthrough)
         .policy("chat:*", Policy::latest(HOUR, 1000))
         .ring_capacity(8)
-        .subscriber(gate)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber_with("*", gate_options(), gate)
+        .subscriber(move |b: &Batch<u64>| {
             let mut sink = sink.lock().unwrap();
-            sink.extend(b.events().iter().map(|e| *e.payload()));
+            sink.extend(
+                b.events()
+                    .iter()
+                    .map(|e| *e.payload())
+                    .filter(|&p| p != JAM),
+            );
         })
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("gate:g:x", 0).unwrap();
-    entered.recv().unwrap(); // the flusher is held: the ring is not drained
+    entered.recv().unwrap();
+    jam(&engine, &mut p); // the flusher is held: the ring is not drained
     let key = engine.key("chat:s1:delta").unwrap();
     let mut events = (1..=20u64).map(|i| (key, i));
     assert_eq!(p.publish_many(&mut events).unwrap(), 2);
@@ -207,7 +215,11 @@ fn publish_many_of_latest_names_sends_whole_stamped_events() {
         "the later event survives"
     );
     let stats = engine.stats();
-    assert_eq!((stats.published, stats.folded), (3, 1));
+    assert_eq!(
+        (stats.published, stats.folded),
+        (3 + 2, 1),
+        "and the two jam events"
+    );
     assert!(stats.is_conserved());
 }
 
@@ -217,7 +229,7 @@ fn replay(policy: Policy, ops: &[(usize, u64, i64)]) -> HashMap<(String, u64), V
     let s = state.clone();
     let engine = Engine::<Value>::builder()
         .default_policy(policy)
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             let mut s = s.lock().unwrap();
             for e in b.events() {
                 s.insert((e.name().to_string(), e.sub_key()), e.payload().clone());
@@ -259,10 +271,10 @@ fn latest_then_flush_ends_in_the_same_state_as_passthrough() {
 /// `(name, sum_exact)` of every aggregate delivered.
 type ExactLog = Arc<Mutex<Vec<(String, Option<i128>)>>>;
 
-fn exact_sums() -> (impl FnMut(&Batch<'_, Value>) + Send + 'static, ExactLog) {
+fn exact_sums() -> (impl FnMut(&Batch<Value>) + Send + 'static, ExactLog) {
     let log = ExactLog::default();
     let sink = log.clone();
-    let subscriber = move |b: &Batch<'_, Value>| {
+    let subscriber = move |b: &Batch<Value>| {
         let mut sink = sink.lock().unwrap();
         for a in b.aggregates() {
             sink.push((a.name().to_owned(), a.sum_exact()));
@@ -408,7 +420,7 @@ fn a_custom_float_sampler_obeys_the_same_rule() {
     let engine = Engine::<f64>::builder()
         .policy("gpu:*", Policy::aggregate(HOUR, 1000))
         .sample_with(|v| Some(*v))
-        .subscriber(move |b: &Batch<'_, f64>| {
+        .subscriber(move |b: &Batch<f64>| {
             for a in b.aggregates() {
                 sink.lock()
                     .unwrap()
@@ -434,7 +446,7 @@ fn integer_sums_are_exact_beyond_f64_precision() {
         .policy("gpu:*", Policy::aggregate(HOUR, 1000))
         .sampled()
         .subscriber(rec)
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             for a in b.aggregates() {
                 sink.lock().unwrap().push(a.sum());
             }
@@ -461,7 +473,7 @@ fn a_flush_during_delivery_waits_for_that_delivery() {
     let d = done.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |_b: &Batch<'_, u64>| {
+        .subscriber(move |_b: &Batch<u64>| {
             let _ = started_tx.send(());
             std::thread::sleep(Duration::from_millis(100));
             d.store(true, Ordering::SeqCst);
@@ -503,6 +515,9 @@ fn flush_prefix_flushes_only_matching_prefixes() {
 
 #[test]
 fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
+    // A must-deliver subscriber (`LagPolicy::Block`) stuck on its first
+    // batch: its one-slot queue fills, the flusher waits for space, and the
+    // producer's ring (2 slots) fills behind it.
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
@@ -511,12 +526,19 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         .default_policy(Policy::Passthrough)
         .ring_capacity(2)
         .urgent_wait(Duration::from_millis(500))
-        .subscriber(move |_b: &Batch<'_, u64>| {
-            if std::mem::take(&mut first) {
-                entered_tx.send(()).unwrap();
-                let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-            }
-        })
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("sink").lag(LagPolicy::Block {
+                capacity: 1,
+                timeout: LONG,
+            }),
+            move |_b: &Batch<u64>| {
+                if std::mem::take(&mut first) {
+                    entered_tx.send(()).unwrap();
+                    let _ = release_rx.lock().unwrap().recv_timeout(LONG);
+                }
+            },
+        )
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
@@ -524,10 +546,16 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
     p.publish_key(key, 0).unwrap();
     entered_rx.recv().unwrap();
     p.publish_key(key, 1).unwrap();
+    assert!(wait_until(LONG, || engine.stats().subscribers[0].queued == 1));
+    // 2 fills nothing: the flusher takes it off the ring, then waits for
+    // queue space.
     p.publish_key(key, 2).unwrap();
+    assert!(wait_until(LONG, || engine.stats().pending == 0));
+    p.publish_key(key, 3).unwrap();
+    p.publish_key(key, 4).unwrap();
     // Ordinary publish: dropped at once. Urgent: waits, then times out.
-    assert_eq!(p.publish_key(key, 3), Err(PublishError::Full(3)));
-    assert_eq!(p.publish_urgent(key, 4), Err(PublishError::Full(4)));
+    assert_eq!(p.publish_key(key, 5), Err(PublishError::Full(5)));
+    assert_eq!(p.publish_urgent(key, 6), Err(PublishError::Full(6)));
     let stats = engine.stats();
     assert_eq!((stats.dropped.full, stats.dropped.urgent_timeout), (1, 1));
     // With space freed during the wait, the urgent publish goes through.
@@ -535,10 +563,10 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         std::thread::sleep(Duration::from_millis(5));
         release_tx.send(()).unwrap();
     });
-    // The ring still holds 1 and 2: this urgent publish must wait.
+    // The ring still holds 3 and 4: this urgent publish must wait.
     assert_eq!(p.publish_urgent(key, 7), Ok(()));
     releaser.join().unwrap();
     engine.flush().unwrap();
-    // 0, 1, 2 and the urgent 7.
-    assert_eq!(engine.stats().delivered, 4);
+    // 0 to 4 and the urgent 7.
+    assert_eq!(engine.stats().delivered, 6);
 }

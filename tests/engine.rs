@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{gate, recorder, stamp_recorder, wait_until, Rng, LONG};
+use common::{gate, gate_options, jam, recorder, stamp_recorder, wait_until, Rng, JAM, LONG};
 use ringfold::{
     Batch, BatchReason, Engine, Error, Event, FullPolicy, Policy, PublishError, Subscriber, Value,
 };
@@ -25,7 +25,7 @@ fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() 
         .policy("p3:*", Policy::Passthrough)
         // Small rings so that some publishes are rejected as full.
         .ring_capacity(64)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let mut last = l.lock().unwrap();
             for e in b.events() {
                 let (producer, seq) = (e.payload() >> 32, e.payload() & 0xffff_ffff);
@@ -163,7 +163,7 @@ fn thread_local_publish_from_many_threads() {
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     let engine = Engine::<Value>::builder()
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()
@@ -192,12 +192,12 @@ fn a_panicking_subscriber_is_counted_and_others_still_deliver() {
     let g = good.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(|b: &Batch<'_, u64>| {
+        .subscriber(|b: &Batch<u64>| {
             if b.events()[0].payload() % 2 == 0 {
                 panic!("subscriber bug (expected in this test)");
             }
         })
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             g.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()
@@ -222,7 +222,7 @@ fn a_subscriber_may_publish_into_the_same_engine() {
     let (e, k, n) = (echo.clone(), echo_key.clone(), echoed.clone());
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             if b.prefix() == "ping" {
                 let key = k.lock().unwrap().unwrap();
                 let mut producer = e.lock().unwrap();
@@ -256,7 +256,7 @@ fn flush_and_shutdown_from_inside_a_subscriber_do_not_hang() {
     let (s, r) = (slot.clone(), results.clone());
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             let Some(engine) = s.lock().unwrap().clone() else {
                 return;
             };
@@ -316,7 +316,7 @@ fn dropping_the_last_handle_flushes_everything() {
     let c = count.clone();
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::batch(Duration::from_secs(3600), 1_000_000))
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             assert_eq!(b.reason(), BatchReason::Shutdown);
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
@@ -346,13 +346,14 @@ fn full_ring_drop_newest_returns_payload_and_reports_loss_in_band() {
         .default_policy(Policy::Passthrough)
         .policy("bulk:*", Policy::batch(Duration::from_secs(3600), 1000))
         .ring_capacity(4)
-        .subscriber(gate)
+        .subscriber_with("*", gate_options(), gate)
         .subscriber(rec)
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("block:now", 0).unwrap();
-    entered.recv().unwrap(); // the flusher is now stuck in the subscriber
+    entered.recv().unwrap();
+    jam(&engine, &mut p); // the flusher is now stuck behind the gate
     let key = engine.key("bulk:rows:inserted").unwrap();
     for i in 1..=4 {
         p.publish_key(key, i).unwrap();
@@ -378,12 +379,13 @@ fn full_ring_block_waits_for_space_then_times_out() {
         .default_policy(Policy::Passthrough)
         .ring_capacity(2)
         .on_full(FullPolicy::Block(Duration::from_millis(50)))
-        .subscriber(gate)
+        .subscriber_with("*", gate_options(), gate)
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("a:b", 0).unwrap();
     entered.recv().unwrap();
+    jam(&engine, &mut p);
     p.publish("a:b", 1).unwrap();
     p.publish("a:b", 2).unwrap();
     // Flusher stuck: the wait times out and the payload comes back.
@@ -407,7 +409,7 @@ fn full_ring_block_waits_for_space_then_times_out() {
     engine.flush().unwrap();
     let stats = engine.stats();
     assert_eq!(stats.dropped.full, 1);
-    assert_eq!(stats.delivered, 5);
+    assert_eq!(stats.delivered, 5 + 2, "and the two jam events");
 }
 
 #[test]
@@ -417,12 +419,13 @@ fn block_policy_succeeds_when_the_flusher_frees_space() {
         .default_policy(Policy::Passthrough)
         .ring_capacity(2)
         .on_full(FullPolicy::Block(LONG))
-        .subscriber(gate)
+        .subscriber_with("*", gate_options(), gate)
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("a:b", 0).unwrap();
     entered.recv().unwrap();
+    jam(&engine, &mut p);
     p.publish("a:b", 1).unwrap();
     p.publish("a:b", 2).unwrap();
     let releaser = std::thread::spawn(move || {
@@ -432,7 +435,7 @@ fn block_policy_succeeds_when_the_flusher_frees_space() {
     p.publish("a:b", 3).unwrap(); // waits until the flusher drains
     releaser.join().unwrap();
     engine.flush().unwrap();
-    assert_eq!(engine.stats().delivered, 4);
+    assert_eq!(engine.stats().delivered, 4 + 2, "and the two jam events");
     assert_eq!(engine.stats().dropped.full, 0);
 }
 
@@ -539,8 +542,17 @@ fn shutdown_timeout_reports_pending_instead_of_hanging() {
     for i in 1..=3 {
         p.publish("a:b", i).unwrap();
     }
+    // The flusher is never stuck behind a subscriber: it seals and queues
+    // everything, and the report counts the batches stuck in delivery.
     match engine.shutdown_timeout(Duration::from_millis(50)) {
-        Err(Error::Timeout(stats)) => assert_eq!(stats.pending, 3),
+        Err(Error::Timeout(stats)) => {
+            assert_eq!(stats.pending, 0);
+            assert_eq!(stats.delivered, 4);
+            assert!(stats.is_conserved());
+            let sub = &stats.subscribers[0];
+            assert_eq!((sub.in_flight, sub.queued), (1, 3), "{sub:?}");
+            assert!(sub.is_conserved());
+        }
         other => panic!("expected a timeout report, got {other:?}"),
     }
     assert!(matches!(
@@ -608,15 +620,23 @@ fn bad_input_is_a_typed_error() {
     ));
     let mut p = engine.producer().unwrap();
     assert_eq!(p.publish("", 9), Err(PublishError::InvalidName(9)));
-    assert_eq!(p.publish("a:3", 8), Err(PublishError::InvalidName(8)));
+    assert_eq!(p.publish("a:3", 8), Err(PublishError::TooManyNames(8)));
     // A key from another engine with an id this engine never issued.
     let other = b().build().unwrap();
     for i in 0..5 {
         other.key(&format!("o:{i}")).unwrap();
     }
     let foreign = other.key("o:4").unwrap();
-    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::InvalidName(7)));
-    assert_eq!(engine.stats().dropped.invalid_name, 3);
+    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::ForeignKey(7)));
+    let dropped = engine.stats().dropped;
+    assert_eq!(
+        (
+            dropped.invalid_name,
+            dropped.too_many_names,
+            dropped.foreign_key
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -661,12 +681,13 @@ fn publish_many_takes_what_fits_with_one_store() {
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
         .ring_capacity(8)
-        .subscriber(gate)
+        .subscriber_with("*", gate_options(), gate)
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("a:b", 0).unwrap();
     entered.recv().unwrap();
+    jam(&engine, &mut p);
     let key = engine.key("a:b").unwrap();
     let mut events = (1..=20u64).map(|i| (key, i));
     assert_eq!(p.publish_many(&mut events).unwrap(), 8);
@@ -677,7 +698,7 @@ fn publish_many_takes_what_fits_with_one_store() {
     );
     release.send(()).unwrap();
     engine.flush().unwrap();
-    assert_eq!(engine.stats().delivered, 9);
+    assert_eq!(engine.stats().delivered, 9 + 2, "and the two jam events");
 }
 
 #[test]
@@ -690,7 +711,7 @@ fn high_water_wakes_a_parked_flusher() {
         .tick(Duration::from_secs(3600))
         .ring_capacity(64)
         .high_water(16)
-        .subscriber(move |b: &Batch<'_, u64>| {
+        .subscriber(move |b: &Batch<u64>| {
             c.fetch_add(b.len(), Ordering::Relaxed);
         })
         .build()
@@ -770,22 +791,29 @@ fn a_stamped_event_that_does_not_fit_whole_is_dropped_whole() {
         .default_policy(Policy::Passthrough)
         .precise_timestamps(true)
         .ring_capacity(4)
-        .subscriber(gate)
+        .subscriber_with("*", gate_options(), gate)
         .subscriber(sub)
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
     p.publish("a:b", 0).unwrap();
-    entered.recv().unwrap(); // the flusher is stuck; the ring is empty
+    entered.recv().unwrap();
+    jam(&engine, &mut p); // the flusher is stuck; the ring is empty
     p.publish("a:b", 1).unwrap(); // three slots of four
     assert_eq!(p.publish("a:b", 2), Err(PublishError::Full(2)));
     release.send(()).unwrap();
     engine.flush().unwrap();
-    let payloads: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.1).collect();
+    let payloads: Vec<u64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.1)
+        .filter(|&p| p != JAM)
+        .collect();
     assert_eq!(payloads, [0, 1]);
     let stats = engine.stats();
     assert_eq!(stats.dropped.full, 1);
-    assert_eq!(stats.published, 2);
+    assert_eq!(stats.published, 2 + 2, "and the two jam events");
     assert!(stats.is_conserved());
     // Four slots is the floor for stamped events.
     let err = Engine::<u64>::builder()
@@ -809,13 +837,13 @@ fn publish_errors_are_errors_for_any_payload_and_hand_payloads_back() {
     let _ = other.key("a:known").unwrap();
     let unknown = other.key("a:unknown").unwrap();
     let err = p.publish_key(unknown, Opaque(7)).unwrap_err();
-    assert_eq!(format!("{err:?}"), "InvalidName(..)");
-    assert_eq!(as_error(err).to_string(), "invalid event name");
+    assert_eq!(format!("{err:?}"), "ForeignKey(..)");
+    assert_eq!(as_error(err).to_string(), "event key of another engine");
     let mut events = vec![(unknown, Opaque(1)), (unknown, Opaque(2))].into_iter();
     let rejected = p.publish_many(&mut events).unwrap_err().into_rejected();
     let back: Vec<u64> = rejected.iter().map(|o| o.0).collect();
     assert_eq!(back, vec![1, 2], "publish_many hands back what it rejects");
-    assert_eq!(engine.stats().dropped.invalid_name, 3);
+    assert_eq!(engine.stats().dropped.foreign_key, 3);
     engine.shutdown().unwrap();
     let mut events = vec![(unknown, Opaque(3))].into_iter();
     assert!(matches!(

@@ -21,7 +21,7 @@ fn passthrough_engine() -> (Engine<Value>, Seen) {
     let sink = seen.clone();
     let engine = Engine::<Value>::builder()
         .policy("gpu:*", Policy::Passthrough)
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             let mut sink = sink.lock().unwrap();
             for e in b.events() {
                 sink.push((
@@ -279,7 +279,7 @@ fn readings_aggregate_through_default_rules() {
     let (sink, psink) = (aggs.clone(), prefixes.clone());
     let engine = Engine::<Value>::builder()
         .default_rules()
-        .subscriber(move |b: &Batch<'_, Value>| {
+        .subscriber(move |b: &Batch<Value>| {
             assert!(b.events().is_empty(), "gpu:* aggregates, it does not batch");
             psink.lock().unwrap().insert(b.prefix().to_owned());
             let mut sink = sink.lock().unwrap();

@@ -19,9 +19,11 @@
 //! and the consumer below is the plain `while let Some(b) = next().await`
 //! that event-loop code is written as.
 
+#[cfg(feature = "stream")]
 use std::future::poll_fn;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+#[cfg(feature = "stream")]
 use std::pin::Pin;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -154,9 +156,34 @@ fn run(mut rx: Receiver, phases: Phases) -> io::Result<LoopReport> {
     Ok(report)
 }
 
-/// The next delivery, awaited on the loop.
+/// How the loop awaits deliveries, for the report.
+#[cfg(feature = "stream")]
+pub const CONSUMER: &str = "Receiver as a futures_core::Stream";
+/// How the loop awaits deliveries, for the report.
+#[cfg(not(feature = "stream"))]
+pub const CONSUMER: &str = "Receiver::try_recv, 1 ms timer when empty (build with \
+                            --features stream for the Stream)";
+
+/// The next delivery: the receiver as a `Stream` (woken by the flusher
+/// when it queues a batch).
+#[cfg(feature = "stream")]
 async fn next(rx: &mut Receiver) -> Option<Batch> {
+    use futures_core::Stream;
     poll_fn(|cx| Pin::new(&mut *rx).poll_next(cx)).await
+}
+
+/// The next delivery, without the `stream` feature: take what is queued,
+/// and when nothing is, wait on the runtime's 1 ms timer (never block the
+/// loop's thread in `recv`).
+#[cfg(not(feature = "stream"))]
+async fn next(rx: &mut Receiver) -> Option<Batch> {
+    loop {
+        match rx.try_recv() {
+            Ok(batch) => return Some(batch),
+            Err(ringfold::TryRecvError::Closed) => return None,
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
 }
 
 async fn dispatch(rx: &mut Receiver, sock: &TcpStream, start: Instant, report: &mut LoopReport) {

@@ -65,7 +65,7 @@ pub fn recording_engine(
         .ring_capacity(2)
         .tick(HOUR)
         .default_policy(policy)
-        .subscriber(move |batch: &ringfold::Batch<'_, u64>| {
+        .subscriber(move |batch: &ringfold::Batch<u64>| {
             for event in batch.events() {
                 seen.fetch_or(1 << *event.payload(), Ordering::Relaxed);
                 if let Some(count) = &count {

@@ -42,7 +42,7 @@ fn producer_crossing_high_water_always_wakes_a_sleeping_flusher() {
             .high_water(1)
             .tick(HOUR)
             .default_policy(Policy::batch(HOUR, 2))
-            .subscriber(move |batch: &Batch<'_, u64>| {
+            .subscriber(move |batch: &Batch<u64>| {
                 seen.fetch_add(batch.len(), Ordering::Release);
                 checker.unpark();
             })

@@ -194,10 +194,6 @@ impl<T> Batch<T> {
         self.lagged = lagged;
     }
 
-    pub(crate) fn sealed(&self) -> &Arc<Sealed<T>> {
-        &self.sealed
-    }
-
     pub(crate) fn into_sealed(self) -> Arc<Sealed<T>> {
         self.sealed
     }
@@ -463,11 +459,13 @@ impl<T> BatchPool<T> {
     }
 
     /// Batches allocated (not recycled) so far.
+    #[cfg(test)]
     pub(crate) fn allocated(&self) -> u64 {
         self.allocated
     }
 
     /// Batches recycled so far.
+    #[cfg(any(test, ringfold_loom))]
     pub(crate) fn reused(&self) -> u64 {
         self.reused
     }

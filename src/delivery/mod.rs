@@ -16,12 +16,6 @@
 //! `subscriber` (callback subscribers and their threads), `receiver`
 //! (blocking and async pull), `stats` (per-subscriber counters).
 
-// Phase 1 of issue 13: the layer is complete and unit-tested but not yet
-// wired into the flusher and `Engine`, so the crate-internal seams
-// (`BatchPool`, `RouteCache`, `Registry`, `FlushTicket`, constructors) have
-// no caller outside the tests yet. Remove when it is wired in.
-#![allow(dead_code, unused_imports)]
-
 mod batch;
 mod queue;
 mod receiver;
@@ -36,9 +30,10 @@ pub use registry::SubscribeOptions;
 pub use stats::SubscriberStats;
 pub use subscriber::{Subscriber, Subscription};
 
-pub(crate) use batch::{clear_events, BatchPool, Epoch, Header, KeepAlive, Sealed};
-pub(crate) use queue::{deadline_after, Hand, PopError, Push, Queue};
-pub(crate) use registry::{FlushTicket, Registration, Registry, RouteCache};
+pub(crate) use batch::{BatchPool, Epoch, Header, KeepAlive};
+#[cfg(ringfold_loom)]
+pub(crate) use queue::{Hand, Push, Queue};
+pub(crate) use registry::{Registry, RouteCache};
 pub(crate) use subscriber::on_delivery_thread;
 
 #[cfg(all(test, not(ringfold_loom)))]

@@ -116,6 +116,9 @@ pub(crate) enum PopError {
 struct State<T> {
     items: VecDeque<Batch<T>>,
     closed: bool,
+    /// Shutdown has begun: `LagPolicy::Block` no longer waits (see
+    /// `Registry::release_blocked`).
+    released: bool,
     /// Lost to the lag policy since the last batch handed out.
     lagged: u64,
     enqueued: u64,
@@ -148,12 +151,6 @@ pub(crate) struct Queue<T> {
     progress: Condvar,
 }
 
-/// `now + timeout`, or `None` when the clock cannot express it (wait with
-/// no deadline rather than panic on overflow).
-pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Option<Instant> {
-    now.checked_add(timeout)
-}
-
 /// Drops a batch handle, catching a panicking payload `Drop` (possible if
 /// this is the last handle); returns whether it panicked.
 fn drop_caught<T>(batch: Batch<T>) -> bool {
@@ -173,6 +170,7 @@ impl<T> Queue<T> {
                 // Pre-allocated: a push never allocates.
                 items: VecDeque::with_capacity(capacity),
                 closed: false,
+                released: false,
                 lagged: 0,
                 enqueued: 0,
                 done: 0,
@@ -226,6 +224,7 @@ impl<T> Queue<T> {
             return (Push::Closed, None);
         }
         let mut displaced = None;
+        let block = matches!(self.policy, LagPolicy::Block { .. });
         if st.items.len() >= self.capacity() {
             if let LagPolicy::Block { timeout, .. } = self.policy {
                 st = self.wait_for_space(st, timeout);
@@ -233,7 +232,11 @@ impl<T> Queue<T> {
                     return (Push::Closed, None);
                 }
             }
-            if st.items.len() >= self.capacity() {
+            // At shutdown a must-deliver (`Block`) queue takes the final
+            // batches beyond its capacity: bounded by the final drain, and
+            // neither waiting nor dropping.
+            let overfill = block && st.released;
+            if st.items.len() >= self.capacity() && !overfill {
                 if let Some(oldest) = st.items.pop_front() {
                     st.lag_batches += 1;
                     st.lag_events += oldest.len() as u64;
@@ -273,8 +276,8 @@ impl<T> Queue<T> {
         mut st: MutexGuard<'a, State<T>>,
         timeout: Duration,
     ) -> MutexGuard<'a, State<T>> {
-        let deadline = deadline_after(Instant::now(), timeout);
-        while st.items.len() >= self.capacity() && !st.closed {
+        let deadline = crate::control::deadline_after(timeout);
+        while st.items.len() >= self.capacity() && !st.closed && !st.released {
             st = match deadline {
                 None => self.space.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
@@ -364,6 +367,7 @@ impl<T> Queue<T> {
 
     /// The async consumer's pop: a batch, the end (`None`), or `Pending`
     /// with `cx`'s waker registered (replacing the previous one).
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
     pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Batch<T>>> {
         let mut st = lock(&self.state);
         if let Some(taken) = self.take(&mut st, Hand::Out) {
@@ -427,9 +431,11 @@ impl<T> Queue<T> {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// True once closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.state).closed
+    /// Shutdown: a `Block` push stops waiting for space (see
+    /// `Registry::release_blocked`).
+    pub(crate) fn release_blocked(&self) {
+        lock(&self.state).released = true;
+        self.space.notify_all();
     }
 
     /// Batches queued so far: a flush captures this after sealing.
@@ -438,6 +444,7 @@ impl<T> Queue<T> {
     }
 
     /// Batches done so far (delivered, handed out, dropped or discarded).
+    #[cfg(test)]
     pub(crate) fn done(&self) -> u64 {
         lock(&self.state).done
     }

@@ -2,10 +2,10 @@
 //! the `stream` feature, a runtime-agnostic `futures_core::Stream`.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::batch::Batch;
-use super::queue::{deadline_after, Hand, OnUnsubscribe, PopError, Queue};
+use super::queue::{Hand, OnUnsubscribe, PopError, Queue};
 use super::registry::{Registration, Registry, SubscribeOptions};
 use super::stats::SubscriberStats;
 use crate::error::Error;
@@ -102,7 +102,7 @@ impl<T> Receiver<T> {
     /// The next batch, waiting at most `timeout` (any duration: one the
     /// clock cannot add waits as long as it takes).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Batch<T>, RecvTimeoutError> {
-        let deadline = deadline_after(Instant::now(), timeout);
+        let deadline = crate::control::deadline_after(timeout);
         self.queue.pop(Hand::Out, deadline).map_err(|e| match e {
             PopError::Empty => RecvTimeoutError::Timeout,
             PopError::Closed => RecvTimeoutError::Closed,
@@ -127,6 +127,7 @@ impl<T> Receiver<T> {
         self.queue.stats()
     }
 
+    #[cfg(test)]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

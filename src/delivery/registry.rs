@@ -94,6 +94,43 @@ struct State<T> {
     next_id: u64,
     closed: bool,
     entries: Vec<Entry<T>>,
+    /// The queues of `entries`, rebuilt on every change: a flush ticket
+    /// clones this one `Arc` instead of collecting a new vector, so a
+    /// flush allocates nothing in steady state.
+    queues: Arc<Vec<Arc<Queue<T>>>>,
+}
+
+impl<T> State<T> {
+    fn changed(&mut self, generation: &AtomicU64) {
+        self.queues = Arc::new(self.entries.iter().map(|e| e.queue.clone()).collect());
+        generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Does a subscription with `pattern` receive prefix `prefix`'s batches?
+/// Yes if the pattern matches the prefix itself or a name directly under
+/// it (`<prefix>:<segment>`): `chat:*` receives prefix `chat` (whose names
+/// are `chat:<x>`) and `data:*` receives `data:users`. Evaluated once per
+/// prefix per change of the subscriptions, so the probe name's allocation
+/// is off the per-batch path.
+pub(crate) fn subscribes_to(pattern: &Pattern, prefix: &str) -> bool {
+    if pattern.matches(prefix) {
+        return true;
+    }
+    let segments: Vec<&str> = pattern.as_str().split(':').collect();
+    let depth = prefix.split(':').count();
+    if segments.len() != depth + 1 {
+        // A shorter pattern ending in `*` already matched the prefix
+        // itself; a longer one only matches names deeper down.
+        return false;
+    }
+    // The pattern's own segment at the child's position names a child
+    // that exists for it (a literal, or any segment for `*`).
+    let child = match segments[depth] {
+        "*" => format!("{prefix}:x"),
+        lit => format!("{prefix}:{lit}"),
+    };
+    pattern.matches(&child)
 }
 
 pub(crate) struct Inner<T> {
@@ -130,6 +167,7 @@ impl<T> Registry<T> {
                     next_id: 0,
                     closed: false,
                     entries: Vec::new(),
+                    queues: Arc::new(Vec::new()),
                 }),
                 generation: AtomicU64::new(0),
             }),
@@ -159,7 +197,7 @@ impl<T> Registry<T> {
             pattern,
             queue: queue.clone(),
         });
-        self.inner.generation.fetch_add(1, Ordering::Release);
+        st.changed(&self.inner.generation);
         drop(st);
         Ok((
             Registration {
@@ -178,46 +216,73 @@ impl<T> Registry<T> {
     /// Shutdown: refuses new subscriptions and closes every queue with its
     /// own `OnUnsubscribe` choice, waking every consumer. Delivery threads
     /// drain (`Deliver`) and exit; receivers return what is queued, then
-    /// the end.
+    /// the end. The subscriptions stay listed (closed) so that the final
+    /// stats still show them until their handles are dropped.
     pub(crate) fn close_all(&self) {
-        let entries = {
+        let queues = {
             let mut st = lock(&self.inner.state);
             st.closed = true;
             self.inner.generation.fetch_add(1, Ordering::Release);
-            std::mem::take(&mut st.entries)
+            st.queues.clone()
         };
-        for e in entries {
-            e.queue.close(e.queue.on_unsubscribe());
+        for q in queues.iter() {
+            q.close(q.on_unsubscribe());
+        }
+    }
+
+    /// Shutdown has begun: no `LagPolicy::Block` queue makes the flusher
+    /// wait for space any more (a full one takes the final batches beyond
+    /// its capacity instead), so the final drain never waits on a
+    /// subscriber, and nothing waiting on that drain (a publish racing the
+    /// close, possibly on that very subscriber's thread) waits on one
+    /// either.
+    pub(crate) fn release_blocked(&self) {
+        let queues = lock(&self.inner.state).queues.clone();
+        for q in queues.iter() {
+            q.release_blocked();
         }
     }
 
     /// Every current subscription's counters.
     pub(crate) fn stats(&self) -> Vec<SubscriberStats> {
-        let queues: Vec<_> = lock(&self.inner.state)
-            .entries
-            .iter()
-            .map(|e| e.queue.clone())
-            .collect();
+        let queues = lock(&self.inner.state).queues.clone();
         queues.iter().map(|q| q.stats()).collect()
     }
 
     /// Captures, for every current subscription, the number of batches
     /// queued for it so far: call it after the flusher has sealed and
     /// queued everything a flush covers, then wait on the ticket.
+    /// Allocation-free for up to `INLINE_TARGETS` subscriptions.
     pub(crate) fn flush_ticket(&self) -> FlushTicket<T> {
-        let queues: Vec<_> = lock(&self.inner.state)
-            .entries
-            .iter()
-            .map(|e| e.queue.clone())
-            .collect();
-        FlushTicket {
-            targets: queues
-                .into_iter()
-                .map(|q| {
-                    let t = q.target();
-                    (q, t)
-                })
-                .collect(),
+        let queues = lock(&self.inner.state).queues.clone();
+        let mut targets = Targets::Inline([0; INLINE_TARGETS]);
+        if queues.len() > INLINE_TARGETS {
+            targets = Targets::Heap(vec![0; queues.len()]);
+        }
+        let slots = match &mut targets {
+            Targets::Inline(a) => &mut a[..],
+            Targets::Heap(v) => &mut v[..],
+        };
+        for (slot, q) in slots.iter_mut().zip(queues.iter()) {
+            *slot = q.target();
+        }
+        FlushTicket { queues, targets }
+    }
+}
+
+/// Subscriptions whose flush targets a ticket stores inline.
+const INLINE_TARGETS: usize = 16;
+
+enum Targets {
+    Inline([u64; INLINE_TARGETS]),
+    Heap(Vec<u64>),
+}
+
+impl Targets {
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Targets::Inline(a) => a[i],
+            Targets::Heap(v) => v[i],
         }
     }
 }
@@ -241,31 +306,38 @@ impl<T> Drop for Registration<T> {
         let mut st = lock(&self.inner.state);
         if let Some(i) = st.entries.iter().position(|e| e.id == self.id) {
             st.entries.remove(i);
-            self.inner.generation.fetch_add(1, Ordering::Release);
+            st.changed(&self.inner.generation);
         }
     }
 }
 
 /// What a flush waits for: per queue, the batch count to reach.
 pub(crate) struct FlushTicket<T> {
-    targets: Vec<(Arc<Queue<T>>, u64)>,
+    queues: Arc<Vec<Arc<Queue<T>>>>,
+    targets: Targets,
 }
 
 impl<T> FlushTicket<T> {
+    fn targets(&self) -> impl Iterator<Item = (&Arc<Queue<T>>, u64)> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q, self.targets.get(i)))
+    }
+
     /// Blocks until every queue's `done` reached its target, or `deadline`
     /// passes (`None`: no deadline). Returns whether all were reached. A
     /// queue closed meanwhile still counts its queued batches done when
     /// they are delivered or discarded, so closing cannot strand a flush.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        self.targets
-            .iter()
-            .all(|(q, target)| q.wait_done(*target, deadline))
+        self.targets()
+            .all(|(q, target)| q.wait_done(target, deadline))
     }
 
     /// The async `wait`: never blocks the polling thread.
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        for (q, target) in &self.targets {
-            if q.poll_done(*target, cx).is_pending() {
+        for (q, target) in self.targets() {
+            if q.poll_done(target, cx).is_pending() {
                 return Poll::Pending;
             }
         }
@@ -320,7 +392,7 @@ impl<T> RouteCache<T> {
         self.routes[pid].get_or_insert_with(|| {
             entries
                 .iter()
-                .filter(|e| e.pattern.matches(prefix))
+                .filter(|e| subscribes_to(&e.pattern, prefix))
                 .map(|e| e.queue.clone())
                 .collect()
         })

@@ -181,12 +181,25 @@ impl<T> Subscription<T> {
         self.queue.stats()
     }
 
+    /// Engine shutdown, after every queue was closed and drained: waits for
+    /// the delivery thread to exit, keeping the subscription listed (so the
+    /// final stats still show it). Not from the delivery thread itself.
+    pub(crate) fn join(&mut self) {
+        let own_thread = *lock(&self.worker_id) == Some(current().id());
+        if let Some(worker) = self.worker.take() {
+            if !own_thread {
+                let _ = worker.join();
+            }
+        }
+    }
+
     fn close(&mut self) {
         // Out of the registry first, so the flusher stops routing here.
         drop(self.registration.take());
         self.queue.close(self.queue.on_unsubscribe());
     }
 
+    #[cfg(test)]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

@@ -1,11 +1,15 @@
-//! Unit tests of the delivery layer, through its crate-internal seams (the
-//! flusher and `Engine` are not wired to it yet).
+//! Unit tests of the delivery layer, through its crate-internal seams
+//! (end-to-end tests through `Engine` are in tests/delivery.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::batch::{clear_events, Sealed};
+use super::queue::{Hand, PopError, Push, Queue};
+use super::registry::{subscribes_to, Registry};
 use super::*;
+use crate::control::deadline_after;
 use crate::event::{BatchReason, Event, NameRef};
 use crate::intern::Interner;
 use crate::policy::{Policy, PolicyTable};
@@ -411,8 +415,8 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
 #[test]
 fn flush_wait_with_a_huge_deadline_does_not_overflow() {
     let q = queue(1);
-    assert_eq!(deadline_after(Instant::now(), Duration::MAX), None);
-    assert!(q.wait_done(0, deadline_after(Instant::now(), Duration::MAX)));
+    assert_eq!(deadline_after(Duration::MAX), None);
+    assert!(q.wait_done(0, deadline_after(Duration::MAX)));
 }
 
 /// Sends what it sees to the test.
@@ -523,7 +527,7 @@ fn a_subscriber_can_unsubscribe_itself_without_deadlock_or_loss() {
     *slot.lock().unwrap() = Some(sub);
     let mut cache = RouteCache::default();
     f.deliver(&mut cache, &registry, "data:a:x", vec![7]);
-    assert!(queue.wait_done(1, deadline_after(Instant::now(), Duration::from_secs(10))));
+    assert!(queue.wait_done(1, deadline_after(Duration::from_secs(10))));
     assert_eq!(*got.lock().unwrap(), vec![7]);
     // Unsubscribed: the registry no longer routes to it.
     assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![8]), 0);
@@ -732,7 +736,7 @@ fn dropping_a_deliver_subscription_still_delivers_what_was_queued() {
     assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![9]), 0);
     drop(held);
     // ...which still delivers the five queued batches, then exits.
-    assert!(queue.wait_done(5, deadline_after(Instant::now(), Duration::from_secs(10))));
+    assert!(queue.wait_done(5, deadline_after(Duration::from_secs(10))));
     assert_eq!(count.load(Ordering::SeqCst), 5);
     let s = queue.stats();
     assert_eq!(
@@ -791,6 +795,24 @@ fn async_flush_on_multi_thread_runtime() {
         .build()
         .unwrap()
         .block_on(async_flush_scenario());
+}
+
+#[test]
+fn a_pattern_subscribes_to_a_prefix_or_the_names_directly_under_it() {
+    let to = |pattern: &str, prefix: &str| {
+        subscribes_to(&crate::policy::Pattern::parse(pattern).unwrap(), prefix)
+    };
+    assert!(to("chat:*", "chat"), "names `chat:<x>`");
+    assert!(to("chat:*", "chat:s1"));
+    assert!(to("data:*", "data:users"));
+    assert!(to("data:users", "data:users"));
+    assert!(to("data:users:created", "data:users"));
+    assert!(to("a:*:c", "a:b"));
+    assert!(to("*", "any:deep:prefix"));
+    assert!(!to("data:users:created", "data"), "two levels down");
+    assert!(!to("a:*:c", "a"));
+    assert!(!to("chat:*", "data:users"));
+    assert!(!to("data:orders", "data:users"));
 }
 
 #[cfg(feature = "stream")]

@@ -24,8 +24,8 @@ mod window;
 
 use std::time::Instant;
 
-use crate::event::{Batch, BatchReason, Event};
-use crate::intern::{Interner, Keepalive};
+use crate::event::{Aggregate, BatchReason, Event};
+use crate::intern::{Interner, Keepalive, PrefixInfo};
 use crate::policy::Pattern;
 use crate::record::Decoded;
 use crate::stats::{PrefixStats, Report};
@@ -33,6 +33,22 @@ use crate::value::Sampler;
 
 use route::Route;
 use window::{Acc, Fold, Sealed};
+
+/// A window just closed, as `Folder::deliver` hands it over for sealing.
+pub(crate) struct Closed<'a, T> {
+    pub(crate) prefix_id: u32,
+    pub(crate) info: &'a PrefixInfo,
+    /// The storage `info` and the events' name pointers live in: a batch
+    /// that may outlive the flusher keeps it alive.
+    pub(crate) names: &'a Keepalive,
+    pub(crate) reason: BatchReason,
+    pub(crate) opened: Instant,
+    pub(crate) closed: Instant,
+    pub(crate) dropped: u64,
+    pub(crate) folded: u64,
+    pub(crate) events: &'a mut Vec<Event<T>>,
+    pub(crate) aggregates: &'a mut Vec<Aggregate>,
+}
 
 /// Accumulators, routes and counters: everything a sweep folds into.
 pub(crate) struct Folder<T> {
@@ -46,6 +62,10 @@ pub(crate) struct Folder<T> {
     pending: Vec<u32>,
     /// Windows closed during the current step, delivered after it.
     sealed: Vec<Sealed<T>>,
+    /// Open and close time of each entry of `sealed` (same index).
+    sealed_times: Vec<(Instant, Instant)>,
+    /// By prefix id: when its open window took its first event.
+    opened: Vec<Instant>,
     /// Emptied buffers for the next windows.
     spare: Vec<Sealed<T>>,
     /// Counters of closed windows; `publish_report` adds the open ones.
@@ -75,6 +95,8 @@ impl<T> Folder<T> {
             accs: Vec::new(),
             pending: Vec::new(),
             sealed: Vec::new(),
+            sealed_times: Vec::new(),
+            opened: Vec::new(),
             spare: Vec::new(),
             report: Report::default(),
             sampler,
@@ -120,6 +142,7 @@ impl<T> Folder<T> {
         if pid >= self.accs.len() {
             let now = self.now;
             self.accs.resize_with(pid + 1, || Acc::new(now));
+            self.opened.resize(pid + 1, now);
             self.report.prefixes.resize(pid + 1, PrefixStats::default());
         }
     }
@@ -163,6 +186,7 @@ impl<T> Folder<T> {
         let nanos = event.stamp.unwrap_or(self.now_nanos);
         let acc = &mut self.accs[pid];
         if acc.taken == 0 {
+            self.opened[pid] = self.now;
             acc.deadline = self.now + route.interval;
             acc.interval = route.interval;
             acc.max_count = route.max_count;
@@ -235,40 +259,48 @@ impl<T> Folder<T> {
             spare.dropped = std::mem::take(&mut acc.dropped_since);
         }
         self.sealed.push(spare);
+        self.sealed_times.push((self.opened[pid], self.now));
         self.report.prefixes[pid].received += acc.taken as u64;
         acc.reset();
         self.dirty = true;
     }
 
-    /// Hands sealed batches, in the order they were sealed, to `on_batch`
-    /// (which returns how many subscribers panicked on it), then recycles
-    /// their buffers.
-    pub(crate) fn deliver(&mut self, mut on_batch: impl FnMut(&Batch<'_, T>) -> u64) {
-        for mut sealed in self.sealed.drain(..) {
+    /// Hands each window closed since the last call, in the order they were
+    /// sealed, to `on_sealed` (the flusher seals it into a shared batch,
+    /// taking the buffers and leaving recycled empty ones in their place),
+    /// then keeps the buffers for the next windows. Windows that ended up
+    /// empty (every event discarded as not numeric) are skipped: no batch.
+    pub(crate) fn deliver(&mut self, mut on_sealed: impl FnMut(Closed<'_, T>)) {
+        for (mut sealed, (opened, closed)) in self.sealed.drain(..).zip(self.sealed_times.drain(..))
+        {
             let pid = sealed.pid;
+            let delivered = sealed.events.len() as u64;
             let stats = &mut self.report.prefixes[pid];
             if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
                 let Some(info) = self.names.prefix(pid) else {
                     continue;
                 };
-                let batch = Batch {
-                    prefix: &info.prefix,
-                    name: &info.batch_name,
-                    events: &sealed.events,
-                    aggregates: &sealed.aggregates,
+                on_sealed(Closed {
+                    prefix_id: pid as u32,
+                    info,
+                    names: &self.names,
                     reason: sealed.reason,
+                    opened,
+                    closed,
                     dropped: sealed.dropped,
                     folded: sealed.folded,
-                };
-                self.report.panics += on_batch(&batch);
+                    events: &mut sealed.events,
+                    aggregates: &mut sealed.aggregates,
+                });
                 self.report.batches += 1;
                 stats.batches += 1;
             }
-            let delivered = sealed.events.len() as u64;
             self.report.delivered += delivered;
             self.report.folded += sealed.folded;
             stats.delivered += delivered;
             stats.folded += sealed.folded;
+            // Empty already when `on_sealed` took the buffers; cleared in
+            // case it did not.
             sealed.events.clear();
             sealed.aggregates.clear();
             self.spare.push(sealed);

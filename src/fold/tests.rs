@@ -115,21 +115,20 @@ impl Rig {
         let mut seen = Vec::new();
         self.folder.deliver(|batch| {
             seen.push(Seen {
-                name: batch.name().to_owned(),
-                reason: batch.reason(),
+                name: batch.info.batch_name.to_string(),
+                reason: batch.reason,
                 events: batch
-                    .events()
+                    .events
                     .iter()
                     .map(|e| (e.name().to_owned(), e.sub_key(), *e.payload()))
                     .collect(),
                 aggregates: batch
-                    .aggregates()
+                    .aggregates
                     .iter()
                     .map(|a| (a.name().to_owned(), a.count(), a.sum()))
                     .collect(),
-                folded: batch.folded(),
+                folded: batch.folded,
             });
-            0
         });
         seen
     }
@@ -399,12 +398,11 @@ fn aggregate_rejects_nan_and_infinities_like_non_numeric_payloads() {
     rig.folder.set_now(rig.t0 + 10 * MS);
     rig.folder.emit_due();
     rig.folder.deliver(|batch| {
-        assert_eq!(batch.dropped(), 4, "rejections are shown in band");
-        for a in batch.aggregates() {
+        assert_eq!(batch.dropped, 4, "rejections are shown in band");
+        for a in batch.aggregates.iter() {
             sums.push((a.name().to_owned(), a.count(), a.sum(), a.sum_exact()));
             assert_eq!((a.min(), a.max(), a.mean()), (10.0, 30.0, 20.0));
         }
-        0
     });
     assert_eq!(sums, vec![("gpu:0:util".to_owned(), 2, 40.0, Some(40))]);
     let mut report = Default::default();
@@ -424,8 +422,7 @@ fn aggregate_sums_integers_exactly() {
     rig.folder.set_now(rig.t0 + 10 * MS);
     rig.folder.emit_due();
     rig.folder.deliver(|batch| {
-        exact = batch.aggregates()[0].sum_exact();
-        0
+        exact = batch.aggregates[0].sum_exact();
     });
     let expected = i128::from(big) + 1 + i128::from(NAN - 4);
     assert_eq!(exact, Some(expected));

@@ -23,7 +23,7 @@
 //! let sink = seen.clone();
 //! let engine = Engine::<Value>::builder()
 //!     .default_rules() // gpu:* -> aggregate 1000 ms / 50
-//!     .subscriber(move |b: &Batch<'_, Value>| {
+//!     .subscriber(move |b: &Batch<Value>| {
 //!         for a in b.aggregates() {
 //!             sink.lock().unwrap().push((a.name().to_owned(), a.count(), a.mean()));
 //!         }

@@ -212,7 +212,7 @@ impl GpuSampler {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn start<T: From<GpuReading> + Send + 'static>(
+    pub fn start<T: From<GpuReading> + Send + Sync + 'static>(
         engine: &Engine<T>,
         config: SamplerConfig,
     ) -> Result<GpuSampler, GpuError> {
@@ -253,7 +253,7 @@ impl GpuSampler {
         config: SamplerConfig,
     ) -> Result<GpuSampler, GpuError>
     where
-        T: From<GpuReading> + Send + 'static,
+        T: From<GpuReading> + Send + Sync + 'static,
         S: GpuSource + Send + 'static,
     {
         let n = catch_unwind(AssertUnwindSafe(|| source.device_count()))
@@ -495,7 +495,7 @@ struct Worker<T: Send + 'static, S> {
     fast: Vec<Metric>,
 }
 
-impl<T: From<GpuReading> + Send + 'static, S: GpuSource> Worker<T, S> {
+impl<T: From<GpuReading> + Send + Sync + 'static, S: GpuSource> Worker<T, S> {
     fn run(mut self) {
         let interval = self.config.interval;
         let max_passes = self.config.max_passes;

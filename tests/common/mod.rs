@@ -4,7 +4,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringfold::{Batch, BatchReason};
+use ringfold::{Batch, BatchReason, Engine, LagPolicy, Producer, SubscribeOptions};
 
 /// A generous bound for waits that should end almost at once: a failing
 /// test fails after it instead of hanging.
@@ -30,11 +30,10 @@ pub struct Seen<T> {
 pub type Log<T> = Arc<Mutex<Vec<Seen<T>>>>;
 
 /// A subscriber that records every batch, and the handle to read them.
-pub fn recorder<T: Clone + Send + 'static>() -> (impl FnMut(&Batch<'_, T>) + Send + 'static, Log<T>)
-{
+pub fn recorder<T: Clone + Send + 'static>() -> (impl FnMut(&Batch<T>) + Send + 'static, Log<T>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
-    let subscriber = move |b: &Batch<'_, T>| {
+    let subscriber = move |b: &Batch<T>| {
         sink.lock().unwrap().push(Seen {
             prefix: b.prefix().to_string(),
             reason: b.reason(),
@@ -96,10 +95,13 @@ impl Rng {
     }
 }
 
-/// A subscriber that blocks inside its first batch until released: a
-/// deterministic way to keep the flusher busy while a ring fills.
+/// A subscriber that blocks inside its first batch until released. Its
+/// callback runs on its own delivery thread, so on its own it stalls only
+/// itself; subscribed with [`gate_options`] (a must-deliver queue of one
+/// batch) and jammed with [`jam`], it stalls the flusher too: a
+/// deterministic way to let a ring fill.
 pub fn gate() -> (
-    impl FnMut(&Batch<'_, u64>) + Send + 'static,
+    impl FnMut(&Batch<u64>) + Send + 'static,
     mpsc::Receiver<()>,
     mpsc::Sender<()>,
 ) {
@@ -107,7 +109,7 @@ pub fn gate() -> (
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
     let mut first = true;
-    let subscriber = move |_b: &Batch<'_, u64>| {
+    let subscriber = move |_b: &Batch<u64>| {
         if std::mem::take(&mut first) {
             entered_tx.send(()).unwrap();
             // Bounded, so a failing test fails instead of hanging its
@@ -118,13 +120,37 @@ pub fn gate() -> (
     (subscriber, entered_rx, release_tx)
 }
 
+/// Options for a [`gate`] that stalls the flusher: `LagPolicy::Block` with
+/// a one-batch queue.
+pub fn gate_options() -> SubscribeOptions {
+    SubscribeOptions::new("gate").lag(LagPolicy::Block {
+        capacity: 1,
+        timeout: LONG,
+    })
+}
+
+/// The payload of [`jam`]'s events.
+pub const JAM: u64 = u64::MAX;
+
+/// Once a gate (subscribed to `*` with [`gate_options`]) has entered its
+/// first batch: seals two more batches (`jam:x`, urgent, so any policy
+/// seals them at once): the first fills the gate's queue, the second makes
+/// the flusher wait for space. Returns once the flusher has taken both off
+/// the ring: from then on it takes nothing until the gate is released.
+pub fn jam(engine: &Engine<u64>, p: &mut Producer<u64>) {
+    let key = engine.key("jam:x").unwrap();
+    p.publish_urgent(key, JAM).unwrap();
+    p.publish_urgent(key, JAM).unwrap();
+    assert!(wait_until(LONG, || engine.stats().pending == 0));
+}
+
 /// What a subscriber saw of each event: sub-key, payload, timestamp.
 pub type StampLog = Arc<Mutex<Vec<(u64, u64, std::time::Instant)>>>;
 
-pub fn stamp_recorder() -> (impl FnMut(&Batch<'_, u64>) + Send + 'static, StampLog) {
+pub fn stamp_recorder() -> (impl FnMut(&Batch<u64>) + Send + 'static, StampLog) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let subscriber = move |b: &Batch<'_, u64>| {
+    let subscriber = move |b: &Batch<u64>| {
         let mut sink = sink.lock().unwrap();
         for e in b.events() {
             sink.push((e.sub_key(), *e.payload(), e.timestamp()));
