@@ -841,11 +841,19 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         }
     };
     drop(sqlite);
-    let subscribers = &stats.subscribers;
+    let mut subscribers = stats.subscribers.clone();
+    // The event loop drops its receiver when the stream ends, which can be
+    // before shutdown takes its snapshot: use the receiver's own final
+    // counters then.
+    if let Some(ui) = loop_report.as_ref().and_then(|r| r.subscriber.clone()) {
+        if !subscribers.iter().any(|s| s.name == ui.name) {
+            subscribers.push(ui);
+        }
+    }
 
     print_summary(&stats, &delays, wall, flusher_cpu, process_cpu);
     println!();
-    print_subscribers(subscribers);
+    print_subscribers(&subscribers);
     let conserved = subscribers.iter().all(SubscriberStats::is_conserved);
     println!(
         "  per subscriber: sealed = delivered + lag-dropped + discarded + queued + in flight: {}",

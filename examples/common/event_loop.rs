@@ -90,6 +90,9 @@ pub struct LoopReport {
     pub ui_frames: u64,
     pub burst: Health,
     pub after: Health,
+    /// The receiver's own counters when its stream ended (it is dropped
+    /// with the loop, possibly before the engine's final stats are taken).
+    pub subscriber: Option<ringfold::SubscriberStats>,
 }
 
 impl LoopReport {
@@ -134,6 +137,7 @@ fn run(mut rx: Receiver, phases: Phases) -> io::Result<LoopReport> {
         }
     });
     let ended = Instant::now();
+    report.subscriber = Some(rx.stats());
     // Done writing: the UI reads to EOF and reports.
     let _ = sock.shutdown(Shutdown::Write);
     let (ui_frames, mut burst, mut after) = ui
