@@ -1,7 +1,7 @@
 //! The tower: ringfold on real work, for a fixed duration.
 //!
 //! ```text
-//! cargo run --release --example tower [-- --seconds N] [--index PATH]...
+//! cargo run --release --example tower [-- --seconds N] [--index PATH]... [--baseline]
 //! ```
 //!
 //! Every hot path below publishes into one engine built with the design's
@@ -10,8 +10,9 @@
 //! * a **code indexer** walks real source trees (this checkout plus the
 //!   toolchain's `rust-src` if installed, or `--index PATH`), reads every
 //!   file and publishes `code_index:<lang>:indexed` (its size) and
-//!   `code_index:<lang>:lines` (its line count); when a pass ends early it
-//!   starts over, like a background re-indexer;
+//!   `code_index:<lang>:lines` (its line count); for the first 2 s it runs
+//!   unthrottled (the start-up burst of a cold index), then throttled;
+//!   when a pass ends early it starts over, like a background re-indexer;
 //! * a **data layer** runs real transactions (inserts, updates, deletes)
 //!   against an embedded SQLite database and publishes `data:<table>:<op>`
 //!   for every row after each commit, as an ORM's after-commit hook would;
@@ -19,13 +20,35 @@
 //!   tokens (passthrough) and an urgent `chat:<session>:finished`;
 //! * the **GPU sampler** publishes `gpu:*` readings when NVML is present.
 //!
-//! A subscriber measures each event's publish-to-delivery delay (the engine
-//! stamps events at publish: `precise_timestamps(true)`). Once per second
-//! the tower prints, per family, the events taken in, the batches handed
-//! to subscribers, their ratio (the reduction factor), the drops and the
-//! p99 delay; at the end, totals and the flusher thread's CPU time.
+//! Three subscribers consume the deliveries:
+//!
+//! * a **delay recorder** measures each event's publish-to-delivery delay
+//!   (the engine stamps events at publish: `precise_timestamps(true)`);
+//! * **sqlite-log**, a real slow consumer: every `data:*` batch is written
+//!   into an SQLite event log as ONE transaction (`sink.rs`);
+//! * **ui-bridge**, an async consumer on the tower's **event loop**: one
+//!   tokio current-thread runtime thread that serialises every delivery to
+//!   JSON, writes it to a loopback socket a "UI" thread reads, and answers
+//!   a health check every 50 ms (`event_loop.rs`). The UI end times each
+//!   answer against its due time.
+//!
+//! Once per second the tower prints, per family, the events taken in, the
+//! batches handed to subscribers, their ratio (the reduction factor), the
+//! drops and the p99 delay, then per subscriber the batches and events
+//! delivered, lag drops, queue depth and lag; at the end, totals, the
+//! flusher thread's CPU time, and the event loop's health-check figures
+//! during the indexer's start-up burst and after it.
+//!
+//! `--baseline` runs the same workload with every name passthrough: one
+//! delivery per event, the unbatched bus of the design card, whose event
+//! loop was flooded by per-event dispatch so its health check failed at
+//! start-up. Both modes print the event-loop block in the same format.
 
 mod common;
+#[path = "common/event_loop.rs"]
+mod event_loop;
+#[path = "common/sink.rs"]
+mod sink;
 
 use std::error::Error;
 use std::ops::ControlFlow;
@@ -36,9 +59,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource};
-use ringfold::{Batch, BatchReason, Engine, Stats, Value};
+use ringfold::{
+    BatchReason, Engine, LagPolicy, Policy, Stats, SubscribeOptions, SubscriberStats, Value,
+};
 
 use common::{bytes, count, duration, reduction, Histogram, IndexKeys, Rng};
+
+/// The owned batch every subscriber takes.
+type Batch = ringfold::Batch<Value>;
+/// A pull-mode subscription: blocking `recv`, and with the `stream`
+/// feature a `futures_core::Stream` of batches.
+type Receiver = ringfold::Receiver<Value>;
 
 /// The families shown in the live table, in this order; others follow.
 const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
@@ -47,6 +78,14 @@ const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
 /// shares the machine with the rest of the tower.
 const INDEX_PAUSE: Duration = Duration::from_micros(200);
 
+/// The UI bridge's queue, in deliveries.
+const UI_QUEUE: usize = 1 << 18;
+
+/// The indexer's start-up burst: at first start it indexes unthrottled
+/// (a cold index, as the seed's tower did on its first start) for this
+/// long, then settles into the throttled background re-indexer.
+const STARTUP_BURST: Duration = Duration::from_secs(2);
+
 /// The data layer's think time between transactions.
 const DATA_PAUSE: Duration = Duration::from_millis(4);
 
@@ -54,6 +93,7 @@ struct Args {
     seconds: u64,
     index: Vec<PathBuf>,
     simulate_gpu: bool,
+    baseline: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10,
         index: Vec::new(),
         simulate_gpu: false,
+        baseline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,14 +123,17 @@ fn parse_args() -> Result<Args, String> {
                 args.index.push(path);
             }
             "--simulate-gpu" => args.simulate_gpu = true,
+            "--baseline" => args.baseline = true,
             "--help" | "-h" => {
                 println!(
-                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu]\n\n\
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
                      --index replaces the default trees (this checkout + rust-src).\n\
-                     --simulate-gpu feeds the sampler a scripted device instead of NVML."
+                     --simulate-gpu feeds the sampler a scripted device instead of NVML.\n\
+                     --baseline makes every name passthrough (one delivery per event: the\n\
+                     unbatched bus), for comparing the event loop's health check."
                 );
                 std::process::exit(0);
             }
@@ -100,8 +144,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 // ---------------------------------------------------------------------------
-// Delay measurement (runs on the flusher thread, so it stays cheap: one
-// clock read and one uncontended lock per batch)
+// Delay measurement (on its own delivery thread: one clock read and one
+// uncontended lock per batch, so it keeps up even with one batch per event)
 // ---------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -126,8 +170,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch<Value>) + Send {
-    move |batch: &Batch<Value>| {
+fn delay_recorder(delays: Arc<Mutex<Delays>>) -> impl FnMut(&Batch) + Send {
+    move |batch: &Batch| {
         let now = Instant::now();
         let fam = family_index(batch.prefix());
         let mut d = lock(&delays);
@@ -169,6 +213,7 @@ struct IndexerReport {
     roots: Vec<PathBuf>,
     passes: u64,
     files: u64,
+    burst_files: u64,
     bytes: u64,
     lines: u64,
     publish_errors: u64,
@@ -177,6 +222,7 @@ struct IndexerReport {
 fn run_indexer(
     engine: Engine<Value>,
     roots: Vec<PathBuf>,
+    burst_end: Instant,
     stop: Arc<AtomicBool>,
 ) -> Result<IndexerReport, Box<dyn Error + Send + Sync>> {
     let mut producer = engine.producer()?;
@@ -210,7 +256,11 @@ fn run_indexer(
                         }
                     }
                 }
-                thread::sleep(INDEX_PAUSE);
+                if Instant::now() < burst_end {
+                    report.burst_files += 1;
+                } else {
+                    thread::sleep(INDEX_PAUSE);
+                }
                 ControlFlow::Continue(())
             });
             if flow.is_break() {
@@ -647,13 +697,36 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
 
     let delays = Arc::new(Mutex::new(Delays::default()));
-    let engine = Engine::<Value>::builder()
-        .default_rules()
+    let builder = Engine::<Value>::builder();
+    let builder = if args.baseline {
+        // The unbatched bus: every event is its own delivery.
+        builder.default_policy(Policy::Passthrough).sampled()
+    } else {
+        builder.default_rules()
+    };
+    let engine = builder
         .precise_timestamps(true)
-        .subscriber(delay_recorder(delays.clone()))
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("delay-recorder"),
+            delay_recorder(delays.clone()),
+        )
         .build()?;
+    // The event loop's IPC bridge takes every family, and a UI must see
+    // every event: room for 2^18 deliveries, unbounded in effect, as the
+    // seed's bus was. The SQLite event log takes `data:*` with the default
+    // queue (1,024 batches, oldest dropped and counted when full).
+    let ui_rx = engine.receiver(
+        "*",
+        SubscribeOptions::new("ui-bridge").lag(LagPolicy::DropOldest { capacity: UI_QUEUE }),
+    )?;
 
-    println!("ringfold tower: {} s, default policy table", args.seconds);
+    let mode = if args.baseline {
+        "baseline: every name passthrough (one delivery per event)"
+    } else {
+        "default policy table"
+    };
+    println!("ringfold tower: {} s, {mode}", args.seconds);
     for root in &roots {
         println!("indexer: {}", root.display());
     }
@@ -669,13 +742,45 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     println!("chat: 4 sessions streaming tokens (passthrough), urgent `finished`");
     let gpu = start_gpu(&engine, args.simulate_gpu);
+    let sink_path =
+        std::env::temp_dir().join(format!("ringfold-tower-log-{}.sqlite", std::process::id()));
+    println!(
+        "subscribers: delay recorder (all); sqlite-log (data:*, one transaction per batch, \
+         synchronous=FULL, {}); ui-bridge (all, async on the event loop: {})",
+        sink_path.display(),
+        event_loop::CONSUMER,
+    );
+    let burst = STARTUP_BURST.min(duration_total);
+    println!(
+        "event loop: one tokio current-thread runtime thread: each delivery serialised to JSON \
+         and written to a 127.0.0.1 socket (a UI reads the other end), and a health check due \
+         every {} ms; missed = answered more than {} ms after due (or never); indexer start-up \
+         burst (unthrottled): first {}",
+        event_loop::PERIOD.as_millis(),
+        event_loop::DEADLINE.as_millis(),
+        duration(burst),
+    );
     println!();
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let phases = event_loop::Phases {
+        start,
+        burst_end: start + burst,
+    };
+    let event_loop = event_loop::spawn(ui_rx, phases)?;
+    let sink_counters = Arc::new(sink::SinkCounters::default());
+    let mut sqlite = sink::SqliteSink::create(&sink_path, sink_counters.clone())?;
+    // A run-time subscription on its own delivery thread; the handle keeps
+    // it alive until the end.
+    let sqlite = engine.subscribe_with(
+        "data:*",
+        SubscribeOptions::new("sqlite-log"),
+        move |batch: &Batch| sqlite.write(batch),
+    )?;
     let indexer = spawn("tower-indexer", {
         let (engine, stop) = (engine.clone(), stop.clone());
-        move || run_indexer(engine, roots, stop)
+        move || run_indexer(engine, roots, phases.burst_end, stop)
     })?;
     let data = spawn("tower-data", {
         let (engine, stop) = (engine.clone(), stop.clone());
@@ -702,6 +807,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
         let stats = engine.stats();
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
+        print_subscribers(&stats.subscribers);
         println!();
         prev_at = now;
         if due >= end {
@@ -721,13 +827,45 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let process_cpu = common::process_cpu();
     let stats = engine.shutdown()?;
     let wall = start.elapsed();
+    // Shutdown delivered everything and closed the subscriptions: the
+    // event loop's stream ends once it has taken what is queued.
+    let loop_report = match event_loop.join() {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            eprintln!("event loop failed: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("event loop panicked");
+            None
+        }
+    };
+    drop(sqlite);
+    let mut subscribers = stats.subscribers.clone();
+    // The event loop drops its receiver when the stream ends, which can be
+    // before shutdown takes its snapshot: use the receiver's own final
+    // counters then.
+    if let Some(ui) = loop_report.as_ref().and_then(|r| r.subscriber.clone()) {
+        if !subscribers.iter().any(|s| s.name == ui.name) {
+            subscribers.push(ui);
+        }
+    }
 
     print_summary(&stats, &delays, wall, flusher_cpu, process_cpu);
+    println!();
+    print_subscribers(&subscribers);
+    let conserved = subscribers.iter().all(SubscriberStats::is_conserved);
+    println!(
+        "  per subscriber: sealed = delivered + lag-dropped + discarded + queued + in flight: {}",
+        if conserved { "yes" } else { "NO" }
+    );
+    print_sink(&sink_counters);
     if let Some(r) = &indexer {
         println!(
-            "  indexer     {} full passes, {} files, {}, {} lines (roots: {})",
+            "  indexer     {} full passes, {} files ({} in the start-up burst), {}, {} lines (roots: {})",
             count(r.passes),
             count(r.files),
+            count(r.burst_files),
             bytes(r.bytes),
             count(r.lines),
             r.roots
@@ -768,6 +906,10 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         + chat.map_or(0, |r| r.publish_errors);
     if errors > 0 {
         println!("  publish errors seen by the workloads: {}", count(errors));
+    }
+    if let Some(r) = &loop_report {
+        println!();
+        print_event_loop(r, args.baseline, burst);
     }
     Ok(())
 }
@@ -888,4 +1030,102 @@ fn print_summary(
             pct(c)
         );
     }
+}
+
+fn print_subscribers(subs: &[SubscriberStats]) {
+    println!(
+        "  {:<14} {:>11} {:>12} {:>10} {:>10} {:>7} {:>9}",
+        "subscriber", "batches", "events", "lag drops", "(events)", "queued", "lag"
+    );
+    for s in subs {
+        println!(
+            "  {:<14} {:>11} {:>12} {:>10} {:>10} {:>7} {:>9}",
+            s.name,
+            count(s.delivered_batches),
+            count(s.delivered_events),
+            count(s.lag_dropped_batches),
+            count(s.lag_dropped_events),
+            count(s.queued),
+            duration(s.lag),
+        );
+    }
+}
+
+fn print_sink(c: &sink::SinkCounters) {
+    let commit = lock(&c.commit);
+    let q = |q| commit.quantile(q).map_or_else(|| "-".to_string(), duration);
+    println!(
+        "  sqlite-log: {} transactions (one per data:* batch), {} event rows, {} errors; \
+         commit p50 {}, p99 {}",
+        count(c.transactions.load(Ordering::Relaxed)),
+        count(c.rows.load(Ordering::Relaxed)),
+        count(c.errors.load(Ordering::Relaxed)),
+        q(0.5),
+        q(0.99),
+    );
+}
+
+/// The comparison block: the same format in both modes, so README can
+/// quote the two side by side.
+fn print_event_loop(r: &event_loop::LoopReport, baseline: bool, burst: Duration) {
+    let mode = if baseline { "baseline" } else { "batched" };
+    println!(
+        "== event loop [{mode}]: one thread, dispatch to the UI socket + health check every {} ms ==",
+        event_loop::PERIOD.as_millis()
+    );
+    println!(
+        "  dispatches {} ({} events, {} to {}), loop busy dispatching {} ms, per dispatch p50 {} p99 {}{}",
+        count(r.dispatches),
+        count(r.events),
+        bytes(r.bytes),
+        r.addr,
+        r.busy.as_millis(),
+        r.dispatch_time.quantile(0.5).map_or_else(|| "-".into(), duration),
+        r.dispatch_time.quantile(0.99).map_or_else(|| "-".into(), duration),
+        if r.write_errors > 0 {
+            format!(", {} write errors", count(r.write_errors))
+        } else {
+            String::new()
+        },
+    );
+    println!(
+        "  {:<24} {:>6} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "health check",
+        "due",
+        "answered",
+        "on time",
+        "missed",
+        "p50 delay",
+        "p99 delay",
+        "max delay"
+    );
+    let whole = r.whole();
+    let burst_label = format!("start-up burst (0-{})", duration(burst));
+    for (label, h) in [
+        (burst_label.as_str(), &r.burst),
+        ("after the burst", &r.after),
+        ("whole run", &whole),
+    ] {
+        let q = |q| {
+            h.delay
+                .quantile(q)
+                .map_or_else(|| "-".to_string(), duration)
+        };
+        println!(
+            "  {:<24} {:>6} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10}",
+            label,
+            count(h.due),
+            count(h.answered),
+            count(h.on_time),
+            count(h.missed()),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+        );
+    }
+    println!(
+        "  (delay: from a check's due time to the UI end reading its answer; missed: answered \
+         more than {} ms after due, or never)",
+        event_loop::DEADLINE.as_millis()
+    );
 }
