@@ -166,7 +166,7 @@ pub const CONSUMER: &str = "Receiver as a futures_core::Stream";
 /// How the loop awaits deliveries, for the report.
 #[cfg(not(feature = "stream"))]
 pub const CONSUMER: &str = "Receiver::try_recv, 1 ms timer when empty (build with \
-                            --features stream for the Stream)";
+                            the default `stream` feature for the Stream)";
 
 /// The next delivery: the receiver as a `Stream` (woken by the flusher
 /// when it queues a batch).
