@@ -66,6 +66,23 @@ unsafe impl Send for NameRef {}
 // SAFETY: as above.
 unsafe impl Sync for NameRef {}
 
+/// Drops `value` inside `catch_unwind`; true if its `Drop` panicked.
+///
+/// Payloads are user types: a panicking `Drop` must never take the flusher
+/// or a delivery thread down, nor abort the process as a second panic
+/// during unwinding would. Every place that drops a payload outside the
+/// user's own code goes through this (or `delivery::clear_events`, which
+/// does it per event) and counts what it returns. Free for types without
+/// drop glue.
+#[inline]
+pub(crate) fn drop_caught<V>(value: V) -> bool {
+    if !std::mem::needs_drop::<V>() {
+        drop(value);
+        return false;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value))).is_err()
+}
+
 /// One published event, as delivered to subscribers.
 ///
 /// Timestamps: by default an event is stamped when the flusher takes it off

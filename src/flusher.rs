@@ -308,9 +308,10 @@ impl<T: Send + Sync + 'static> Flusher<T> {
     }
 
     fn publish_report(&mut self) {
-        // Payload drops that panicked while batches were recycled; the
-        // delivery side's panics are in the subscribers' own stats.
-        let panics = self.sealer.pool.drop_panics();
+        // Payload drops that panicked while batches were recycled or while
+        // the fold discarded payloads; the delivery side's panics are in
+        // the subscribers' own stats.
+        let panics = self.sealer.pool.drop_panics() + self.folder.drop_panics();
         if panics != self.sealer.reported_panics {
             self.sealer.reported_panics = panics;
             self.folder.report_mut().panics = panics;

@@ -99,7 +99,8 @@ pub struct Stats {
     pub dropped: DropStats,
     /// Panics caught on the delivery side: in subscribers' callbacks and
     /// `Drop`s (summed over the current subscriptions, see `subscribers`)
-    /// and in payload `Drop`s when the flusher recycles a batch.
+    /// and in payload `Drop`s on the flusher (recycling a batch, or a
+    /// payload folded away by `latest` or `aggregate`): caught and counted.
     pub subscriber_panics: u64,
     /// Flusher wake-ups caused by a producer crossing its high-water mark.
     pub high_water_wakeups: u64,

@@ -560,3 +560,52 @@ fn a_producer_waiting_for_space_is_told_when_the_flusher_dies() {
     );
     assert!(matches!(results[2], Err(PublishError::FlusherDied(2))));
 }
+
+/// Payloads the fold discards (a `latest` survivor replaced, an aggregated
+/// reading's payload) are dropped on the flusher: a panicking `Drop` there
+/// is caught and counted, and the engine goes on working. Before, the first
+/// such drop killed the flusher (`FlusherDied` from then on).
+#[test]
+fn payload_drops_that_panic_in_the_fold_are_caught_and_counted() {
+    struct Bomb(bool);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if self.0 && !std::thread::panicking() {
+                panic!("payload drop (expected by the test)");
+            }
+        }
+    }
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = delivered.clone();
+    let engine = Engine::<Bomb>::builder()
+        .policy("data:*", Policy::latest(HOUR, 1_000_000))
+        .policy("gpu:*", Policy::aggregate(HOUR, 1_000_000))
+        .sample_with(|_| Some(1.0))
+        .subscriber(move |batch: &Batch<Bomb>| {
+            seen.fetch_add(
+                (batch.len() + batch.aggregates().len()) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        })
+        .build()
+        .unwrap();
+    let mut producer = engine.producer().unwrap();
+    // Seven survivors replaced (each drop panics), the last one harmless.
+    for i in 0..8 {
+        assert!(producer.publish("data:same:key", Bomb(i < 7)).is_ok());
+    }
+    // Three readings aggregated: each payload is dropped after sampling.
+    for _ in 0..3 {
+        assert!(producer.publish("gpu:0:temp_c", Bomb(true)).is_ok());
+    }
+    engine.flush_timeout(LONG).expect("the flusher survives");
+    // Still alive: a later publish is delivered.
+    assert!(producer.publish("data:other:key", Bomb(false)).is_ok());
+    engine.flush_timeout(LONG).expect("the flusher survives");
+    let stats = engine.shutdown_timeout(LONG).expect("clean shutdown");
+    assert!(!stats.flusher_died);
+    assert_eq!(stats.subscriber_panics, 10, "every panicking drop counted");
+    // One `latest` survivor per key and one aggregate.
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert!(stats.is_conserved());
+}

@@ -137,9 +137,7 @@ pub(crate) fn clear_events<T>(events: &mut Vec<Event<T>>) -> u64 {
     }
     let mut panics = 0;
     while let Some(event) = events.pop() {
-        if catch_unwind(AssertUnwindSafe(move || drop(event))).is_err() {
-            panics += 1;
-        }
+        panics += u64::from(crate::event::drop_caught(event));
     }
     panics
 }

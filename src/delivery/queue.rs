@@ -13,7 +13,6 @@
 //! `done >= target`.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -154,7 +153,7 @@ pub(crate) struct Queue<T> {
 /// Drops a batch handle, catching a panicking payload `Drop` (possible if
 /// this is the last handle); returns whether it panicked.
 fn drop_caught<T>(batch: Batch<T>) -> bool {
-    catch_unwind(AssertUnwindSafe(move || drop(batch))).is_err()
+    crate::event::drop_caught(batch)
 }
 
 impl<T> Queue<T> {

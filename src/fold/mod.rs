@@ -82,6 +82,10 @@ pub(crate) struct Folder<T> {
     /// Passes so far (`set_now` starts each one): `latest` windows guard
     /// their sealed survivors by sweep number (see `window::Acc`).
     sweep: u64,
+    /// Payload `Drop`s that panicked when the fold discarded a payload
+    /// (a `latest` value replaced, an aggregated reading's payload): caught
+    /// and counted, never a dead flusher.
+    drop_panics: u64,
 }
 
 impl<T> Folder<T> {
@@ -104,6 +108,7 @@ impl<T> Folder<T> {
             dirty: false,
             now,
             now_nanos: 0,
+            drop_panics: 0,
             sweep: 0,
         };
         folder.set_now(now);
@@ -124,6 +129,11 @@ impl<T> Folder<T> {
 
     pub(crate) fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Payload `Drop`s that panicked in the fold (see `drop_panics`).
+    pub(crate) fn drop_panics(&self) -> u64 {
+        self.drop_panics
     }
 
     /// The flusher's own counters (sweeps, ticks, panics) live in the same
@@ -214,10 +224,14 @@ impl<T> Folder<T> {
         };
         match route.fold {
             Fold::Keep => acc.events.push(folded),
-            Fold::Latest if urgent => acc.fold_latest_urgent(event.name_id, folded, self.sweep),
-            Fold::Latest => acc.fold_latest(event.name_id, folded, self.sweep),
+            Fold::Latest if urgent => {
+                acc.fold_latest_urgent(event.name_id, folded, self.sweep, &mut self.drop_panics)
+            }
+            Fold::Latest => {
+                acc.fold_latest(event.name_id, folded, self.sweep, &mut self.drop_panics)
+            }
             Fold::Aggregate => {
-                if !acc.fold_aggregate(self.sampler, folded) {
+                if !acc.fold_aggregate(self.sampler, folded, &mut self.drop_panics) {
                     self.report.not_numeric += 1;
                     self.report.prefixes[pid].dropped += 1;
                 }

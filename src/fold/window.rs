@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use super::numeric;
-use crate::event::{Aggregate, BatchReason, Event, InternedStr};
+use crate::event::{drop_caught, Aggregate, BatchReason, Event, InternedStr};
 use crate::value::Sampler;
 
 /// How a name's events are folded into its prefix's window.
@@ -131,20 +131,33 @@ impl<T> Acc<T> {
     /// event older than its key's survivor, or than one already delivered
     /// (`stale`), is folded away (counted in `folded`). Equal stamps: the
     /// later arrival wins (same ring, so publish order).
-    pub(super) fn fold_latest(&mut self, name_id: u32, event: Event<T>, sweep: u64) {
+    ///
+    /// Payloads folded away are dropped through `drop_caught`; panicking
+    /// drops are added to `drop_panics`.
+    pub(super) fn fold_latest(
+        &mut self,
+        name_id: u32,
+        event: Event<T>,
+        sweep: u64,
+        drop_panics: &mut u64,
+    ) {
         let key = (name_id, event.sub_key);
         self.last_sweep = sweep;
         if self.stale(key, event.nanos, sweep) {
             self.folded += 1;
+            *drop_panics += u64::from(drop_caught(event));
             return;
         }
         match self.latest.get_mut(&key) {
             Some((i, stamp)) => {
-                if event.nanos >= *stamp {
+                let gone = if event.nanos >= *stamp {
                     *stamp = event.nanos;
-                    self.events[*i] = event;
-                }
+                    std::mem::replace(&mut self.events[*i], event)
+                } else {
+                    event
+                };
                 self.folded += 1;
+                *drop_panics += u64::from(drop_caught(gone));
             }
             None => {
                 self.latest.insert(key, (self.events.len(), event.nanos));
@@ -161,23 +174,31 @@ impl<T> Acc<T> {
     /// An urgent event older (by publish stamp) than that survivor or than
     /// a delivered one is stale like any other and folded away; the window
     /// still closes at once.
-    pub(super) fn fold_latest_urgent(&mut self, name_id: u32, event: Event<T>, sweep: u64) {
+    pub(super) fn fold_latest_urgent(
+        &mut self,
+        name_id: u32,
+        event: Event<T>,
+        sweep: u64,
+        drop_panics: &mut u64,
+    ) {
         let key = (name_id, event.sub_key);
         self.last_sweep = sweep;
         if self.stale(key, event.nanos, sweep) {
             self.folded += 1;
+            *drop_panics += u64::from(drop_caught(event));
             return;
         }
         if let Some(&(i, stamp)) = self.latest.get(&key) {
             self.folded += 1;
             if event.nanos < stamp {
+                *drop_panics += u64::from(drop_caught(event));
                 return;
             }
             // O(survivors), once per urgent event. Indices above `i` in
             // `latest` go stale, which is harmless: the window is sealed
             // before anything else is folded in, and sealing uses only the
             // stamps.
-            self.events.remove(i);
+            *drop_panics += u64::from(drop_caught(self.events.remove(i)));
         }
         self.latest.insert(key, (self.events.len(), event.nanos));
         self.events.push(event);
@@ -186,12 +207,20 @@ impl<T> Acc<T> {
     /// `aggregate`: folds the event's numeric reading into its name's
     /// running aggregate. False (and counted as discarded) if the payload is
     /// not numeric or its reading is NaN or infinite (see `numeric`).
-    pub(super) fn fold_aggregate(&mut self, sampler: Option<Sampler<T>>, event: Event<T>) -> bool {
+    /// The payload is dropped here (through `drop_caught`, panics added to
+    /// `drop_panics`): only its reading is kept.
+    pub(super) fn fold_aggregate(
+        &mut self,
+        sampler: Option<Sampler<T>>,
+        event: Event<T>,
+        drop_panics: &mut u64,
+    ) -> bool {
         let key = event.meta.get().key;
         let reading = sampler.and_then(|s| s.read(&event.payload));
         let Some(n) = reading.and_then(numeric::reading) else {
             self.discarded += 1;
             self.dropped_since += 1;
+            *drop_panics += u64::from(drop_caught(event));
             return false;
         };
         let at = event.timestamp();
@@ -205,6 +234,7 @@ impl<T> Acc<T> {
             }
         }
         self.folded += 1;
+        *drop_panics += u64::from(drop_caught(event));
         true
     }
 }
