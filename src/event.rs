@@ -32,7 +32,7 @@ impl InternedStr {
 /// key.
 ///
 /// Why the pointee outlives every dereference: every `NameMeta` is held in
-/// an `Arc` by the interner's append-only name store (`intern.rs`), which
+/// an `Arc` by the interner's append-only name store (`intern/`), which
 /// never moves or frees an entry while the interner or any of its
 /// `Keepalive` handles lives. A `NameRef` is held only by crate-internal
 /// types and by [`Event`], and events never leave the crate by value: the
