@@ -41,8 +41,9 @@ where
 /// CI can afford at the configured bound once deliveries moved onto their
 /// own thread (a 5-thread model: two flushers, producer, flusher,
 /// delivery). `LOOM_FULL=1 loom-tests/run.sh --test <model>` runs them at
-/// the configured bound (slow: the two-flusher model did not finish in 20
-/// minutes at bound 2 on a 2-core machine).
+/// the configured bound (slow at bound 2 on a 2-core machine: neither the
+/// two-flusher flush model nor the dropped-producer model finished within
+/// 20 minutes).
 #[cfg(ringfold_loom)]
 pub fn model_capped<F>(cap: usize, f: F)
 where
