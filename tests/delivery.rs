@@ -16,28 +16,6 @@ use ringfold::{
     PublishError, SubscribeOptions, Subscription, Value,
 };
 
-/// A subscriber stuck inside its first batch until `release` (or `hold`
-/// elapses): the slow consumer of these tests.
-fn stuck(
-    hold: Duration,
-) -> (
-    impl FnMut(&Batch<u64>) + Send + 'static,
-    mpsc::Receiver<()>,
-    mpsc::Sender<()>,
-) {
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let mut first = true;
-    let sub = move |_b: &Batch<u64>| {
-        if std::mem::take(&mut first) {
-            let _ = entered_tx.send(());
-            let _ = release_rx.lock().unwrap().recv_timeout(hold);
-        }
-    };
-    (sub, entered_rx, release_tx)
-}
-
 /// Counts the events it receives.
 fn counter() -> (impl FnMut(&Batch<u64>) + Send + 'static, Arc<AtomicU64>) {
     let n = Arc::new(AtomicU64::new(0));
@@ -54,7 +32,7 @@ fn counter() -> (impl FnMut(&Batch<u64>) + Send + 'static, Arc<AtomicU64>) {
 fn a_stuck_subscriber_costs_only_itself() {
     const BULK: u64 = 50_000;
     const LIVE: u64 = 200;
-    let (slow, entered, release) = stuck(LONG * 3);
+    let (slow, entered, release) = common::gate_for(LONG * 3);
     let (fast, fast_seen) = counter();
     let engine = Engine::<u64>::builder()
         .policy("chat:*", Policy::Passthrough)
@@ -106,7 +84,7 @@ fn a_stuck_subscriber_costs_only_itself() {
 
 #[test]
 fn lag_drops_are_counted_and_shown_in_band() {
-    let (slow, entered, release) = stuck(LONG);
+    let (slow, entered, release) = common::gate_for(LONG);
     let lagged = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(AtomicU64::new(0));
     let (l, s) = (lagged.clone(), seen.clone());
@@ -150,7 +128,7 @@ fn lag_drops_are_counted_and_shown_in_band() {
 
 #[test]
 fn block_lag_policy_pushes_back_to_producers_and_loses_nothing() {
-    let (slow, entered, release) = stuck(LONG);
+    let (slow, entered, release) = common::gate_for(LONG);
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
         .ring_capacity(4)
@@ -354,7 +332,7 @@ fn flush_waits_for_every_subscriber_and_is_bounded_behind_a_stuck_one() {
         55,
         "processed, not just queued"
     );
-    let (slow, entered, release) = stuck(LONG);
+    let (slow, entered, release) = common::gate_for(LONG);
     let _sub = engine.subscribe("*", slow).unwrap();
     engine.publish("data:t:x", 0u64).unwrap();
     // Reaches the stuck one, which then holds it.
@@ -561,7 +539,7 @@ fn shutdown_while_a_blocking_subscriber_publishes_through_its_own_producer() {
 #[test]
 fn a_publish_racing_shutdown_never_waits_for_a_stuck_subscriber() {
     for _round in 0..5 {
-        let (slow, entered, release) = stuck(LONG * 3);
+        let (slow, entered, release) = common::gate_for(LONG * 3);
         let engine = Engine::<u64>::builder()
             .default_policy(Policy::Passthrough)
             // Room for the publisher to still be pushing (not refused as
@@ -614,7 +592,7 @@ fn a_publish_racing_shutdown_never_waits_for_a_stuck_subscriber() {
 /// instead of waiting for the subscriber forever.
 #[test]
 fn dropping_the_engine_behind_a_stuck_subscriber_does_not_hang() {
-    let (slow, entered, release) = stuck(Duration::from_secs(60));
+    let (slow, entered, release) = common::gate_for(Duration::from_secs(60));
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
         .subscriber(slow)
@@ -648,7 +626,7 @@ fn dropping_the_engine_behind_a_stuck_subscriber_does_not_hang() {
 /// memory stays proportional to live producers.
 #[test]
 fn dead_lanes_retire_while_a_subscriber_is_stuck() {
-    let (slow, entered, release) = stuck(LONG * 3);
+    let (slow, entered, release) = common::gate_for(LONG * 3);
     let engine = Engine::<u64>::builder()
         .default_policy(Policy::Passthrough)
         .ring_capacity(64)

@@ -105,16 +105,29 @@ pub fn gate() -> (
     mpsc::Receiver<()>,
     mpsc::Sender<()>,
 ) {
+    // Bounded, so a failing test fails instead of hanging its engine's
+    // shutdown on this gate.
+    gate_for(LONG)
+}
+
+/// A [`gate`] that lets go by itself after `hold` if never released: the
+/// slow or stuck consumer of the delivery tests.
+pub fn gate_for(
+    hold: Duration,
+) -> (
+    impl FnMut(&Batch<u64>) + Send + 'static,
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+) {
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
     let mut first = true;
     let subscriber = move |_b: &Batch<u64>| {
         if std::mem::take(&mut first) {
-            entered_tx.send(()).unwrap();
-            // Bounded, so a failing test fails instead of hanging its
-            // engine's shutdown on this gate.
-            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
+            // The test may have stopped listening; that is not our failure.
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv_timeout(hold);
         }
     };
     (subscriber, entered_rx, release_tx)
