@@ -124,6 +124,29 @@ impl<T> Acc<T> {
                 .is_some_and(|&(_, delivered)| stamp < delivered)
     }
 
+    /// `latest`: the prologue every `latest` event goes through, urgent or
+    /// not. Notes the sweep (it extends the guard, see `guard_survivors`),
+    /// then folds the event away if it is stale (counted in `folded`, the
+    /// payload dropped through `drop_caught`): `None`. Otherwise hands the
+    /// event back with its (name, sub-key) key.
+    #[inline]
+    fn admit_latest(
+        &mut self,
+        name_id: u32,
+        event: Event<T>,
+        sweep: u64,
+        drop_panics: &mut u64,
+    ) -> Option<((u32, u64), Event<T>)> {
+        let key = (name_id, event.sub_key);
+        self.last_sweep = sweep;
+        if self.stale(key, event.nanos, sweep) {
+            self.folded += 1;
+            *drop_panics += u64::from(drop_caught(event));
+            return None;
+        }
+        Some((key, event))
+    }
+
     /// `latest`: the survivor of its (name, sub-key) is the event with the
     /// newest publish stamp, not the last to arrive: events of one task
     /// published from different threads (an async task moving between
@@ -141,13 +164,9 @@ impl<T> Acc<T> {
         sweep: u64,
         drop_panics: &mut u64,
     ) {
-        let key = (name_id, event.sub_key);
-        self.last_sweep = sweep;
-        if self.stale(key, event.nanos, sweep) {
-            self.folded += 1;
-            *drop_panics += u64::from(drop_caught(event));
+        let Some((key, event)) = self.admit_latest(name_id, event, sweep, drop_panics) else {
             return;
-        }
+        };
         match self.latest.get_mut(&key) {
             Some((i, stamp)) => {
                 let gone = if event.nanos >= *stamp {
@@ -181,13 +200,9 @@ impl<T> Acc<T> {
         sweep: u64,
         drop_panics: &mut u64,
     ) {
-        let key = (name_id, event.sub_key);
-        self.last_sweep = sweep;
-        if self.stale(key, event.nanos, sweep) {
-            self.folded += 1;
-            *drop_panics += u64::from(drop_caught(event));
+        let Some((key, event)) = self.admit_latest(name_id, event, sweep, drop_panics) else {
             return;
-        }
+        };
         if let Some(&(i, stamp)) = self.latest.get(&key) {
             self.folded += 1;
             if event.nanos < stamp {
