@@ -299,6 +299,58 @@ mod tests {
         }
     }
 
+    /// The flusher keeps one `Decoder` for all rings and feeds it slot by
+    /// slot, one drain at a time: a `latest` event's stamp must reach the
+    /// fold whichever way its slots are split between calls, and must
+    /// never leak onto the next event (which would give an unstamped event
+    /// another's stamp, or let a stamped one lose its own).
+    #[test]
+    fn a_decoder_keeps_each_stamp_with_its_own_event() {
+        let stamped = |stamp: u64, payload: u64| {
+            Outgoing {
+                key: EventKey::for_tests(7, 3),
+                urgent: false,
+                sub_key: u64::MAX,
+                stamp,
+                payload,
+            }
+            .into_slots()
+            .collect::<Vec<_>>()
+        };
+        let mut decoder = Decoder::default();
+        // Extension slots, then a "drain boundary" (the ext count is taken,
+        // as the flusher does after each ring), then the event slot.
+        let mut slots = stamped((1 << 40) + 7, 1).into_iter();
+        assert!(decoder.decode(slots.next().unwrap()).is_none());
+        assert!(decoder.decode(slots.next().unwrap()).is_none());
+        assert_eq!(decoder.take_ext_count(), 2);
+        assert!(decoder.decode(slots.next().unwrap()).is_none());
+        let first = decoder.decode(slots.next().unwrap()).unwrap();
+        assert_eq!(first.stamp, Some((1 << 40) + 6));
+        assert_eq!(first.sub_key, u64::MAX);
+        assert_eq!(first.payload, 1);
+        // The next event, unstamped with a narrow sub-key, gets none of the
+        // previous event's words.
+        let plain = Outgoing {
+            key: EventKey::for_tests(7, 3),
+            urgent: false,
+            sub_key: 5,
+            stamp: 0,
+            payload: 2u64,
+        };
+        let second = decoder.decode(plain.into_event_slot()).unwrap();
+        assert_eq!((second.stamp, second.sub_key), (None, 5));
+        // A stamp whose low word is zero is still a stamp, not "unstamped".
+        let mut slots = stamped(1 << 32, 3).into_iter();
+        let third = loop {
+            if let Some(e) = decoder.decode(slots.next().unwrap()) {
+                break e;
+            }
+        };
+        assert_eq!(third.stamp, Some((1 << 32) - 1));
+        assert_eq!(decoder.take_ext_count(), 4);
+    }
+
     #[test]
     fn dropping_slots_drops_payloads_once() {
         let payload = std::sync::Arc::new(());

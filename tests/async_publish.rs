@@ -3,6 +3,14 @@
 //! of whichever thread it runs on, so arrival order at the flusher is not
 //! publish order; `latest` must still never deliver a value older than one
 //! the same task published later.
+//!
+//! The subscriber is a must-deliver sink (`LagPolicy::Block`): each session
+//! is its own prefix (`chat:sN`), so under the default drop-oldest queue a
+//! subscriber that lags by 1024 batches (a loaded 2-core CI box) loses
+//! whole batches, among them a session's last one; that is the lag policy
+//! doing its job, not a stale fold, and it once failed this test on CI
+//! (issue 13). The lag counters are asserted to be zero, so a lag drop and
+//! a stale fold can never be mistaken for each other again.
 
 mod common;
 
@@ -11,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{HOUR, LONG};
-use ringfold::{Batch, Engine, FullPolicy, Policy};
+use ringfold::{Batch, Engine, FullPolicy, LagPolicy, Policy, SubscribeOptions};
 
 const SESSIONS: u64 = 64;
 const TOKENS: u64 = 2000;
@@ -29,16 +37,23 @@ fn stream_sessions(policy: Policy) -> HashMap<String, (u64, u64)> {
         .policy("chat:*", policy)
         .ring_capacity(1 << 16)
         .on_full(FullPolicy::Block(LONG))
-        .subscriber(move |b: &Batch<u64>| {
-            let mut seen = sink.lock().unwrap();
-            for e in b.events() {
-                let (last, backwards) = seen.entry(e.name().to_owned()).or_insert((0, 0));
-                if *e.payload() < *last {
-                    *backwards += 1;
+        .subscriber_with(
+            "chat:*",
+            SubscribeOptions::new("sessions").lag(LagPolicy::Block {
+                capacity: 1024,
+                timeout: LONG,
+            }),
+            move |b: &Batch<u64>| {
+                let mut seen = sink.lock().unwrap();
+                for e in b.events() {
+                    let (last, backwards) = seen.entry(e.name().to_owned()).or_insert((0, 0));
+                    if *e.payload() < *last {
+                        *backwards += 1;
+                    }
+                    *last = *e.payload();
                 }
-                *last = *e.payload();
-            }
-        })
+            },
+        )
         .build()
         .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -66,8 +81,16 @@ fn stream_sessions(policy: Policy) -> HashMap<String, (u64, u64)> {
     let stats = engine.stats();
     assert_eq!(stats.published, SESSIONS * TOKENS);
     assert!(stats.is_conserved(), "{stats:?}");
+    // Nothing left behind by the flush: every final value was delivered
+    // or folded by the time it returned.
+    assert_eq!(stats.pending, 0, "{stats:?}");
     drop(runtime);
-    engine.shutdown().unwrap();
+    let stats = engine.shutdown().unwrap();
+    // Every sealed batch reached the subscriber: a session that ends early
+    // below is a fold bug, not a batch lost to lag.
+    for sub in &stats.subscribers {
+        assert_eq!(sub.lag_dropped_batches, 0, "{sub:?}");
+    }
     let seen = seen.lock().unwrap().clone();
     seen
 }

@@ -124,6 +124,32 @@ impl<T> Acc<T> {
                 .is_some_and(|&(_, delivered)| stamp < delivered)
     }
 
+    /// `latest`: the prologue every `latest` event goes through, urgent or
+    /// not. Notes the sweep (it extends the guard, see `guard_survivors`),
+    /// then folds the event away if it is stale (counted in `folded`, the
+    /// payload dropped through `drop_caught`); otherwise hands it, with its
+    /// (name, sub-key) key, to `fold`. A continuation rather than a returned
+    /// `Option`, so the event is not moved through a return value on the
+    /// hot path.
+    #[inline(always)]
+    fn admit_latest(
+        &mut self,
+        name_id: u32,
+        event: Event<T>,
+        sweep: u64,
+        drop_panics: &mut u64,
+        fold: impl FnOnce(&mut Self, (u32, u64), Event<T>, &mut u64),
+    ) {
+        let key = (name_id, event.sub_key);
+        self.last_sweep = sweep;
+        if self.stale(key, event.nanos, sweep) {
+            self.folded += 1;
+            *drop_panics += u64::from(drop_caught(event));
+            return;
+        }
+        fold(self, key, event, drop_panics);
+    }
+
     /// `latest`: the survivor of its (name, sub-key) is the event with the
     /// newest publish stamp, not the last to arrive: events of one task
     /// published from different threads (an async task moving between
@@ -141,29 +167,28 @@ impl<T> Acc<T> {
         sweep: u64,
         drop_panics: &mut u64,
     ) {
-        let key = (name_id, event.sub_key);
-        self.last_sweep = sweep;
-        if self.stale(key, event.nanos, sweep) {
-            self.folded += 1;
-            *drop_panics += u64::from(drop_caught(event));
-            return;
-        }
-        match self.latest.get_mut(&key) {
-            Some((i, stamp)) => {
-                let gone = if event.nanos >= *stamp {
-                    *stamp = event.nanos;
-                    std::mem::replace(&mut self.events[*i], event)
-                } else {
-                    event
-                };
-                self.folded += 1;
-                *drop_panics += u64::from(drop_caught(gone));
-            }
-            None => {
-                self.latest.insert(key, (self.events.len(), event.nanos));
-                self.events.push(event);
-            }
-        }
+        self.admit_latest(
+            name_id,
+            event,
+            sweep,
+            drop_panics,
+            |acc, key, event, drop_panics| match acc.latest.get_mut(&key) {
+                Some((i, stamp)) => {
+                    let gone = if event.nanos >= *stamp {
+                        *stamp = event.nanos;
+                        std::mem::replace(&mut acc.events[*i], event)
+                    } else {
+                        event
+                    };
+                    acc.folded += 1;
+                    *drop_panics += u64::from(drop_caught(gone));
+                }
+                None => {
+                    acc.latest.insert(key, (acc.events.len(), event.nanos));
+                    acc.events.push(event);
+                }
+            },
+        );
     }
 
     /// `latest`, for an urgent event (the window is sealed right after):
@@ -181,27 +206,28 @@ impl<T> Acc<T> {
         sweep: u64,
         drop_panics: &mut u64,
     ) {
-        let key = (name_id, event.sub_key);
-        self.last_sweep = sweep;
-        if self.stale(key, event.nanos, sweep) {
-            self.folded += 1;
-            *drop_panics += u64::from(drop_caught(event));
-            return;
-        }
-        if let Some(&(i, stamp)) = self.latest.get(&key) {
-            self.folded += 1;
-            if event.nanos < stamp {
-                *drop_panics += u64::from(drop_caught(event));
-                return;
-            }
-            // O(survivors), once per urgent event. Indices above `i` in
-            // `latest` go stale, which is harmless: the window is sealed
-            // before anything else is folded in, and sealing uses only the
-            // stamps.
-            *drop_panics += u64::from(drop_caught(self.events.remove(i)));
-        }
-        self.latest.insert(key, (self.events.len(), event.nanos));
-        self.events.push(event);
+        self.admit_latest(
+            name_id,
+            event,
+            sweep,
+            drop_panics,
+            |acc, key, event, drop_panics| {
+                if let Some(&(i, stamp)) = acc.latest.get(&key) {
+                    acc.folded += 1;
+                    if event.nanos < stamp {
+                        *drop_panics += u64::from(drop_caught(event));
+                        return;
+                    }
+                    // O(survivors), once per urgent event. Indices above
+                    // `i` in `latest` go stale, which is harmless: the
+                    // window is sealed before anything else is folded in,
+                    // and sealing uses only the stamps.
+                    *drop_panics += u64::from(drop_caught(acc.events.remove(i)));
+                }
+                acc.latest.insert(key, (acc.events.len(), event.nanos));
+                acc.events.push(event);
+            },
+        );
     }
 
     /// `aggregate`: folds the event's numeric reading into its name's
