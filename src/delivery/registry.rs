@@ -372,6 +372,14 @@ impl<T> FlushTicket<T> {
 pub(crate) struct RouteCache<T> {
     generation: u64,
     entries: Vec<Entry<T>>,
+    /// The most batches the current subscribers can hold at once: each
+    /// holds at most its queue's capacity plus the one batch in its hands
+    /// (`LagPolicy::DropOldest` drops beyond it; `Block` waits, and
+    /// overfills only in the final drain). What the batch pool is
+    /// provisioned to.
+    held_bound: usize,
+    /// `held_bound` changed since the pool was last provisioned.
+    provision_due: bool,
     /// By prefix id: `None` = not resolved since the last refresh.
     routes: Vec<Option<Vec<Arc<Queue<T>>>>>,
 }
@@ -381,6 +389,8 @@ impl<T> Default for RouteCache<T> {
         RouteCache {
             generation: u64::MAX,
             entries: Vec::new(),
+            held_bound: 0,
+            provision_due: false,
             routes: Vec::new(),
         }
     }
@@ -396,16 +406,7 @@ impl<T> RouteCache<T> {
         prefix_id: u32,
         prefix: &str,
     ) -> &[Arc<Queue<T>>] {
-        let generation = registry.generation();
-        if generation != self.generation {
-            let st = lock(&registry.inner.state);
-            // Re-read under the lock: the generation only changes under it.
-            self.generation = registry.generation();
-            self.entries.clear();
-            self.entries.extend(st.entries.iter().cloned());
-            drop(st);
-            self.routes.iter_mut().for_each(|r| *r = None);
-        }
+        self.refresh(registry);
         let pid = prefix_id as usize;
         if pid >= self.routes.len() {
             self.routes.resize_with(pid + 1, || None);
@@ -420,15 +421,44 @@ impl<T> RouteCache<T> {
         })
     }
 
+    /// Re-reads the subscriptions if they changed since the last call
+    /// (one atomic load otherwise).
+    fn refresh(&mut self, registry: &Registry<T>) {
+        if registry.generation() == self.generation {
+            return;
+        }
+        let st = lock(&registry.inner.state);
+        // Re-read under the lock: the generation only changes under it.
+        self.generation = registry.generation();
+        self.entries.clear();
+        self.entries.extend(st.entries.iter().cloned());
+        drop(st);
+        self.held_bound = self
+            .entries
+            .iter()
+            .map(|e| e.queue.capacity().saturating_add(1))
+            .fold(0, usize::saturating_add);
+        self.provision_due = true;
+        self.routes.iter_mut().for_each(|r| *r = None);
+    }
+
     /// Queues `sealed` for every subscriber of its prefix, handing batches
-    /// displaced for lag back to `pool`; returns how many queues took it.
-    /// The flusher's whole per-batch delivery cost.
+    /// displaced for lag back to `pool` (and provisioning `pool` when the
+    /// subscriptions changed); returns how many queues took it. The
+    /// flusher's whole per-batch delivery cost.
     pub(crate) fn deliver(
         &mut self,
         registry: &Registry<T>,
         pool: &mut BatchPool<T>,
         sealed: &Arc<Sealed<T>>,
     ) -> usize {
+        self.refresh(registry);
+        if std::mem::take(&mut self.provision_due) {
+            // The subscriptions changed (not the per-batch path): make the
+            // batches their backlogs can hold now, so that sealing never
+            // has to allocate for a backlog within that bound.
+            pool.provision(self.held_bound);
+        }
         let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
         let mut taken = 0;
         for q in queues {
