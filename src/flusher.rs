@@ -47,11 +47,15 @@ const DEEP_PARK: Duration = Duration::from_secs(60);
 /// check the park protocol itself.
 const STREAM_YIELDS: u32 = if cfg!(ringfold_loom) { 0 } else { 64 };
 
-/// Sealed batches the pool keeps for reuse. A batch is reusable once every
-/// subscriber let go of it, so the pool must span the batches in flight
-/// (queued or in a subscriber's hands) for the steady state to allocate
-/// nothing: 2048 covers two default-sized (1024-batch) queues' worth of
-/// passthrough batches (`tests/alloc.rs`). The price: a kept batch's
+/// Sealed batches the pool keeps for reuse, at most. A batch is reusable
+/// once every subscriber let go of it, so the pool must span the batches in
+/// flight (queued or in a subscriber's hands) for the steady state to
+/// allocate nothing; it is provisioned to that bound (each subscriber's
+/// queue capacity plus one) when the subscriptions change, up to this cap
+/// (`BatchPool::provision`): 2048 covers two default-sized (1024-batch)
+/// queues' backlogs of passthrough batches (`tests/alloc.rs`). The price: a
+/// default subscriber costs 1025 batch shells made at subscribe time
+/// (about 240 bytes each with `u64` payloads: ~250 KiB), and a kept batch's
 /// payloads stay alive until its buffers are reused (cleared then), so
 /// memory holds up to this many delivered windows; beyond it a lagging
 /// subscriber costs allocations, never unbounded memory.

@@ -131,18 +131,17 @@ fn no_allocation_per_event_in_steady_state() {
         allocs <= 8,
         "fan-out batch: {allocs} allocations for {events} events"
     );
-    // Passthrough fan-out (one batch per event, five subscribers): NOT yet
-    // allocation-free. In about one run in three the batch pool finds its
-    // oldest batches still held and allocates fresh ones (a 208-byte
-    // `Sealed`, then its buffers regrow: 56-548 allocations per 100 000
-    // events seen, 0 in the other runs); more probes made it worse, so the holder is not yet
-    // understood (open in issue 13's note). What is asserted is what holds:
-    // far below one allocation per event (at most one per 20), so the pool
-    // still recycles nearly every batch.
+    // Passthrough fan-out (one batch per event, five subscribers): the
+    // backlog is deep (up to a flush interval's worth of batches when a
+    // delivery thread is descheduled), and how deep depends on scheduling,
+    // so a pool that grew to the deepest backlog seen so far allocated
+    // whenever a deeper one came. The pool is provisioned to the
+    // subscribers' bound instead (queue capacity + one in hand, each), so
+    // the same bound holds.
     let (allocs, events) = steady_state_allocations(Policy::Passthrough, true);
     println!("fan-out passthrough: {allocs} allocations for {events} events");
     assert!(
-        allocs <= events / 20,
+        allocs <= 8,
         "fan-out passthrough: {allocs} allocations for {events} events"
     );
 }

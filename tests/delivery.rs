@@ -767,3 +767,94 @@ mod stream {
         assert!(results.iter().all(|&r| r == (1000, 999 * 1000 / 2)));
     }
 }
+
+/// Every subscriber that existed at shutdown is in the final `Stats`, with
+/// its final counts, even one whose consumer let go of it as soon as the
+/// shutdown closed it: a receiver drained by its own thread, and a run-time
+/// subscription dropped from its callback at the shutdown batch.
+///
+/// The order that used to lose them is forced, not hoped for: a build-time
+/// subscriber holds the shutdown's final drain (which `shutdown()` waits
+/// for before reading the stats) until the receiver's thread has seen the
+/// end and dropped its `Receiver`.
+#[test]
+fn shutdown_stats_list_every_subscriber_even_one_closed_by_the_shutdown() {
+    const EVENTS: u64 = 100;
+    let (rx_gone_tx, rx_gone) = mpsc::channel::<()>();
+    let rx_gone = Mutex::new(rx_gone);
+    let engine = Engine::<u64>::builder()
+        // Windows only the flush and the shutdown close: the last event
+        // comes in a batch whose reason is `Shutdown`.
+        .default_policy(Policy::batch(Duration::from_secs(3600), 1_000_000))
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("holder"),
+            move |b: &Batch<u64>| {
+                if b.reason() == BatchReason::Shutdown {
+                    let _ = rx_gone.lock().unwrap().recv_timeout(LONG);
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    let rx = engine.receiver("*", SubscribeOptions::new("pull")).unwrap();
+    let puller = std::thread::spawn(move || {
+        let mut events = 0;
+        while let Some(b) = rx.recv() {
+            events += b.len() as u64;
+        }
+        // The end: the engine closed the subscription. Let go of it.
+        drop(rx);
+        let _ = rx_gone_tx.send(());
+        events
+    });
+    // A run-time callback subscription whose handle its own callback drops
+    // at the shutdown batch (after the receiver is gone).
+    let slot: Arc<Mutex<Option<Subscription<u64>>>> = Arc::new(Mutex::new(None));
+    let s2 = slot.clone();
+    let sub = engine
+        .subscribe_with(
+            "*",
+            SubscribeOptions::new("self-drop"),
+            move |b: &Batch<u64>| {
+                if b.reason() == BatchReason::Shutdown {
+                    drop(s2.lock().unwrap().take());
+                }
+            },
+        )
+        .unwrap();
+    *slot.lock().unwrap() = Some(sub);
+    let mut p = engine.producer().unwrap();
+    for i in 0..EVENTS {
+        p.publish("chat:x:delta", i).unwrap();
+    }
+    engine.flush().unwrap();
+    // The shutdown batch: published after the flush, delivered by the
+    // final drain.
+    p.publish("chat:x:delta", EVENTS).unwrap();
+    let stats = engine.shutdown().unwrap();
+    assert_eq!(puller.join().unwrap(), EVENTS + 1);
+    let names: Vec<&str> = stats.subscribers.iter().map(|s| s.name.as_str()).collect();
+    for name in ["holder", "pull", "self-drop"] {
+        let s = stats
+            .subscribers
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} missing from the final stats: {names:?}"));
+        assert!(s.closed, "{s:?}");
+        assert!(s.is_conserved(), "{s:?}");
+        if name == "pull" {
+            // Final counts: everything was handed out.
+            assert_eq!(s.delivered_events, EVENTS + 1, "{s:?}");
+            assert_eq!(s.queued + s.in_flight + s.discarded_batches, 0, "{s:?}");
+        }
+    }
+    // And still there afterwards.
+    let after = engine.stats();
+    for name in ["holder", "pull", "self-drop"] {
+        assert!(
+            after.subscribers.iter().any(|s| s.name == name),
+            "{name} missing from engine.stats() after shutdown"
+        );
+    }
+}

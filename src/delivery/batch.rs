@@ -91,12 +91,15 @@ pub(crate) struct Header {
 }
 
 impl<T> Sealed<T> {
-    fn empty(epoch: Epoch) -> Self {
+    /// A cleared batch. `blank` (the pool's one empty name) is cloned into
+    /// its name fields, so a batch costs no allocation beyond its own and
+    /// its event buffer's (`events` capacity).
+    fn empty(epoch: Epoch, blank: &std::sync::Arc<str>, events: usize) -> Self {
         Sealed {
-            prefix: "".into(),
-            name: "".into(),
+            prefix: blank.clone(),
+            name: blank.clone(),
             prefix_id: 0,
-            events: Vec::new(),
+            events: Vec::with_capacity(events),
             aggregates: Vec::new(),
             reason: BatchReason::Flush,
             seq: 0,
@@ -333,12 +336,32 @@ impl<T> fmt::Debug for Batch<T> {
 
 /// Recycles sealed batches on the flusher.
 ///
-/// The pool keeps a handle to each of the last `capacity` batches it sealed.
+/// The pool keeps a handle to each batch it sealed, oldest first (`kept`).
 /// Sealing first looks at the oldest few: one that no subscriber holds any
 /// more (`Arc::get_mut` succeeds: only the pool has it) is cleared and
-/// reused, keeping its buffers' capacity; otherwise a new one is allocated
-/// (and the oldest kept handle is let go, so a subscriber that holds on to
-/// batches costs allocations, never an unbounded pool).
+/// reused, keeping its buffers' capacity. Subscribers consume their queues
+/// in order, so the oldest kept batch is the first one let go of.
+///
+/// How many batches must exist for that to never allocate is the number
+/// held at once by the subscribers, which the pool cannot learn by
+/// growing on demand: the deepest backlog seen so far says nothing about
+/// the next one (a delivery thread descheduled for a while holds a whole
+/// queue's worth), so a pool that grows to its high-water mark allocates
+/// whenever scheduling produces a deeper backlog than before. That bound is
+/// known, though: a subscriber holds at most its queue's capacity plus the
+/// one batch in its hands. So when the subscriptions change, the flusher
+/// [provisions](BatchPool::provision) the pool to that bound (capped at the
+/// pool's capacity), off the per-batch path: the extra batches wait in a
+/// reserve and are taken, instead of allocating, when the oldest kept ones
+/// are all still held. Allocation then happens only past the bound (a
+/// consumer that keeps batches it received, a pool capacity below the
+/// subscribers' total) and never grows the pool beyond its capacity (the
+/// oldest kept handle is then let go of).
+///
+/// Reserve batches start with room for one event: exact for passthrough
+/// batches (one event each), the policy under which backlogs are deep; a
+/// bigger window sealed into one grows that buffer once (see
+/// [`seal`](BatchPool::seal)), after which it circulates like any other.
 ///
 /// Where payloads are dropped: a recycled batch's payloads are dropped on
 /// the flusher when it is reused, not on the delivery thread that let go of
@@ -357,15 +380,22 @@ pub(crate) struct BatchPool<T> {
     ///
     /// [`recycle`]: BatchPool::recycle
     free: Vec<Arc<Sealed<T>>>,
+    /// Never-used batches made by [`provision`](BatchPool::provision).
+    reserve: Vec<Arc<Sealed<T>>>,
     capacity: usize,
     epoch: Epoch,
+    /// The empty name every cleared batch carries (one allocation per
+    /// pool, not two per batch).
+    blank: std::sync::Arc<str>,
     allocated: u64,
     reused: u64,
+    reserve_taken: u64,
     drop_panics: u64,
 }
 
-/// How many of the oldest kept batches sealing looks at before allocating:
-/// bounded work per seal when subscribers hold on to batches.
+/// How many of the oldest kept batches sealing looks at before taking a
+/// reserve batch (or allocating): bounded work per seal when subscribers
+/// hold on to batches.
 const PROBES: usize = 4;
 
 impl<T> BatchPool<T> {
@@ -375,32 +405,70 @@ impl<T> BatchPool<T> {
         BatchPool {
             kept: std::collections::VecDeque::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
+            reserve: Vec::new(),
             capacity,
             epoch,
+            blank: "".into(),
             allocated: 0,
             reused: 0,
+            reserve_taken: 0,
             drop_panics: 0,
         }
     }
 
-    /// Seals a window: swaps `events` and `aggregates` into a recycled (or
-    /// new) batch, leaving the caller's vectors empty with the recycled
-    /// buffers' capacity, and returns the shared batch.
+    /// Makes sure the pool has at least `held` batches beyond the one being
+    /// sealed (capped at its capacity), making the missing ones now into
+    /// the reserve: `held` is the most batches the subscribers can hold at
+    /// once (see the type's documentation). Called by the flusher when the
+    /// subscriptions change, never per batch. Never shrinks the pool.
+    pub(crate) fn provision(&mut self, held: usize) {
+        // Under loom the models seal a handful of batches: provisioning
+        // would only add modelled objects, and they check recycling itself.
+        if cfg!(ringfold_loom) {
+            return;
+        }
+        let target = held.saturating_add(1).min(self.capacity);
+        let have = self.kept.len() + self.free.len() + self.reserve.len();
+        if have >= target {
+            return;
+        }
+        self.reserve.reserve_exact(target - have);
+        for _ in have..target {
+            let shell = Sealed::empty(self.epoch, &self.blank, 1);
+            self.reserve.push(Arc::new(shell));
+        }
+    }
+
+    /// Seals a window: swaps `events` and `aggregates` into a recycled
+    /// batch, leaving the caller's vectors empty with the recycled buffers'
+    /// capacity, and returns the shared batch. Into a batch never used
+    /// before (a reserve shell, or a new one) the contents are moved
+    /// instead, and the caller keeps its own buffers: that batch's are
+    /// small, and handing one to the fold would make the fold regrow it
+    /// step by step (about five allocations for a 64-event window) where
+    /// moving costs at most one (none for a one-event passthrough window
+    /// into a reserve shell).
     pub(crate) fn seal(
         &mut self,
         header: Header,
         events: &mut Vec<Event<T>>,
         aggregates: &mut Vec<Aggregate>,
     ) -> Arc<Sealed<T>> {
-        let mut sealed = self.take_free();
+        let (mut sealed, mut used) = self.take_free();
         if Arc::get_mut(&mut sealed).is_none() {
             // Cannot happen (`take_free` only returns batches nobody else
             // holds); a fresh batch keeps this path panic-free regardless.
-            sealed = Arc::new(Sealed::empty(self.epoch));
+            sealed = Arc::new(Sealed::empty(self.epoch, &self.blank, 0));
+            used = false;
         }
         if let Some(inner) = Arc::get_mut(&mut sealed) {
-            std::mem::swap(&mut inner.events, events);
-            std::mem::swap(&mut inner.aggregates, aggregates);
+            if used {
+                std::mem::swap(&mut inner.events, events);
+                std::mem::swap(&mut inner.aggregates, aggregates);
+            } else {
+                inner.events.append(events);
+                inner.aggregates.append(aggregates);
+            }
             inner.set_header(header);
         }
         if self.kept.len() == self.capacity {
@@ -432,11 +500,12 @@ impl<T> BatchPool<T> {
         }
     }
 
-    /// A cleared batch held by nobody else.
-    fn take_free(&mut self) -> Arc<Sealed<T>> {
+    /// A cleared batch held by nobody else, and whether it was used before
+    /// (its buffers grown by an earlier window).
+    fn take_free(&mut self) -> (Arc<Sealed<T>>, bool) {
         if let Some(free) = self.free.pop() {
             self.reused += 1;
-            return free;
+            return (free, true);
         }
         for _ in 0..PROBES.min(self.kept.len()) {
             let Some(mut candidate) = self.kept.pop_front() else {
@@ -447,13 +516,20 @@ impl<T> BatchPool<T> {
                 inner.aggregates.clear();
                 inner.keep_alive = None;
                 self.reused += 1;
-                return candidate;
+                return (candidate, true);
             }
             // Still held by a subscriber: back of the line.
             self.kept.push_back(candidate);
         }
+        // The oldest are held: a deeper backlog than the kept batches
+        // cover, which the reserve (if provisioned) covers up to the
+        // subscribers' bound; the batch joins `kept` once sealed.
+        if let Some(shell) = self.reserve.pop() {
+            self.reserve_taken += 1;
+            return (shell, false);
+        }
         self.allocated += 1;
-        Arc::new(Sealed::empty(self.epoch))
+        (Arc::new(Sealed::empty(self.epoch, &self.blank, 0)), false)
     }
 
     /// Batches allocated (not recycled) so far.
@@ -466,6 +542,12 @@ impl<T> BatchPool<T> {
     #[cfg(any(test, ringfold_loom))]
     pub(crate) fn reused(&self) -> u64 {
         self.reused
+    }
+
+    /// Reserve batches taken so far (see [`provision`](Self::provision)).
+    #[cfg(test)]
+    pub(crate) fn reserve_taken(&self) -> u64 {
+        self.reserve_taken
     }
 
     /// Payload drops that panicked while recycling.

@@ -190,7 +190,8 @@ impl<T> Queue<T> {
         }
     }
 
-    fn capacity(&self) -> usize {
+    /// Batches the queue holds (the lag policy's capacity, at least 1).
+    pub(crate) fn capacity(&self) -> usize {
         self.policy.capacity().max(1)
     }
 

@@ -93,6 +93,13 @@ impl<T> Clone for Entry<T> {
 struct State<T> {
     next_id: u64,
     closed: bool,
+    /// Shutdown has begun (`release_blocked`, the engine's first shutdown
+    /// step): from here on a subscription whose handle is dropped stays
+    /// listed (its queue closed), so the final stats show every subscriber
+    /// that existed at shutdown with its final counts, including a
+    /// receiver whose thread let go of it as soon as the shutdown closed
+    /// it (which can happen before `shutdown()` reads the stats).
+    retain: bool,
     entries: Vec<Entry<T>>,
     /// The queues of `entries`, rebuilt on every change: a flush ticket
     /// clones this one `Arc` instead of collecting a new vector, so a
@@ -166,6 +173,7 @@ impl<T> Registry<T> {
                 state: Mutex::new(State {
                     next_id: 0,
                     closed: false,
+                    retain: false,
                     entries: Vec::new(),
                     queues: Arc::new(Vec::new()),
                 }),
@@ -216,12 +224,14 @@ impl<T> Registry<T> {
     /// Shutdown: refuses new subscriptions and closes every queue with its
     /// own `OnUnsubscribe` choice, waking every consumer. Delivery threads
     /// drain (`Deliver`) and exit; receivers return what is queued, then
-    /// the end. The subscriptions stay listed (closed) so that the final
-    /// stats still show them until their handles are dropped.
+    /// the end. The subscriptions stay listed (closed), even once their
+    /// handles are dropped (see `State::retain`), so that the final stats
+    /// show them.
     pub(crate) fn close_all(&self) {
         let queues = {
             let mut st = lock(&self.inner.state);
             st.closed = true;
+            st.retain = true;
             self.inner.generation.fetch_add(1, Ordering::Release);
             st.queues.clone()
         };
@@ -236,8 +246,15 @@ impl<T> Registry<T> {
     /// subscriber, and nothing waiting on that drain (a publish racing the
     /// close, possibly on that very subscriber's thread) waits on one
     /// either.
+    ///
+    /// Also the point from which dropped subscriptions stay listed (see
+    /// `State::retain`).
     pub(crate) fn release_blocked(&self) {
-        let queues = lock(&self.inner.state).queues.clone();
+        let queues = {
+            let mut st = lock(&self.inner.state);
+            st.retain = true;
+            st.queues.clone()
+        };
         for q in queues.iter() {
             q.release_blocked();
         }
@@ -288,8 +305,10 @@ impl Targets {
 }
 
 /// Removes its subscription from the registry when dropped (the flusher's
-/// cache drops the queue at its next generation check). Does not close the
-/// queue: its owner does, with its own `OnUnsubscribe` choice.
+/// cache drops the queue at its next generation check), unless shutdown has
+/// begun: then the subscription stays listed for the final stats (its
+/// owner closes the queue, so nothing more is queued for it). Does not
+/// close the queue: its owner does, with its own `OnUnsubscribe` choice.
 pub(crate) struct Registration<T> {
     inner: Arc<Inner<T>>,
     id: u64,
@@ -304,6 +323,9 @@ impl<T> Registration<T> {
 impl<T> Drop for Registration<T> {
     fn drop(&mut self) {
         let mut st = lock(&self.inner.state);
+        if st.retain {
+            return;
+        }
         if let Some(i) = st.entries.iter().position(|e| e.id == self.id) {
             st.entries.remove(i);
             st.changed(&self.inner.generation);
@@ -350,6 +372,14 @@ impl<T> FlushTicket<T> {
 pub(crate) struct RouteCache<T> {
     generation: u64,
     entries: Vec<Entry<T>>,
+    /// The most batches the current subscribers can hold at once: each
+    /// holds at most its queue's capacity plus the one batch in its hands
+    /// (`LagPolicy::DropOldest` drops beyond it; `Block` waits, and
+    /// overfills only in the final drain). What the batch pool is
+    /// provisioned to.
+    held_bound: usize,
+    /// `held_bound` changed since the pool was last provisioned.
+    provision_due: bool,
     /// By prefix id: `None` = not resolved since the last refresh.
     routes: Vec<Option<Vec<Arc<Queue<T>>>>>,
 }
@@ -359,6 +389,8 @@ impl<T> Default for RouteCache<T> {
         RouteCache {
             generation: u64::MAX,
             entries: Vec::new(),
+            held_bound: 0,
+            provision_due: false,
             routes: Vec::new(),
         }
     }
@@ -374,16 +406,7 @@ impl<T> RouteCache<T> {
         prefix_id: u32,
         prefix: &str,
     ) -> &[Arc<Queue<T>>] {
-        let generation = registry.generation();
-        if generation != self.generation {
-            let st = lock(&registry.inner.state);
-            // Re-read under the lock: the generation only changes under it.
-            self.generation = registry.generation();
-            self.entries.clear();
-            self.entries.extend(st.entries.iter().cloned());
-            drop(st);
-            self.routes.iter_mut().for_each(|r| *r = None);
-        }
+        self.refresh(registry);
         let pid = prefix_id as usize;
         if pid >= self.routes.len() {
             self.routes.resize_with(pid + 1, || None);
@@ -398,15 +421,44 @@ impl<T> RouteCache<T> {
         })
     }
 
+    /// Re-reads the subscriptions if they changed since the last call
+    /// (one atomic load otherwise).
+    fn refresh(&mut self, registry: &Registry<T>) {
+        if registry.generation() == self.generation {
+            return;
+        }
+        let st = lock(&registry.inner.state);
+        // Re-read under the lock: the generation only changes under it.
+        self.generation = registry.generation();
+        self.entries.clear();
+        self.entries.extend(st.entries.iter().cloned());
+        drop(st);
+        self.held_bound = self
+            .entries
+            .iter()
+            .map(|e| e.queue.capacity().saturating_add(1))
+            .fold(0, usize::saturating_add);
+        self.provision_due = true;
+        self.routes.iter_mut().for_each(|r| *r = None);
+    }
+
     /// Queues `sealed` for every subscriber of its prefix, handing batches
-    /// displaced for lag back to `pool`; returns how many queues took it.
-    /// The flusher's whole per-batch delivery cost.
+    /// displaced for lag back to `pool` (and provisioning `pool` when the
+    /// subscriptions changed); returns how many queues took it. The
+    /// flusher's whole per-batch delivery cost.
     pub(crate) fn deliver(
         &mut self,
         registry: &Registry<T>,
         pool: &mut BatchPool<T>,
         sealed: &Arc<Sealed<T>>,
     ) -> usize {
+        self.refresh(registry);
+        if std::mem::take(&mut self.provision_due) {
+            // The subscriptions changed (not the per-batch path): make the
+            // batches their backlogs can hold now, so that sealing never
+            // has to allocate for a backlog within that bound.
+            pool.provision(self.held_bound);
+        }
         let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
         let mut taken = 0;
         for q in queues {

@@ -705,7 +705,62 @@ fn a_lagging_subscriber_does_not_make_sealing_allocate() {
     let s = stuck.stats();
     assert_eq!((s.queued, s.lag_dropped_batches), (4, 96));
     assert!(f.pool.allocated() <= 10, "allocated {}", f.pool.allocated());
-    assert_eq!(f.pool.allocated() + f.pool.reused(), 100);
+    assert_eq!(
+        f.pool.allocated() + f.pool.reused() + f.pool.reserve_taken(),
+        100
+    );
+}
+
+#[test]
+fn a_backlog_within_the_queues_capacity_never_makes_sealing_allocate() {
+    // A consumer that falls behind (a delivery thread descheduled for a
+    // while) holds a deeper backlog than any before it: the pool must not
+    // have to learn that depth by allocating. Within the subscribers' bound
+    // (queue capacity + the batch in hand, each), it does not.
+    const CAP: usize = 64;
+    let mut f = Fixture::new(1024);
+    let registry = Registry::<u64>::new();
+    let opts =
+        |name: &str| SubscribeOptions::new(name).lag(LagPolicy::DropOldest { capacity: CAP });
+    let slow = Receiver::new(&registry, "*", &opts("slow")).unwrap();
+    let fast = Receiver::new(&registry, "data:*", &opts("fast")).unwrap();
+    let mut cache = RouteCache::default();
+    // Warm-up: shallow backlogs (one batch at a time).
+    for i in 0..100 {
+        f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
+        drop(slow.try_recv().unwrap());
+        drop(fast.try_recv().unwrap());
+    }
+    let warm = f.pool.allocated();
+    // Now the slow one stalls for a full queue, holding one more in hand.
+    for _ in 0..3 {
+        f.deliver(&mut cache, &registry, "data:a:x", vec![0]);
+        drop(fast.try_recv().unwrap());
+        let in_hand = slow.try_recv().unwrap();
+        for i in 0..CAP as u64 {
+            f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
+            drop(fast.try_recv().unwrap());
+        }
+        drop(in_hand);
+        while slow.try_recv().is_ok() {}
+    }
+    assert_eq!(slow.stats().lag_dropped_batches, 0);
+    assert_eq!(
+        f.pool.allocated(),
+        warm,
+        "sealing allocated for a backlog within the queue's capacity"
+    );
+    // The other path: batches kept by a consumer beyond its queue are past
+    // the bound, and cost allocations (the pool stays bounded).
+    let kept: Vec<_> = (0..CAP as u64 * 4)
+        .map(|i| {
+            f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
+            drop(fast.try_recv().unwrap());
+            slow.try_recv().unwrap()
+        })
+        .collect();
+    assert!(f.pool.allocated() > warm);
+    drop(kept);
 }
 
 #[test]
