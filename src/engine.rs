@@ -269,9 +269,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
         if shared.state.on_flusher_thread() || delivery::on_delivery_thread() {
             return Err(Error::FlushFromSubscriber);
         }
-        let sealed = shared
-            .control
-            .flush(pattern, deadline, || shared.state.unpark());
+        let sealed = self.flush_queued(pattern, deadline);
         // The ticket is taken after the flusher queued everything the flush
         // covers, so its targets include those batches.
         if shared.state.peek().dead() {
@@ -282,6 +280,18 @@ impl<T: Send + Sync + 'static> Engine<T> {
         } else {
             Err(Error::Timeout(Box::new(shared.stats())))
         }
+    }
+
+    /// The control-plane half of a flush: requests it, wakes the flusher
+    /// and waits until the flusher has sealed and queued every batch the
+    /// flush covers (false if `deadline` passed first). A separate step so
+    /// the two-flusher loom model (through `loom_api::flush_queued`) checks
+    /// exactly this code without scheduling a subscriber's thread.
+    pub(crate) fn flush_queued(&self, pattern: Option<Pattern>, deadline: Option<Instant>) -> bool {
+        let shared = &self.handle.shared;
+        shared
+            .control
+            .flush(pattern, deadline, || shared.state.unpark())
     }
 
     /// Returns once every event whose publish returned `Ok` before this

@@ -275,3 +275,16 @@ impl DeliveryQueue {
         )
     }
 }
+
+// ---------------------------------------------------------------------------
+// Engine-level flush, control-plane half (the two-flusher flush model).
+// ---------------------------------------------------------------------------
+
+/// The control-plane half of [`Engine::flush`](crate::Engine::flush)
+/// (`Engine::flush_queued`): requests a full flush, wakes the flusher and
+/// returns once the flusher has sealed and queued every batch the flush
+/// covers, without waiting for any subscriber to take them. Always true
+/// (no deadline).
+pub fn flush_queued<T: Send + Sync + 'static>(engine: &crate::Engine<T>) -> bool {
+    engine.flush_queued(None, None)
+}

@@ -36,33 +36,6 @@ where
     );
 }
 
-/// Like [`model`], with the preemption bound capped at `cap` unless
-/// `LOOM_FULL=1` is set: for the models whose state space grew past what
-/// CI can afford at the configured bound once deliveries moved onto their
-/// own thread (a 5-thread model: two flushers, producer, flusher,
-/// delivery). `LOOM_FULL=1 loom-tests/run.sh --test <model>` runs them at
-/// the configured bound (slow at bound 2 on a 2-core machine: neither the
-/// two-flusher flush model nor the dropped-producer model finished within
-/// 20 minutes).
-#[cfg(ringfold_loom)]
-pub fn model_capped<F>(cap: usize, f: F)
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    if std::env::var("LOOM_FULL").is_ok_and(|v| v == "1") {
-        return model(f);
-    }
-    let configured: usize = std::env::var("LOOM_MAX_PREEMPTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let bound = configured.min(cap);
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(bound);
-    builder.check(f);
-    println!("loom: preemption bound capped at {bound} (LOOM_FULL=1 for {configured})");
-}
-
 /// Spins until `done()` holds, yielding to loom's scheduler in between
 /// (loom requires every spin loop to yield).
 #[cfg(ringfold_loom)]
@@ -102,4 +75,38 @@ pub fn recording_engine(
         })
         .build()
         .unwrap()
+}
+
+/// The engine of the models that need no delivery thread: as
+/// [`recording_engine`] (2-slot rings, a tick of an hour, `policy` for
+/// every name), with no callback subscriber but a [`ringfold::Receiver`]
+/// for every prefix. A model thread that already exists drains it, so loom
+/// schedules no delivery thread: each one multiplies the interleavings.
+/// `Engine::flush` waits for the receiver to hand batches out, so the
+/// thread draining it must not be the one flushing.
+#[cfg(ringfold_loom)]
+pub fn receiving_engine(
+    policy: ringfold::Policy,
+) -> (ringfold::Engine<u64>, ringfold::Receiver<u64>) {
+    let engine = ringfold::Engine::<u64>::builder()
+        .ring_capacity(2)
+        .tick(HOUR)
+        .default_policy(policy)
+        .build()
+        .unwrap();
+    let receiver = engine
+        .receiver("*", ringfold::SubscribeOptions::new("loom"))
+        .unwrap();
+    (engine, receiver)
+}
+
+/// Sets bit `payload` in `seen` for each event of `batch`, failing the
+/// model if a bit is already set: an event delivered twice.
+#[cfg(ringfold_loom)]
+pub fn record_once(batch: &ringfold::Batch<u64>, seen: &mut u64) {
+    for event in batch.events() {
+        let bit = 1 << *event.payload();
+        assert_eq!(*seen & bit, 0, "event {} delivered twice", event.payload());
+        *seen |= bit;
+    }
 }
