@@ -31,7 +31,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -46,7 +49,10 @@ const RING: usize = 1 << 17;
 #[test]
 fn idle_threads_keep_no_rings_of_a_dropped_engine() {
     let before = LIVE.load(Ordering::Relaxed);
-    let engine = Engine::<u64>::builder().ring_capacity(RING).build().unwrap();
+    let engine = Engine::<u64>::builder()
+        .ring_capacity(RING)
+        .build()
+        .unwrap();
     let published = Arc::new(Barrier::new(THREADS + 1));
     let release = Arc::new(Barrier::new(THREADS + 1));
     let threads: Vec<_> = (0..THREADS)
