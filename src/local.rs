@@ -56,7 +56,9 @@ struct ExitGuard;
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        PHASE.with(|p| p.set(EXITING));
+        // `try_with`: under loom every thread-local has a destructor, and
+        // `PHASE`'s may already have run.
+        let _ = PHASE.try_with(|p| p.set(EXITING));
     }
 }
 

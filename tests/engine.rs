@@ -934,3 +934,39 @@ fn racing_publishes_at_shutdown_never_wait_for_a_stuck_subscriber() {
         engine.shutdown().unwrap();
     }
 }
+
+/// Item 16: `Engine::publish` from a thread-local destructor, after the
+/// per-thread producer slots' own thread-locals are gone, is a counted
+/// `ShutDown` (the thread is exiting), never a panic in a destructor
+/// (which would abort the process).
+#[test]
+fn publishing_from_a_thread_local_destructor_neither_panics_nor_aborts() {
+    use std::cell::RefCell;
+    use std::sync::mpsc;
+    struct PublishOnExit(Engine<u64>, mpsc::Sender<bool>);
+    impl Drop for PublishOnExit {
+        fn drop(&mut self) {
+            let r = self.0.publish("data:exit:late", 1u64);
+            let _ = self.1.send(r.is_ok());
+        }
+    }
+    std::thread_local! {
+        static ON_EXIT: RefCell<Option<PublishOnExit>> = const { RefCell::new(None) };
+    }
+    let engine = Engine::<u64>::builder().build().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let e = engine.clone();
+    std::thread::spawn(move || {
+        // Registered first, so destroyed last: after the producer slots'
+        // thread-locals.
+        ON_EXIT.with(|s| *s.borrow_mut() = Some(PublishOnExit(e.clone(), tx)));
+        e.publish("data:exit:early", 0u64).unwrap();
+    })
+    .join()
+    .unwrap();
+    let accepted = rx.recv_timeout(LONG).unwrap();
+    let stats = engine.shutdown().unwrap();
+    assert_eq!(stats.published, 1 + accepted as u64, "{stats:?}");
+    assert_eq!(stats.dropped.shut_down, !accepted as u64, "{stats:?}");
+    assert!(stats.is_conserved(), "{stats:?}");
+}
