@@ -28,6 +28,9 @@ struct Handle<T: Send + Sync + 'static> {
     join: Mutex<Option<JoinHandle<()>>>,
     /// Build-time subscribers, joined at shutdown.
     subscriptions: Mutex<Vec<Subscription<T>>>,
+    /// The producers behind `Engine::publish*`, one per thread, dropped
+    /// with the last handle (after the shutdown in `Drop`).
+    locals: local::Locals<T>,
 }
 
 impl<T: Send + Sync + 'static> Handle<T> {
@@ -172,6 +175,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
                 shared,
                 join: Mutex::new(Some(join)),
                 subscriptions: Mutex::new(subscriptions),
+                locals: local::Locals::new(),
             }),
         }
     }
@@ -222,27 +226,38 @@ impl<T: Send + Sync + 'static> Engine<T> {
     }
 
     /// Publishes through the calling thread's own producer (created on
-    /// first use, kept in a thread-local, drained when the thread exits).
+    /// first use and kept by the engine, one per thread: a thread that
+    /// exits leaves it to the next thread that starts, and dropping the
+    /// engine's last handle drops them all, whatever the threads are doing).
     pub fn publish(&self, name: &str, payload: impl Into<T>) -> Result<(), PublishError<T>> {
-        local::with_producer(&self.handle.shared, payload.into(), |p, payload| {
-            p.publish(name, payload)
-        })
+        local::with_producer(
+            &self.handle.shared,
+            &self.handle.locals,
+            payload.into(),
+            |p, payload| p.publish(name, payload),
+        )
     }
 
     /// Like [`Engine::publish`] with an interned key.
     pub fn publish_key(&self, key: EventKey, payload: impl Into<T>) -> Result<(), PublishError<T>> {
-        local::with_producer(&self.handle.shared, payload.into(), |p, payload| {
-            p.publish_key(key, payload)
-        })
+        local::with_producer(
+            &self.handle.shared,
+            &self.handle.locals,
+            payload.into(),
+            |p, payload| p.publish_key(key, payload),
+        )
     }
 
     /// Like [`Producer::publish_urgent`], through the thread's own producer.
     pub fn publish_urgent(&self, name: &str, payload: impl Into<T>) -> Result<(), PublishError<T>> {
         let payload = payload.into();
         match self.key(name) {
-            Ok(key) => local::with_producer(&self.handle.shared, payload, |p, payload| {
-                p.publish_urgent(key, payload)
-            }),
+            Ok(key) => local::with_producer(
+                &self.handle.shared,
+                &self.handle.locals,
+                payload,
+                |p, payload| p.publish_urgent(key, payload),
+            ),
             Err(e) => {
                 let unlaned = &self.handle.shared.unlaned;
                 // Relaxed: stats counters.

@@ -852,3 +852,121 @@ fn publish_errors_are_errors_for_any_payload_and_hand_payloads_back() {
     ));
     assert_eq!(events.len(), 1, "a closed engine takes nothing");
 }
+
+/// Item 8: a `DropNewest` publish racing shutdown never waits for a stuck
+/// subscriber. Eight publishers spin on `publish_key` while a subscriber is
+/// held (and, through its one-batch must-deliver queue, the flusher with
+/// it); on two cores six of them are preempted at any moment, each inside
+/// the window between a publish's early closed check and its post-push
+/// check (most of a publish) about as often as not, so each round's close
+/// lands in some publish's window with near certainty, and over the rounds
+/// with certainty. Before the fix such a publish took its event back by
+/// waiting for the flusher to stop, i.e. for the subscriber: it returned
+/// only when the gate let go.
+#[test]
+fn racing_publishes_at_shutdown_never_wait_for_a_stuck_subscriber() {
+    use ringfold::{LagPolicy, SubscribeOptions};
+    use std::sync::mpsc;
+    const PUBLISHERS: usize = 8;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let (slow, entered, release) = common::gate_for(LONG * 3);
+        let engine = Engine::<u64>::builder()
+            // Few, large batches: the final drain of eight rings stays short.
+            .default_policy(Policy::batch(Duration::from_millis(1), 4096))
+            .on_full(FullPolicy::DropNewest)
+            // Large enough that the rings are still filling when the close
+            // lands (a full ring's publish returns `Full` before the window).
+            .ring_capacity(1 << 16)
+            .subscriber_with(
+                "*",
+                SubscribeOptions::new("sink").lag(LagPolicy::Block {
+                    capacity: 1,
+                    timeout: Duration::MAX,
+                }),
+                slow,
+            )
+            .build()
+            .unwrap();
+        let key = engine.key("a:b").unwrap();
+        engine.publish_key(key, 0u64).unwrap();
+        entered.recv().unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|_| {
+                let mut p = engine.producer().unwrap();
+                let (started_tx, done_tx) = (started_tx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    // Accepted or `Full`, until the close: every publish
+                    // returns at once.
+                    while p.publish_key(key, i).is_ok() || !p.is_closed() {
+                        if i == 100 {
+                            started_tx.send(()).unwrap();
+                        }
+                        i += 1;
+                    }
+                    let _ = done_tx.send(());
+                })
+            })
+            .collect();
+        for _ in 0..PUBLISHERS {
+            started_rx.recv_timeout(LONG).unwrap();
+        }
+        let result = engine.shutdown_timeout(Duration::from_millis(20));
+        assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+        // One deadline for all: the subscriber is held for three times it.
+        let deadline = std::time::Instant::now() + LONG;
+        for n in 0..PUBLISHERS {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                done_rx.recv_timeout(left).is_ok(),
+                "round {round}: {} publishers still inside a publish: \
+                 it waited for the stuck subscriber",
+                PUBLISHERS - n
+            );
+        }
+        for p in publishers {
+            p.join().unwrap();
+        }
+        release.send(()).unwrap();
+        engine.shutdown().unwrap();
+    }
+}
+
+/// Item 16: `Engine::publish` from a thread-local destructor, after the
+/// per-thread producer slots' own thread-locals are gone, is a counted
+/// `ShutDown` (the thread is exiting), never a panic in a destructor
+/// (which would abort the process).
+#[test]
+fn publishing_from_a_thread_local_destructor_neither_panics_nor_aborts() {
+    use std::cell::RefCell;
+    use std::sync::mpsc;
+    struct PublishOnExit(Engine<u64>, mpsc::Sender<bool>);
+    impl Drop for PublishOnExit {
+        fn drop(&mut self) {
+            let r = self.0.publish("data:exit:late", 1u64);
+            let _ = self.1.send(r.is_ok());
+        }
+    }
+    std::thread_local! {
+        static ON_EXIT: RefCell<Option<PublishOnExit>> = const { RefCell::new(None) };
+    }
+    let engine = Engine::<u64>::builder().build().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let e = engine.clone();
+    std::thread::spawn(move || {
+        // Registered first, so destroyed last: after the producer slots'
+        // thread-locals.
+        ON_EXIT.with(|s| *s.borrow_mut() = Some(PublishOnExit(e.clone(), tx)));
+        e.publish("data:exit:early", 0u64).unwrap();
+    })
+    .join()
+    .unwrap();
+    let accepted = rx.recv_timeout(LONG).unwrap();
+    let stats = engine.shutdown().unwrap();
+    assert_eq!(stats.published, 1 + accepted as u64, "{stats:?}");
+    assert_eq!(stats.dropped.shut_down, !accepted as u64, "{stats:?}");
+    assert!(stats.is_conserved(), "{stats:?}");
+}

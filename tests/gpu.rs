@@ -663,3 +663,69 @@ fn engine_shutdown_is_not_held_up_by_a_detached_wedged_sampler() {
         "engine shutdown waited for the wedged sampler thread"
     );
 }
+
+/// Runs `start` on its own thread and waits for it generously (30 s): a
+/// watchdog, so a start that hangs fails the test instead of hanging it.
+fn start_watched(
+    engine: &Engine<Value>,
+    source: ScriptedSource,
+    config: SamplerConfig,
+) -> Result<GpuSampler, GpuError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(GpuSampler::start_with_source(&engine, source, config));
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("start blocked on a source wedged in device_count")
+}
+
+/// Item 12: a source wedged in `device_count` cannot block the caller of
+/// `start_with_source`: it waits at most `start_timeout`, then gets a typed
+/// error; nothing is interned, and the detached thread ends (dropping the
+/// source) once the call returns.
+#[test]
+fn starting_on_a_source_wedged_in_device_count_times_out() {
+    let (engine, _seen) = passthrough_engine();
+    let (release, wedge) = std::sync::mpsc::channel();
+    let src = ScriptedSource::new(1).wedge_device_count(wedge);
+    let timeout = Duration::from_millis(50);
+    let result = start_watched(&engine, src, config(1).start_timeout(timeout));
+    let dropped = release.send(()).is_err();
+    match result {
+        Err(GpuError::StartTimeout { timeout: t }) => assert_eq!(t, timeout),
+        other => panic!("expected StartTimeout, got {other:?}"),
+    }
+    assert!(!dropped, "the source was dropped while its call was wedged");
+    // The detached thread gives the source up once the call returns.
+    let mut gone = false;
+    for _ in 0..3000 {
+        if release.send(()).is_err() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(gone, "the detached sampler thread kept the source");
+    // Nothing was interned or registered for the sampler.
+    let stats = engine.shutdown().unwrap();
+    assert_eq!(stats.published, 0);
+}
+
+/// `start_timeout(Duration::MAX)` waits without limit (no `Instant`
+/// overflow), and a start whose source answers in time starts normally.
+#[test]
+fn an_unlimited_start_timeout_waits_for_the_source() {
+    let (engine, _seen) = passthrough_engine();
+    let (release, wedge) = std::sync::mpsc::channel();
+    let src = ScriptedSource::new(2).wedge_device_count(wedge);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        release.send(()).unwrap();
+    });
+    let sampler = start_watched(&engine, src, config(3).start_timeout(Duration::MAX)).unwrap();
+    releaser.join().unwrap();
+    let stats = sampler.join();
+    assert_eq!((stats.devices, stats.passes), (2, 3));
+    engine.shutdown().unwrap();
+}

@@ -79,6 +79,11 @@ pub const MAX_DEVICES: u32 = 64;
 /// under way before detaching the thread.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Default of [`SamplerConfig::start_timeout`]: how long starting a sampler
+/// waits for its source to open and count its devices. Generous, since
+/// initialising NVML on a machine with many GPUs can take seconds.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One GPU metric. The event name is `gpu:<device>:<name>`, the unit is part
 /// of the name.
 ///
@@ -386,7 +391,8 @@ impl<S: GpuSource + ?Sized> GpuSource for Box<S> {
 /// `slow_interval` that large reads the slow metrics on the first pass
 /// only, a `max_backoff` that large lets the back-off keep doubling (a
 /// failing device is then practically never retried), and a
-/// `stop_timeout` that large makes stopping wait without bound.
+/// `stop_timeout` that large makes stopping wait without bound, and a
+/// `start_timeout` that large makes starting wait without bound.
 ///
 /// ```
 /// use ringfold::gpu::SamplerConfig;
@@ -429,6 +435,11 @@ pub struct SamplerConfig {
     /// source call under way before detaching the thread; default
     /// [`DEFAULT_STOP_TIMEOUT`] (2 s).
     pub stop_timeout: Duration,
+    /// How long [`GpuSampler::start`] and [`GpuSampler::start_with_source`]
+    /// wait for the source to open and report its device count (both run
+    /// on the sampler thread) before giving up with
+    /// [`GpuError::StartTimeout`]; default [`DEFAULT_START_TIMEOUT`] (30 s).
+    pub start_timeout: Duration,
 }
 
 impl Default for SamplerConfig {
@@ -441,6 +452,7 @@ impl Default for SamplerConfig {
             max_passes: None,
             log: true,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 }
@@ -494,6 +506,20 @@ impl SamplerConfig {
         self.stop_timeout = stop_timeout;
         self
     }
+
+    /// Sets [`SamplerConfig::start_timeout`] (`Duration::MAX`: wait without
+    /// limit).
+    ///
+    /// ```
+    /// use ringfold::gpu::SamplerConfig;
+    /// use std::time::Duration;
+    /// let c = SamplerConfig::default().start_timeout(Duration::from_secs(5));
+    /// assert_eq!(c.start_timeout, Duration::from_secs(5));
+    /// ```
+    pub fn start_timeout(mut self, start_timeout: Duration) -> Self {
+        self.start_timeout = start_timeout;
+        self
+    }
 }
 
 /// Errors starting or stopping a sampler.
@@ -537,6 +563,14 @@ pub enum GpuError {
         /// The counters when the wait gave up (`finished` is false).
         stats: GpuStats,
     },
+    /// [`SamplerConfig::start_timeout`] passed before the source opened and
+    /// reported its device count (a wedged driver call). Nothing was
+    /// interned or registered; the sampler thread was detached and ends,
+    /// dropping the source, as soon as that call returns.
+    StartTimeout {
+        /// The timeout that passed.
+        timeout: Duration,
+    },
 }
 
 impl fmt::Display for GpuError {
@@ -562,6 +596,10 @@ impl fmt::Display for GpuError {
             GpuError::StopTimeout { timeout, .. } => write!(
                 f,
                 "the GPU sampler did not stop within {timeout:?} (a source call is blocked); its thread was detached"
+            ),
+            GpuError::StartTimeout { timeout } => write!(
+                f,
+                "the GPU source did not report its devices within {timeout:?} (a driver call is blocked); raise SamplerConfig::start_timeout if it is only slow"
             ),
         }
     }

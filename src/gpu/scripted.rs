@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{DeviceError, GpuSource, Metric, ReadError};
@@ -56,6 +57,7 @@ pub enum Step {
 pub struct ScriptedSource {
     devices: u32,
     count_error: Option<String>,
+    count_wedge: Option<Receiver<()>>,
     default: Step,
     scripts: HashMap<(u32, Metric), Vec<Step>>,
     device_errors: Vec<(u32, Range<u64>)>,
@@ -69,6 +71,7 @@ impl ScriptedSource {
         ScriptedSource {
             devices,
             count_error: None,
+            count_wedge: None,
             default: Step::Value(1.0),
             scripts: HashMap::new(),
             device_errors: Vec::new(),
@@ -124,6 +127,22 @@ impl ScriptedSource {
         self
     }
 
+    /// The first `device_count` call blocks, like a wedged driver, until
+    /// `release` receives a message or its sender is dropped; later calls
+    /// do not.
+    ///
+    /// ```
+    /// use ringfold::gpu::{GpuSource, ScriptedSource};
+    /// let (release, wedge) = std::sync::mpsc::channel();
+    /// let mut src = ScriptedSource::new(2).wedge_device_count(wedge);
+    /// release.send(()).unwrap(); // let go before the call: it returns at once
+    /// assert_eq!(src.device_count().unwrap(), 2);
+    /// ```
+    pub fn wedge_device_count(mut self, release: Receiver<()>) -> Self {
+        self.count_wedge = Some(release);
+        self
+    }
+
     /// A handle on what the sampler asked for (shared; read it any time).
     pub fn log(&self) -> ScriptLog {
         self.log.clone()
@@ -132,6 +151,10 @@ impl ScriptedSource {
 
 impl GpuSource for ScriptedSource {
     fn device_count(&mut self) -> Result<u32, DeviceError> {
+        if let Some(release) = self.count_wedge.take() {
+            // Either a message or a dropped sender lets go.
+            let _ = release.recv();
+        }
         match &self.count_error {
             Some(e) => Err(DeviceError(e.clone())),
             None => Ok(self.devices),

@@ -2,12 +2,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{DeviceError, GpuError, GpuReading, GpuSource, Metric, SamplerConfig, MAX_DEVICES};
-use crate::Engine;
+use crate::control;
+use crate::{Engine, Producer};
 
 mod worker;
 
@@ -140,6 +142,41 @@ impl Drop for DoneGuard {
     }
 }
 
+/// What the sampler thread runs with once the caller has checked the count
+/// and interned the names.
+struct Start<T: Send + 'static> {
+    producer: Producer<T>,
+    devices: Vec<DeviceState>,
+    config: SamplerConfig,
+}
+
+/// On the sampler thread: opens the source and counts its devices (panics
+/// caught), and sends the count, or why there is none, to the caller. The
+/// source, if the caller can still use it.
+fn discover<S: GpuSource>(
+    open: impl FnOnce() -> Result<S, GpuError>,
+    found: &SyncSender<Result<u32, GpuError>>,
+) -> Option<S> {
+    let panicked = || DeviceError("source panicked".into());
+    let mut source = match catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(source)) => source,
+        Ok(Err(e)) => {
+            let _ = found.send(Err(e));
+            return None;
+        }
+        Err(_) => {
+            let _ = found.send(Err(GpuError::Source(panicked())));
+            return None;
+        }
+    };
+    let n = catch_unwind(AssertUnwindSafe(|| source.device_count()))
+        .unwrap_or_else(|_| Err(panicked()))
+        .map_err(GpuError::Source);
+    let ok = n.is_ok();
+    // Fails only if the caller stopped waiting (timed out).
+    (found.send(n).is_ok() && ok).then_some(source)
+}
+
 fn bump(c: &AtomicU64, n: u64) {
     if n > 0 {
         c.fetch_add(n, Ordering::Relaxed);
@@ -220,9 +257,14 @@ impl GpuSampler {
     ) -> Result<GpuSampler, GpuError> {
         #[cfg(feature = "gpu")]
         {
+            // Opened on the sampler thread: initialising NVML on a wedged
+            // driver is bounded by `start_timeout` like `device_count`.
             let path = config.lib_path.clone();
-            let source = super::NvmlSource::open(path.as_deref())?;
-            Self::start_with_source(engine, source, config)
+            Self::launch(
+                engine,
+                move || super::NvmlSource::open(path.as_deref()),
+                config,
+            )
         }
         #[cfg(not(feature = "gpu"))]
         {
@@ -240,6 +282,13 @@ impl GpuSampler {
     /// misbehaving source cannot fill the engine's name table), as is one
     /// reporting none ([`GpuError::NoDevices`]).
     ///
+    /// **Starting is bounded.** The source's `device_count` runs on the
+    /// sampler thread, and this call waits for it at most
+    /// [`SamplerConfig::start_timeout`] (`Duration::MAX`: without limit).
+    /// A source wedged there gives [`GpuError::StartTimeout`]; the thread is
+    /// detached, interns and publishes nothing, and ends (dropping the
+    /// source) as soon as the call returns.
+    ///
     /// ```
     /// use ringfold::gpu::{GpuError, GpuSampler, SamplerConfig, ScriptedSource, MAX_DEVICES};
     /// use ringfold::{Engine, Value};
@@ -251,16 +300,84 @@ impl GpuSampler {
     /// ```
     pub fn start_with_source<T, S>(
         engine: &Engine<T>,
-        mut source: S,
+        source: S,
         config: SamplerConfig,
     ) -> Result<GpuSampler, GpuError>
     where
         T: From<GpuReading> + Send + Sync + 'static,
         S: GpuSource + Send + 'static,
     {
-        let n = catch_unwind(AssertUnwindSafe(|| source.device_count()))
-            .unwrap_or_else(|_| Err(DeviceError("source panicked".into())))
-            .map_err(GpuError::Source)?;
+        Self::launch(engine, move || Ok(source), config)
+    }
+
+    /// Spawns the sampler thread, which opens the source and counts its
+    /// devices, waits (bounded) for the count, then hands the thread what
+    /// it needs to run. Discovery runs there, not here, because a source
+    /// call cannot be interrupted: only a wait on another thread can give
+    /// up.
+    fn launch<T, S>(
+        engine: &Engine<T>,
+        open: impl FnOnce() -> Result<S, GpuError> + Send + 'static,
+        config: SamplerConfig,
+    ) -> Result<GpuSampler, GpuError>
+    where
+        T: From<GpuReading> + Send + Sync + 'static,
+        S: GpuSource + Send + 'static,
+    {
+        let shared = Arc::new(Shared::default());
+        // One slot each way, so neither side's send ever blocks: the count
+        // (or why there is none), then what the thread runs with (or
+        // nothing: the sender dropped means "give up").
+        let (found_tx, found_rx) = mpsc::sync_channel::<Result<u32, GpuError>>(1);
+        let (go_tx, go_rx) = mpsc::sync_channel::<Start<T>>(1);
+        let guard = DoneGuard(shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("ringfold-gpu".into())
+            .spawn(move || {
+                let guard = guard;
+                let Some(source) = discover(open, &found_tx) else {
+                    return;
+                };
+                // The caller gave up (timeout, bad count, engine error).
+                let Ok(start) = go_rx.recv() else {
+                    return;
+                };
+                let worker = Worker {
+                    source,
+                    producer: start.producer,
+                    devices: start.devices,
+                    schedule: Schedule::new(&start.config),
+                    config: start.config,
+                    shared: guard.0.clone(),
+                    buf: Vec::with_capacity(Metric::COUNT),
+                    fast: Vec::with_capacity(Metric::COUNT),
+                };
+                // Source panics are caught per call; this catches the rest
+                // (the payload's `From<GpuReading>`, a sampler bug) so it is
+                // reported in the stats rather than lost with the thread.
+                if catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
+                    guard.0.counters.panicked.store(true, Ordering::Release);
+                }
+            })
+            .map_err(GpuError::Spawn)?;
+        let timeout = config.start_timeout;
+        let found = match control::deadline_after(timeout) {
+            Some(_) => found_rx.recv_timeout(timeout),
+            None => found_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let n = match found {
+            Ok(found) => found?,
+            // Detached: `go_tx` is dropped on return, so the thread ends
+            // when the source call does.
+            Err(RecvTimeoutError::Timeout) => return Err(GpuError::StartTimeout { timeout }),
+            // The thread ended without a word: only a panic outside the
+            // caught calls could do that.
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(GpuError::Source(DeviceError(
+                    "the sampler thread ended before counting devices".into(),
+                )))
+            }
+        };
         if n == 0 {
             return Err(GpuError::NoDevices);
         }
@@ -281,31 +398,13 @@ impl GpuSampler {
             devices.push(DeviceState::new(index, keys));
         }
         let producer = engine.producer()?;
-        let shared = Arc::new(Shared::default());
         let stop_timeout = config.stop_timeout;
-        let worker = Worker {
-            source,
+        // Cannot fail: the thread waits on `go_rx` with a free slot.
+        let _ = go_tx.send(Start {
             producer,
             devices,
-            schedule: Schedule::new(&config),
             config,
-            shared: shared.clone(),
-            buf: Vec::with_capacity(Metric::COUNT),
-            fast: Vec::with_capacity(Metric::COUNT),
-        };
-        let guard = DoneGuard(shared.clone());
-        let thread = std::thread::Builder::new()
-            .name("ringfold-gpu".into())
-            .spawn(move || {
-                let guard = guard;
-                // Source panics are caught per call; this catches the rest
-                // (the payload's `From<GpuReading>`, a sampler bug) so it is
-                // reported in the stats rather than lost with the thread.
-                if catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
-                    guard.0.counters.panicked.store(true, Ordering::Release);
-                }
-            })
-            .map_err(GpuError::Spawn)?;
+        });
         Ok(GpuSampler {
             shared,
             devices: n,
