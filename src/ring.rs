@@ -298,38 +298,44 @@ impl<T> Consumer<T> {
         }
         /// Releases what was consumed even if `f` unwinds, so no item is
         /// ever read twice (the double-drop bug class of peers' `clear`).
+        /// It owns the running position (a local the loop keeps in a
+        /// register, not a store through `&mut self.head` per item) and
+        /// writes it back to the consumer on drop.
         struct Release<'a, T> {
             ring: &'a Ring<T>,
-            head: &'a mut usize,
+            head: usize,
+            out: &'a mut usize,
         }
         impl<T> Drop for Release<'_, T> {
             fn drop(&mut self) {
+                *self.out = self.head;
                 // Release: our moves out of the slots happen-before the
                 // producer reusing them (it Acquire-loads head).
-                self.ring.head.store(*self.head, PUBLISH);
+                self.ring.head.store(self.head, PUBLISH);
             }
         }
         let end = self.cached_tail;
         let taken = end.wrapping_sub(self.head);
         {
-            let guard = Release {
+            let mut guard = Release {
                 ring: &self.ring,
-                head: &mut self.head,
+                head: self.head,
+                out: &mut self.head,
             };
-            while *guard.head != end {
-                let item = guard.ring.slot(*guard.head).with(|p| {
+            while guard.head != end {
+                let item = guard.ring.slot(guard.head).with(|p| {
                     // SAFETY: head < tail (as loaded with Acquire), so the slot
                     // was initialised by the producer and is not yet consumed;
                     // advancing head right after reading ensures it is moved
                     // out exactly once.
                     unsafe { (*p).assume_init_read() }
                 });
-                *guard.head = guard.head.wrapping_add(1);
-                if *guard.head % RELEASE_EVERY == 0 {
+                guard.head = guard.head.wrapping_add(1);
+                if guard.head % RELEASE_EVERY == 0 {
                     // A long drain hands space back as it goes, so a
                     // producer waiting for room resumes before the drain
                     // ends. Release, as in the guard.
-                    guard.ring.head.store(*guard.head, PUBLISH);
+                    guard.ring.head.store(guard.head, PUBLISH);
                 }
                 f(item);
             }

@@ -229,27 +229,48 @@ impl<T> Folder<T> {
     /// is read only for a name newer than the ones seen so far.
     #[inline]
     pub(crate) fn take(&mut self, event: Decoded<T>, interner: &Interner) {
-        let id = event.name_id as usize;
-        let Some(route) = self.routes.get(id) else {
-            return self.take_new_name(event, interner);
+        // Taken apart here and rebuilt only on the rare paths, so the
+        // common one keeps the fields in registers.
+        let Decoded {
+            name_id,
+            urgent,
+            sub_key,
+            stamp,
+            payload,
+        } = event;
+        let id = name_id as usize;
+        let rebuilt = |payload| Decoded {
+            name_id,
+            urgent,
+            sub_key,
+            stamp,
+            payload,
         };
-        if !route.simple || event.urgent {
-            return self.take_general(event, *route);
+        let Some(route) = self.routes.get(id) else {
+            return self.take_new_name(rebuilt(payload), interner);
+        };
+        if !route.simple || urgent {
+            return self.take_general(rebuilt(payload), *route);
         }
         let pid = route.prefix as usize;
         let meta = route.meta;
-        let nanos = event.stamp.unwrap_or(self.now_nanos);
+        let nanos = stamp.unwrap_or(self.now_nanos);
         let acc = &mut self.accs[pid];
         if acc.taken == 0 {
-            self.open_window(id);
+            open_window(
+                acc,
+                route,
+                self.now,
+                &mut self.opened[pid],
+                &mut self.pending,
+            );
         }
-        let acc = &mut self.accs[pid];
         acc.taken += 1;
         acc.events.push(Event {
             meta,
-            sub_key: event.sub_key,
+            sub_key,
             nanos,
-            payload: event.payload,
+            payload,
         });
         if acc.taken >= acc.max_count {
             self.emit_full(id);
@@ -262,24 +283,6 @@ impl<T> Folder<T> {
     fn take_new_name(&mut self, event: Decoded<T>, interner: &Interner) {
         if let Some(route) = self.route_new_name(event.name_id as usize, interner) {
             self.take_general(event, route);
-        }
-    }
-
-    /// Opens the empty window of name `id`'s prefix for one of its events
-    /// (a simple route: every name of the prefix has this window shape).
-    #[cold]
-    #[inline(never)]
-    fn open_window(&mut self, id: usize) {
-        let route = self.routes[id];
-        let pid = route.prefix as usize;
-        let acc = &mut self.accs[pid];
-        self.opened[pid] = self.now;
-        acc.deadline = self.now + route.interval;
-        acc.interval = route.interval;
-        acc.max_count = route.max_count;
-        if !acc.queued {
-            acc.queued = true;
-            self.pending.push(pid as u32);
         }
     }
 
@@ -489,5 +492,27 @@ impl<T> Folder<T> {
             into.accumulated += acc.held();
             into.prefixes[pid as usize].received += acc.taken as u64;
         }
+    }
+}
+
+/// Opens the empty window `acc` for an event of a simple `route` (every
+/// name of the prefix has this window shape): `take`'s rare branch, out of
+/// line, on split borrows of the folder so `take` indexes once.
+#[cold]
+#[inline(never)]
+fn open_window<T>(
+    acc: &mut Acc<T>,
+    route: &Route,
+    now: Instant,
+    opened: &mut Instant,
+    pending: &mut Vec<u32>,
+) {
+    *opened = now;
+    acc.deadline = now + route.interval;
+    acc.interval = route.interval;
+    acc.max_count = route.max_count;
+    if !acc.queued {
+        acc.queued = true;
+        pending.push(route.prefix);
     }
 }
