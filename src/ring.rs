@@ -79,6 +79,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
             ring: ring.clone(),
             tail: 0,
             cached_head: 0,
+            limit: capacity,
         },
         Consumer {
             ring,
@@ -106,7 +107,11 @@ impl<T> Ring<T> {
 
     #[inline(always)]
     fn slot(&self, pos: usize) -> &UnsafeCell<MaybeUninit<T>> {
-        &self.slots[pos & self.mask]
+        debug_assert_eq!(self.slots.len(), self.mask + 1);
+        // SAFETY: `slots` has `mask + 1` elements (a power of two, set once
+        // in `channel` and never changed), so `pos & mask` is in bounds.
+        // Skips the bounds check on the per-event path of both ends.
+        unsafe { self.slots.get_unchecked(pos & self.mask) }
     }
 }
 
@@ -135,6 +140,10 @@ pub(crate) struct Producer<T> {
     tail: usize,
     /// Last value of `ring.head` we read; refreshed only when it says full.
     cached_head: usize,
+    /// `cached_head + capacity`: the tail at which the ring is full as far
+    /// as we know, so the free-space check of a push is one subtraction of
+    /// two fields of this struct (rtrb's and rigtorp's cached index).
+    limit: usize,
 }
 
 impl<T> Producer<T> {
@@ -163,7 +172,7 @@ impl<T> Producer<T> {
             // Acquire pairs with the consumer's Release head store: once we
             // see the new head, the consumer has finished moving those items
             // out, so overwriting their slots is safe.
-            self.cached_head = self.ring.head.load(Ordering::Acquire);
+            self.refresh_head();
             if self.free_slots_cached() < n {
                 return Err(value);
             }
@@ -178,7 +187,7 @@ impl<T> Producer<T> {
         let mut free = self.free_slots_cached();
         if free < self.ring.capacity() {
             // One head read per batch: take all the space there really is.
-            self.cached_head = self.ring.head.load(Ordering::Acquire);
+            self.refresh_head();
             free = self.free_slots_cached();
         }
         self.write_and_publish(free, items)
@@ -211,7 +220,18 @@ impl<T> Producer<T> {
 
     #[inline(always)]
     fn free_slots_cached(&self) -> usize {
-        self.ring.capacity() - self.tail.wrapping_sub(self.cached_head)
+        self.limit.wrapping_sub(self.tail)
+    }
+
+    /// Re-reads the consumer's head. Acquire pairs with the consumer's
+    /// Release head store: once we see the new head, the consumer has
+    /// finished moving those items out, so overwriting their slots is safe.
+    /// Cold: in steady state the cached view says full once per lap.
+    #[cold]
+    #[inline(never)]
+    fn refresh_head(&mut self) {
+        self.cached_head = self.ring.head.load(Ordering::Acquire);
+        self.limit = self.cached_head.wrapping_add(self.ring.capacity());
     }
 
     /// Occupied slots as seen from the producer's cached head (an upper
@@ -224,7 +244,7 @@ impl<T> Producer<T> {
     /// Re-reads the consumer's head and returns the exact occupancy at that
     /// moment (it can only shrink afterwards).
     pub(crate) fn refresh_len(&mut self) -> usize {
-        self.cached_head = self.ring.head.load(Ordering::Acquire);
+        self.refresh_head();
         self.tail.wrapping_sub(self.cached_head)
     }
 
@@ -278,38 +298,44 @@ impl<T> Consumer<T> {
         }
         /// Releases what was consumed even if `f` unwinds, so no item is
         /// ever read twice (the double-drop bug class of peers' `clear`).
+        /// It owns the running position (a local the loop keeps in a
+        /// register, not a store through `&mut self.head` per item) and
+        /// writes it back to the consumer on drop.
         struct Release<'a, T> {
             ring: &'a Ring<T>,
-            head: &'a mut usize,
+            head: usize,
+            out: &'a mut usize,
         }
         impl<T> Drop for Release<'_, T> {
             fn drop(&mut self) {
+                *self.out = self.head;
                 // Release: our moves out of the slots happen-before the
                 // producer reusing them (it Acquire-loads head).
-                self.ring.head.store(*self.head, PUBLISH);
+                self.ring.head.store(self.head, PUBLISH);
             }
         }
         let end = self.cached_tail;
         let taken = end.wrapping_sub(self.head);
         {
-            let guard = Release {
+            let mut guard = Release {
                 ring: &self.ring,
-                head: &mut self.head,
+                head: self.head,
+                out: &mut self.head,
             };
-            while *guard.head != end {
-                let item = guard.ring.slot(*guard.head).with(|p| {
+            while guard.head != end {
+                let item = guard.ring.slot(guard.head).with(|p| {
                     // SAFETY: head < tail (as loaded with Acquire), so the slot
                     // was initialised by the producer and is not yet consumed;
                     // advancing head right after reading ensures it is moved
                     // out exactly once.
                     unsafe { (*p).assume_init_read() }
                 });
-                *guard.head = guard.head.wrapping_add(1);
-                if *guard.head % RELEASE_EVERY == 0 {
+                guard.head = guard.head.wrapping_add(1);
+                if guard.head % RELEASE_EVERY == 0 {
                     // A long drain hands space back as it goes, so a
                     // producer waiting for room resumes before the drain
                     // ends. Release, as in the guard.
-                    guard.ring.head.store(*guard.head, PUBLISH);
+                    guard.ring.head.store(guard.head, PUBLISH);
                 }
                 f(item);
             }

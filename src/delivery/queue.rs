@@ -134,6 +134,19 @@ struct State<T> {
     waker: Option<Waker>,
     /// Async flush waiters.
     done_wakers: Vec<Waker>,
+    /// Threads waiting on each condvar (indexed by `Sleeper`). A notify is
+    /// a futex syscall even with nobody waiting, so every notify on the
+    /// delivery path (one or more per batch) checks this count first,
+    /// under the lock the waiter holds when it counts itself in.
+    sleepers: [u32; 3],
+}
+
+/// Which of a queue's condvars a thread waits on (index into `sleepers`).
+#[derive(Clone, Copy)]
+enum Sleeper {
+    Ready = 0,
+    Space = 1,
+    Progress = 2,
 }
 
 /// A bounded queue of batch handles for one subscriber.
@@ -183,6 +196,7 @@ impl<T> Queue<T> {
                 panics: 0,
                 waker: None,
                 done_wakers: Vec::new(),
+                sleepers: [0; 3],
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
@@ -208,7 +222,9 @@ impl<T> Queue<T> {
     /// Signals `done` progress to flush waiters; returns the async ones to
     /// wake after the lock is released.
     fn progressed(&self, st: &mut State<T>) -> Vec<Waker> {
-        self.progress.notify_all();
+        if st.sleepers[Sleeper::Progress as usize] > 0 {
+            self.progress.notify_all();
+        }
         std::mem::take(&mut st.done_wakers)
     }
 
@@ -249,6 +265,7 @@ impl<T> Queue<T> {
         st.items.push_back(Batch::new(sealed.clone()));
         st.enqueued += 1;
         let waker = st.waker.take();
+        let wake = st.sleepers[Sleeper::Ready as usize] > 0;
         let outcome = if displaced.is_some() {
             Push::QueuedDroppingOldest
         } else {
@@ -260,7 +277,9 @@ impl<T> Queue<T> {
             Vec::new()
         };
         drop(st);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -278,21 +297,52 @@ impl<T> Queue<T> {
     ) -> MutexGuard<'a, State<T>> {
         let deadline = crate::control::deadline_after(timeout);
         while st.items.len() >= self.capacity() && !st.closed && !st.released {
-            st = match deadline {
-                None => self.space.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    match self.space.wait_timeout(st, d - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
-                }
+            st = match self.sleep(st, Sleeper::Space, deadline) {
+                Ok(st) => st,
+                Err(st) => return st,
             };
         }
         st
+    }
+
+    /// Waits once on `which`'s condvar until notified (or spuriously
+    /// woken), or until `deadline` (`None`: none); `Err` with the guard if
+    /// the deadline had already passed. Counted in `sleepers` while it
+    /// waits: the count is raised and lowered under the lock, and a
+    /// notifier reads it under the same lock, so a waiter is either counted
+    /// (and notified) or not yet waiting (and re-checks its condition under
+    /// the lock before it does).
+    fn sleep<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State<T>>,
+        which: Sleeper,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, State<T>>, MutexGuard<'a, State<T>>> {
+        let cv = match which {
+            Sleeper::Ready => &self.ready,
+            Sleeper::Space => &self.space,
+            Sleeper::Progress => &self.progress,
+        };
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(st);
+                }
+                Some(d - now)
+            }
+        };
+        st.sleepers[which as usize] += 1;
+        let mut st = match timeout {
+            None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => match cv.wait_timeout(st, t) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            },
+        };
+        st.sleepers[which as usize] -= 1;
+        Ok(st)
     }
 
     /// Takes the oldest batch, with the lag it carries in band; accounts
@@ -313,7 +363,9 @@ impl<T> Queue<T> {
             }
         };
         // A blocked flusher can now queue.
-        self.space.notify_one();
+        if st.sleepers[Sleeper::Space as usize] > 0 {
+            self.space.notify_one();
+        }
         Some((batch, wakers))
     }
 
@@ -349,18 +401,9 @@ impl<T> Queue<T> {
             if st.closed {
                 return Err(PopError::Closed);
             }
-            st = match deadline {
-                None => self.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(PopError::Empty);
-                    }
-                    match self.ready.wait_timeout(st, d - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
-                }
+            st = match self.sleep(st, Sleeper::Ready, deadline) {
+                Ok(st) => st,
+                Err(_) => return Err(PopError::Empty),
             };
         }
     }
@@ -457,18 +500,9 @@ impl<T> Queue<T> {
             if st.done >= target {
                 return true;
             }
-            st = match deadline {
-                None => self.progress.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    match self.progress.wait_timeout(st, d - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
-                }
+            st = match self.sleep(st, Sleeper::Progress, deadline) {
+                Ok(st) => st,
+                Err(_) => return false,
             };
         }
     }

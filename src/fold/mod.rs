@@ -50,6 +50,17 @@ pub(crate) struct Closed<'a, T> {
     pub(crate) aggregates: &'a mut Vec<Aggregate>,
 }
 
+/// The window shapes (interval, count) of a prefix's names.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// No name of the prefix routed yet.
+    Unseen,
+    /// Every name routed so far has this interval and count.
+    Uniform(std::time::Duration, usize),
+    /// Names with different windows.
+    Mixed,
+}
+
 /// Accumulators, routes and counters: everything a sweep folds into.
 pub(crate) struct Folder<T> {
     /// The interner's name storage: keeps every `InternedStr` and
@@ -57,6 +68,9 @@ pub(crate) struct Folder<T> {
     names: Keepalive,
     /// By name id, for every name routed so far (see `Route`).
     routes: Vec<Route>,
+    /// By prefix id: the window shape of its names (see
+    /// `note_window_shape`).
+    shapes: Vec<Shape>,
     accs: Vec<Acc<T>>,
     /// Prefix ids with a non-empty window.
     pending: Vec<u32>,
@@ -96,6 +110,7 @@ impl<T> Folder<T> {
         let mut folder = Folder {
             names: interner.keepalive(),
             routes: Vec::new(),
+            shapes: Vec::new(),
             accs: Vec::new(),
             pending: Vec::new(),
             sealed: Vec::new(),
@@ -157,6 +172,32 @@ impl<T> Folder<T> {
         }
     }
 
+    /// Records the window shape of the newest route `id`'s prefix. The
+    /// first name of a prefix sets it; a name with another shape makes the
+    /// prefix mixed, and every route of a mixed prefix leaves `take`'s fast
+    /// path (whose window is only ever opened with the route's own shape).
+    /// A prefix turns mixed at most once, so the scan below runs at most
+    /// once per prefix.
+    fn note_window_shape(&mut self, id: usize) {
+        let route = self.routes[id];
+        let pid = route.prefix as usize;
+        if self.shapes.len() <= pid {
+            self.shapes.resize(pid + 1, Shape::Unseen);
+        }
+        let shape = (route.interval, route.max_count);
+        match self.shapes[pid] {
+            Shape::Unseen => self.shapes[pid] = Shape::Uniform(shape.0, shape.1),
+            Shape::Uniform(i, m) if (i, m) == shape => {}
+            Shape::Uniform(..) => {
+                self.shapes[pid] = Shape::Mixed;
+                for r in self.routes.iter_mut().filter(|r| r.prefix == route.prefix) {
+                    r.simple = false;
+                }
+            }
+            Shape::Mixed => self.routes[id].simple = false,
+        }
+    }
+
     /// The route of name `id`, extending `routes` from a newer snapshot if
     /// the name is newer than the ones seen so far.
     #[cold]
@@ -170,6 +211,7 @@ impl<T> Folder<T> {
             let route = Route::of(info);
             self.routes.push(route);
             self.ensure_prefix(route.prefix as usize);
+            self.note_window_shape(self.routes.len() - 1);
         }
         // Producers only send keys below the name count they saw, and the
         // count only grows, so the lookup cannot miss.
@@ -179,19 +221,83 @@ impl<T> Folder<T> {
     }
 
     /// Folds one event into its prefix's window, sealing the window if the
-    /// event closes it. The flusher's hot loop: one route read, one window
-    /// update, one 32-byte push for batch policies. `interner` is read only
-    /// for a name newer than the ones seen so far.
+    /// event closes it. The flusher's hot loop. The common case (a kept
+    /// event of a name whose prefix has one window shape, not urgent) reads
+    /// three fields of the route, bumps the window's count and pushes the
+    /// 32-byte event; opening a window, closing it, and every other policy
+    /// are out of line, so the loop keeps its values in registers. `interner`
+    /// is read only for a name newer than the ones seen so far.
     #[inline]
     pub(crate) fn take(&mut self, event: Decoded<T>, interner: &Interner) {
-        let id = event.name_id as usize;
-        let route = match self.routes.get(id) {
-            Some(route) => *route,
-            None => match self.route_new_name(id, interner) {
-                Some(route) => route,
-                None => return,
-            },
+        // Taken apart here and rebuilt only on the rare paths, so the
+        // common one keeps the fields in registers.
+        let Decoded {
+            name_id,
+            urgent,
+            sub_key,
+            stamp,
+            payload,
+        } = event;
+        let id = name_id as usize;
+        let rebuilt = |payload| Decoded {
+            name_id,
+            urgent,
+            sub_key,
+            stamp,
+            payload,
         };
+        let Some(route) = self.routes.get(id) else {
+            return self.take_new_name(rebuilt(payload), interner);
+        };
+        if !route.simple || urgent {
+            return self.take_general(rebuilt(payload), *route);
+        }
+        let pid = route.prefix as usize;
+        let meta = route.meta;
+        let nanos = stamp.unwrap_or(self.now_nanos);
+        let acc = &mut self.accs[pid];
+        if acc.taken == 0 {
+            open_window(
+                acc,
+                route,
+                self.now,
+                &mut self.opened[pid],
+                &mut self.pending,
+            );
+        }
+        acc.taken += 1;
+        acc.events.push(Event {
+            meta,
+            sub_key,
+            nanos,
+            payload,
+        });
+        if acc.taken >= acc.max_count {
+            self.emit_full(id);
+        }
+    }
+
+    /// `take` for a name the routes do not know yet (see `route_new_name`).
+    #[cold]
+    #[inline(never)]
+    fn take_new_name(&mut self, event: Decoded<T>, interner: &Interner) {
+        if let Some(route) = self.route_new_name(event.name_id as usize, interner) {
+            self.take_general(event, route);
+        }
+    }
+
+    /// Name `id`'s event filled its prefix's window: seal it.
+    #[inline(never)]
+    fn emit_full(&mut self, id: usize) {
+        let route = &self.routes[id];
+        let (pid, reason) = (route.prefix as usize, route.count_reason);
+        self.emit(pid, reason);
+    }
+
+    /// Every case of `take`: any policy, urgent events, prefixes whose
+    /// names have different windows.
+    #[inline(never)]
+    fn take_general(&mut self, event: Decoded<T>, route: Route) {
         let pid = route.prefix as usize;
         let nanos = event.stamp.unwrap_or(self.now_nanos);
         let acc = &mut self.accs[pid];
@@ -241,12 +347,7 @@ impl<T> Folder<T> {
         if urgent {
             self.emit(pid, BatchReason::Urgent);
         } else if full {
-            let reason = if route.passthrough {
-                BatchReason::Passthrough
-            } else {
-                BatchReason::Count
-            };
-            self.emit(pid, reason);
+            self.emit(pid, route.count_reason);
         }
     }
 
@@ -391,5 +492,27 @@ impl<T> Folder<T> {
             into.accumulated += acc.held();
             into.prefixes[pid as usize].received += acc.taken as u64;
         }
+    }
+}
+
+/// Opens the empty window `acc` for an event of a simple `route` (every
+/// name of the prefix has this window shape): `take`'s rare branch, out of
+/// line, on split borrows of the folder so `take` indexes once.
+#[cold]
+#[inline(never)]
+fn open_window<T>(
+    acc: &mut Acc<T>,
+    route: &Route,
+    now: Instant,
+    opened: &mut Instant,
+    pending: &mut Vec<u32>,
+) {
+    *opened = now;
+    acc.deadline = now + route.interval;
+    acc.interval = route.interval;
+    acc.max_count = route.max_count;
+    if !acc.queued {
+        acc.queued = true;
+        pending.push(route.prefix);
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::window::Fold;
-use crate::event::NameRef;
+use crate::event::{BatchReason, NameRef};
 use crate::intern::NameInfo;
 use crate::policy::Policy;
 
@@ -17,26 +17,40 @@ pub(super) struct Route {
     pub(super) fold: Fold,
     /// An urgent rule matches the name: its events close the window.
     pub(super) urgent: bool,
-    pub(super) passthrough: bool,
     pub(super) interval: Duration,
     pub(super) max_count: usize,
+    /// The fold's fast path applies: the name's events are kept (batch or
+    /// passthrough), it matches no urgent rule, and every name of its
+    /// prefix seen so far has the same window (`interval`, `max_count`),
+    /// so an event only has to open the window or fill it. Cleared by
+    /// `Folder` for every name of a prefix once the prefix mixes windows.
+    pub(super) simple: bool,
+    /// The reason of a batch this name's events close by count.
+    pub(super) count_reason: BatchReason,
 }
 
 impl Route {
     pub(super) fn of(info: &NameInfo) -> Route {
         let (interval, max_count) = info.policy.effective_window();
+        let passthrough = info.policy == Policy::Passthrough;
+        let fold = match info.policy {
+            Policy::Passthrough | Policy::Batch { .. } => Fold::Keep,
+            Policy::Latest { .. } => Fold::Latest,
+            Policy::Aggregate { .. } => Fold::Aggregate,
+        };
         Route {
             meta: NameRef::new(&info.meta),
             prefix: info.prefix,
-            fold: match info.policy {
-                Policy::Passthrough | Policy::Batch { .. } => Fold::Keep,
-                Policy::Latest { .. } => Fold::Latest,
-                Policy::Aggregate { .. } => Fold::Aggregate,
-            },
+            fold,
             urgent: info.urgent,
-            passthrough: info.policy == Policy::Passthrough,
             interval,
             max_count,
+            simple: fold == Fold::Keep && !info.urgent,
+            count_reason: if passthrough {
+                BatchReason::Passthrough
+            } else {
+                BatchReason::Count
+            },
         }
     }
 }

@@ -211,6 +211,35 @@ fn mixed_policies_in_one_prefix_take_the_shortest_window_and_smallest_count() {
 }
 
 #[test]
+fn a_name_joining_a_mixed_prefix_still_narrows_its_window() {
+    // x and y make the prefix mixed; z, routed later, has the smallest
+    // count: an event of z in a window y opened must still lower it.
+    let mut rig = Rig::new(
+        &[
+            ("data:t:x", Policy::batch(100 * MS, 10)),
+            ("data:t:y", Policy::batch(100 * MS, 50)),
+            ("data:t:z", Policy::batch(100 * MS, 2)),
+        ],
+        &[],
+    );
+    rig.take("data:t:x", 0, 1);
+    rig.take("data:t:y", 0, 2);
+    assert_eq!(rig.at(100 * MS).len(), 1, "x's and y's window, on time");
+    rig.take("data:t:y", 0, 3);
+    rig.take("data:t:z", 0, 4);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1, "z's count of 2 closes y's window");
+    assert_eq!(seen[0].reason, BatchReason::Count);
+    assert_eq!(seen[0].events, vec![ev("data:t:y", 3), ev("data:t:z", 4)]);
+    // Again, now that z is routed (its first event took the general path).
+    rig.take("data:t:y", 0, 5);
+    rig.take("data:t:z", 0, 6);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1, "z's count of 2 closes y's window again");
+    assert_eq!(seen[0].events, vec![ev("data:t:y", 5), ev("data:t:z", 6)]);
+}
+
+#[test]
 fn urgent_closes_the_window_after_earlier_events() {
     let mut rig = Rig::new(
         &[("data:*", Policy::batch(10 * MS, 100))],

@@ -340,7 +340,11 @@ impl<T: Send + 'static> Producer<T> {
         if !self.owns(key) {
             return Err(self.reject_foreign(payload));
         }
-        // Cheap early out; the exact check is the one after the push.
+        // Cheap early out; the exact check is the one after the push. Kept
+        // (one load and branch) although the exact check alone would refuse
+        // too: that one takes the event back by waiting for the flusher to
+        // stop, and a publish after `shutdown_timeout` gave up (or from the
+        // flusher's own thread) must be refused at once, never wait.
         if self.shared.state.peek().closed() {
             return Err(self.reject_closed(payload));
         }
@@ -431,6 +435,18 @@ impl<T: Send + 'static> Producer<T> {
         // Relaxed load of the state word.
         let state = self.shared.state.after_publish();
         if state.is_quiet() {
+            return Ok(());
+        }
+        // The flusher parked until its next tick (not deep, not closing):
+        // the steady state between sweeps under load, so this is inline
+        // too. Nothing to do below the high-water mark; the cached
+        // occupancy is an upper bound, so below it means below.
+        if state.parked()
+            && !state.deep()
+            && !state.closed()
+            && !urgent
+            && self.ring.len_upper_bound() < self.high_water
+        {
             return Ok(());
         }
         self.after_push_slow(state, urgent)
