@@ -187,18 +187,22 @@ impl Backlog {
         self.dropped.load(Ordering::Relaxed) < MAX_RETIRING_LANES
     }
 
-    /// Flusher, after each sweep: `retired` lanes left the registry. Wakes
-    /// the waiting creations, if any, so they re-check (and see progress).
+    /// Flusher, after each sweep: `retired` lanes left the registry. If
+    /// some did, wakes the waiting creations, if any, to re-check. A pass
+    /// that retired nothing only counts itself: a waiter sees that progress
+    /// at its next slice.
     pub(crate) fn pass_done(&self, retired: usize) {
+        // Relaxed: a progress hint, read under no ordering requirement.
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        if retired == 0 {
+            return;
+        }
         // SeqCst on the decrement and on the `waiters` load, against the
         // waiter's SeqCst increment of `waiters` and load of `dropped`
         // (a store-load pair each side): either the waiter sees the new
         // count, or we see the waiter and notify it under the lock it
         // holds until it waits.
-        if retired > 0 {
-            self.dropped.fetch_sub(retired, Ordering::SeqCst);
-        }
-        self.passes.fetch_add(1, Ordering::SeqCst);
+        self.dropped.fetch_sub(retired, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.release();
         }
@@ -219,13 +223,13 @@ impl Backlog {
         wake();
         let mut guard = lock(&self.lock);
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut seen = self.passes.load(Ordering::SeqCst);
+        let mut seen = self.passes.load(Ordering::Relaxed);
         let mut progress_at = Instant::now();
         loop {
             if closed() || self.dropped.load(Ordering::SeqCst) < MAX_RETIRING_LANES {
                 break;
             }
-            let passes = self.passes.load(Ordering::SeqCst);
+            let passes = self.passes.load(Ordering::Relaxed);
             let now = Instant::now();
             if passes != seen {
                 seen = passes;
