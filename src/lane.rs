@@ -127,7 +127,11 @@ impl<T> Lane<T> {
 /// proportional to live producers plus pending events. 256 lanes is small
 /// (at most 256 rings beyond the live ones) yet large enough that a churning
 /// thread waits once per 256 creations, one flusher pass, not once per
-/// creation.
+/// creation. (Recycling retired rings would save allocations but bound
+/// nothing, so it is not done; the flusher does retire a whole sweep's dead
+/// lanes in one pass over the registry, see `Flusher::retire`.) The
+/// thread-local producers behind `Engine::publish*` skip the wait: there is
+/// at most one per thread, so they cannot churn.
 pub(crate) const MAX_RETIRING_LANES: usize = 256;
 
 /// How long a creation waits for a flusher that completes no pass at all
