@@ -1,6 +1,8 @@
 //! Memory under producer churn: `CYCLES` times, create a producer, publish
 //! one event, drop it, with a healthy subscriber; then the resident set
-//! (from /proc/self/statm, Linux) and the lanes still registered. Also the
+//! (from /proc/self/statm, Linux), the producers still registered (at
+//! most `Engine::MAX_RETIRING_PRODUCERS` dropped ones: creation waits for
+//! the flusher beyond that) and the events pending. Also the
 //! per-call cost of the thread-local path (`Engine::publish_key`) next to a
 //! held producer's (`Producer::publish_key`).
 //!
@@ -58,8 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let live = engine.stats();
     println!(
         "{cycles} create/publish/drop cycles in {churn:.2?}: rss {:.1} MiB (peak sampled {peak:.1} MiB), \
-         {} events pending",
+         {} producers registered (bound {}), {} events pending",
         rss_mib(),
+        live.producers,
+        Engine::<u64>::MAX_RETIRING_PRODUCERS,
         live.pending
     );
     engine.flush()?;

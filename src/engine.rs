@@ -164,6 +164,40 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for Engine<T> {
 }
 
 impl<T: Send + Sync + 'static> Engine<T> {
+    /// Most dropped producers whose rings may wait for the flusher to drain
+    /// and retire them: beyond it, [`Engine::producer`] and
+    /// [`Engine::producer_with_capacity`] wake the flusher and wait until
+    /// it has retired some. So a thread that creates, uses and drops
+    /// producers in a loop cannot outrun retirement, and the registered
+    /// producers ([`Stats::producers`]) stay at most the live ones plus
+    /// this many: memory proportional to live producers plus pending
+    /// events. Retirement never waits for a subscriber (they run on their
+    /// own threads).
+    ///
+    /// The wait lasts as long as the flusher keeps making passes; if it
+    /// completes none for a second (held up by a `LagPolicy::Block`
+    /// subscriber's full queue, a slow sampler or payload `Drop`), the
+    /// creation goes ahead, exceeding the bound by one. A creation on the
+    /// flusher's thread or a subscriber's delivery thread never waits (it
+    /// could be waiting for itself). If the engine shuts down or its
+    /// flusher dies meanwhile, the creation returns `ShutDown` or
+    /// `FlusherDied`, as it would have anyway.
+    ///
+    /// ```
+    /// use ringfold::Engine;
+    /// let engine = Engine::<u64>::builder().build()?;
+    /// for i in 0..1000u64 {
+    ///     let mut p = engine.producer()?;
+    ///     p.publish("data:churn:one", i).unwrap();
+    ///     // Dropped here: its ring waits for the flusher to drain it.
+    /// }
+    /// assert!(engine.stats().producers <= Engine::<u64>::MAX_RETIRING_PRODUCERS);
+    /// engine.flush()?;
+    /// assert_eq!(engine.stats().delivered, 1000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const MAX_RETIRING_PRODUCERS: usize = crate::lane::MAX_RETIRING_LANES;
+
     /// The handle of a started flusher (see `EngineBuilder::build`).
     pub(crate) fn start(
         shared: Arc<Shared<T>>,
@@ -189,7 +223,13 @@ impl<T: Send + Sync + 'static> Engine<T> {
     /// let engine = ringfold::Engine::<u64>::builder().build().unwrap();
     /// shared_between_threads(&engine.producer().unwrap());
     /// ```
+    ///
+    /// Creation is where memory under producer churn is bounded: if
+    /// [`Engine::MAX_RETIRING_PRODUCERS`] dropped producers' rings are still
+    /// waiting to be drained and retired, it wakes the flusher and waits
+    /// for it to catch up (see that constant).
     pub fn producer(&self) -> Result<Producer<T>, Error> {
+        self.handle.shared.make_room();
         let p = Producer::register(self.handle.shared.clone())?;
         self.handle.shared.state.unpark();
         Ok(p)
@@ -215,6 +255,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
     pub fn producer_with_capacity(&self, capacity: usize) -> Result<Producer<T>, Error> {
         let shared = &self.handle.shared;
         shared.config.check_ring_capacity(capacity)?;
+        shared.make_room();
         let p = Producer::register_with_capacity(shared.clone(), capacity)?;
         shared.state.unpark();
         Ok(p)

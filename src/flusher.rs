@@ -124,6 +124,8 @@ fn died<T: Send + Sync + 'static>(shared: &Shared<T>, mut flusher: Flusher<T>) {
     let Flusher { folder, .. } = flusher;
     std::mem::forget(folder);
     shared.control.stop();
+    // Producer creations waiting for retirement see the engine dead.
+    shared.backlog.release();
 }
 
 /// One producer's ring, as the flusher holds it.
@@ -160,6 +162,9 @@ struct Flusher<T: Send + 'static> {
     took_any: bool,
     /// Slots taken by the current pass's sweep.
     pass_taken: usize,
+    /// Lanes drained after their producer was dropped, unregistered at the
+    /// end of the sweep (`retire`); kept allocated between passes.
+    retiring: Vec<Arc<Lane<T>>>,
 }
 
 impl<T: Send + Sync + 'static> Flusher<T> {
@@ -185,6 +190,7 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             decoder: Decoder::default(),
             took_any: false,
             pass_taken: 0,
+            retiring: Vec::new(),
             shared,
         }
     }
@@ -291,20 +297,42 @@ impl<T: Send + Sync + 'static> Flusher<T> {
                 }
             }
             if gone {
-                self.retire(i);
+                // Drained for good (nothing more can be pushed): its
+                // reading end goes now, the registry entry at the end of
+                // the pass.
+                let slot = self.lanes.swap_remove(i);
+                self.retiring.push(slot.lane);
             } else {
                 i += 1;
             }
         }
+        self.retire();
     }
 
-    fn retire(&mut self, i: usize) {
-        let slot = self.lanes.swap_remove(i);
-        let lane = &slot.lane;
-        let mut reg = lock(&self.shared.registry);
-        reg.live.retain(|l| !Arc::ptr_eq(l, lane));
-        reg.retired.published += lane.events().0;
-        lane.drops.add_to(&mut reg.retired.dropped);
+    /// Unregisters the lanes this sweep drained after their producer was
+    /// dropped, all under one registry lock and in one pass over the live
+    /// list: retiring one at a time cost a scan of every registered lane
+    /// each, quadratic in a backlog of dead lanes, which is exactly when
+    /// retirement must be fast. Then tells waiting producer creations (see
+    /// `lane::Backlog`). Called after every sweep, retiring or not, so a
+    /// waiter can tell a busy flusher from a stuck one.
+    fn retire(&mut self) {
+        let retired = self.retiring.len();
+        if retired > 0 {
+            let mut reg = lock(&self.shared.registry);
+            for lane in &self.retiring {
+                reg.retired.published += lane.events().0;
+                lane.drops.add_to(&mut reg.retired.dropped);
+                // Relaxed: read only under this lock, just below.
+                lane.retired.store(true, Ordering::Relaxed);
+            }
+            reg.live.retain(|l| !l.retired.load(Ordering::Relaxed));
+            drop(reg);
+            // The rings are freed here (the registry held the last other
+            // handle), outside the lock.
+            self.retiring.clear();
+        }
+        self.shared.backlog.pass_done(retired);
     }
 
     fn deliver(&mut self) {
@@ -420,6 +448,8 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             *lock(&slot.lane.orphan) = Some(slot.consumer);
         }
         self.shared.control.stop();
+        // Producer creations waiting for retirement see the engine closed.
+        self.shared.backlog.release();
     }
 }
 

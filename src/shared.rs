@@ -9,7 +9,7 @@ use crate::control::Control;
 use crate::delivery;
 use crate::error::Error;
 use crate::intern::Interner;
-use crate::lane::Lane;
+use crate::lane::{Backlog, Lane};
 use crate::record::Slot;
 use crate::ring::Consumer;
 use crate::state::State;
@@ -44,6 +44,9 @@ pub(crate) struct Shared<T> {
     /// (engine shut down, or the name invalid before a producer existed).
     pub(crate) unlaned: DropCounters,
     pub(crate) registry: Mutex<Registry<T>>,
+    /// Lanes whose producer was dropped and which the flusher has not
+    /// retired yet: what `make_room` bounds (see `lane::MAX_RETIRING_LANES`).
+    pub(crate) backlog: Backlog,
     /// New lanes are waiting in `registry.new`: the flusher's lock-free
     /// check, so a pass without a new producer takes no lock.
     pub(crate) registry_dirty: AtomicBool,
@@ -77,6 +80,7 @@ impl<T: Send + 'static> Shared<T> {
                 live: Vec::new(),
                 retired: Retired::default(),
             }),
+            backlog: Backlog::new(),
             registry_dirty: AtomicBool::new(false),
             report: Mutex::new(Report::default()),
             subscribers: delivery::Registry::new(),
@@ -102,6 +106,37 @@ impl<T: Send + 'static> Shared<T> {
         // (the lane itself travels under the registry mutex).
         self.registry_dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Before a new producer registers its lane: if the backlog of dropped
+    /// but unretired lanes is at its bound, wakes the flusher and waits for
+    /// it to retire some (see `lane::MAX_RETIRING_LANES` for why, and
+    /// `Backlog::wait_for_room` for how long). Never waits on the flusher's
+    /// own thread (a payload `Drop` creating a producer would wait for
+    /// itself) nor on a delivery thread (a subscriber creating producers:
+    /// under `LagPolicy::Block` the flusher may be waiting for that very
+    /// subscriber); those go ahead, as does a creation after a stall. If the
+    /// engine closed meanwhile, the registration that follows reports it
+    /// (`ShutDown` or `FlusherDied`).
+    pub(crate) fn make_room(&self) {
+        if self.backlog.has_room()
+            || self.state.on_flusher_thread()
+            || delivery::on_delivery_thread()
+        {
+            return;
+        }
+        self.backlog
+            .wait_for_room(|| self.state.is_closed(), || self.state.unpark());
+    }
+
+    /// A producer handle is dropped: counts its lane into the backlog, then
+    /// marks it gone for the flusher to drain and retire. Release on
+    /// `gone`: the producer's last tail store happens-before the flusher's
+    /// Acquire load of it, so its drain after seeing `gone` sees everything
+    /// (and its backlog decrement comes after our increment).
+    pub(crate) fn drop_lane(&self, lane: &Lane<T>) {
+        self.backlog.lane_dropped();
+        lane.gone.store(true, Ordering::Release);
     }
 
     /// A default subscriber name: `subscriber-<n>`.

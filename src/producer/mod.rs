@@ -503,9 +503,9 @@ impl<T: Send + 'static> Producer<T> {
 
 impl<T: Send + 'static> Drop for Producer<T> {
     fn drop(&mut self) {
-        // Release: our last tail store happens-before the flusher's Acquire
-        // load of `gone`, so its drain after seeing `gone` sees everything.
-        self.lane.gone.store(true, Ordering::Release);
+        // Counts the lane into the retirement backlog, then marks it gone
+        // (Release: see `Shared::drop_lane`).
+        self.shared.drop_lane(&self.lane);
         // A flusher in DEEP sleep would otherwise keep the dead lane (and
         // its ring memory) registered until it next wakes.
         if self.shared.state.peek().deep() {
