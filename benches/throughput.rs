@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use dashmap::DashMap;
-use ringfold::{Batch, Engine, EventKey, FullPolicy, Policy, PublishError};
+use ringfold::{
+    Batch, Engine, EventKey, FullPolicy, LagPolicy, Policy, PublishError, SubscribeOptions,
+};
 
 const PREFIXES: usize = 64;
 const WINDOW: Duration = Duration::from_millis(50);
@@ -585,11 +587,22 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     let mut builder = Engine::<u64>::builder()
         .default_policy(Policy::batch(WINDOW, MAX_COUNT))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber(move |b: &Batch<u64>| {
-            if let Some(e) = b.events().first() {
-                sink.add(e.key().prefix_id() as usize, b.len());
-            }
-        });
+        // Nothing dropped, as for every contender: the counting subscriber
+        // back-pressures the flusher instead of losing its oldest batches
+        // (the default `DropOldest` lag policy) when its thread falls
+        // behind, so the time includes delivering every batch.
+        .subscriber_with(
+            "*",
+            SubscribeOptions::new("count").lag(LagPolicy::Block {
+                capacity: 1024,
+                timeout: Duration::MAX,
+            }),
+            move |b: &Batch<u64>| {
+                if let Some(e) = b.events().first() {
+                    sink.add(e.key().prefix_id() as usize, b.len());
+                }
+            },
+        );
     if let Some(core) = consumer_core() {
         builder = builder.pin_flusher(core);
     }
