@@ -459,6 +459,7 @@ impl<T: Send + Sync + 'static> Sealer<T> {
     /// code: a queue push is the whole cost per subscriber.
     fn deliver(&mut self, folder: &mut Folder<T>, shared: &Shared<T>) {
         folder.deliver(|closed| self.seal_and_queue(closed, shared));
+        self.routes.wake();
     }
 
     fn seal_and_queue(&mut self, closed: Closed<'_, T>, shared: &Shared<T>) {

@@ -139,6 +139,9 @@ struct State<T> {
     /// delivery path (one or more per batch) checks this count first,
     /// under the lock the waiter holds when it counts itself in.
     sleepers: [u32; 3],
+    /// Batches were queued since the consumer was last woken (see
+    /// `push_quiet` and `wake_consumer`).
+    unwoken: bool,
 }
 
 /// Which of a queue's condvars a thread waits on (index into `sleepers`).
@@ -197,6 +200,7 @@ impl<T> Queue<T> {
                 waker: None,
                 done_wakers: Vec::new(),
                 sleepers: [0; 3],
+                unwoken: false,
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
@@ -228,24 +232,47 @@ impl<T> Queue<T> {
         std::mem::take(&mut st.done_wakers)
     }
 
+    /// Queues a handle to `sealed` and wakes the consumer: `push_quiet`
+    /// followed by `wake_consumer`.
+    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
+        let (outcome, displaced, _) = self.push_quiet(sealed);
+        self.wake_consumer();
+        (outcome, displaced)
+    }
+
     /// The flusher's delivery: queues a handle to `sealed`, applying the lag
     /// policy when full. Never runs subscriber code; under
     /// `LagPolicy::Block` it may wait (bounded by the policy's timeout or
     /// the close). A batch dropped for lag is handed back (not dropped
     /// here, under the lock) so the flusher can recycle it
     /// (`BatchPool::recycle`).
-    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
+    ///
+    /// It does not wake the consumer: the flusher queues every batch of a
+    /// pass first and then wakes each queue it touched once
+    /// (`wake_consumer`), because a wake-up per batch (a futex call on the
+    /// flusher, a context switch on the consumer) cost more than the rest of
+    /// the delivery. The third value says this push is the first since the
+    /// consumer was last woken, i.e. the caller must call `wake_consumer`.
+    pub(crate) fn push_quiet(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>, bool) {
         let mut st = lock(&self.state);
         if st.closed {
-            return (Push::Closed, None);
+            return (Push::Closed, None, false);
         }
         let mut displaced = None;
         let block = matches!(self.policy, LagPolicy::Block { .. });
         if st.items.len() >= self.capacity() {
             if let LagPolicy::Block { timeout, .. } = self.policy {
+                // The consumer may be asleep on batches queued this pass and
+                // not announced yet: wake it before waiting for its space.
+                if st.unwoken {
+                    drop(st);
+                    self.wake_consumer();
+                    st = lock(&self.state);
+                }
                 st = self.wait_for_space(st, timeout);
                 if st.closed {
-                    return (Push::Closed, None);
+                    return (Push::Closed, None, false);
                 }
             }
             // At shutdown a must-deliver (`Block`) queue takes the final
@@ -264,8 +291,7 @@ impl<T> Queue<T> {
         }
         st.items.push_back(Batch::new(sealed.clone()));
         st.enqueued += 1;
-        let waker = st.waker.take();
-        let wake = st.sleepers[Sleeper::Ready as usize] > 0;
+        let first = !std::mem::replace(&mut st.unwoken, true);
         let outcome = if displaced.is_some() {
             Push::QueuedDroppingOldest
         } else {
@@ -277,14 +303,26 @@ impl<T> Queue<T> {
             Vec::new()
         };
         drop(st);
-        if wake {
+        done_wakers.into_iter().for_each(Waker::wake);
+        (outcome, displaced, first)
+    }
+
+    /// Wakes the consumer (a thread in `pop`, or the task behind the
+    /// registered waker) if batches were queued since it was last woken.
+    pub(crate) fn wake_consumer(&self) {
+        let mut st = lock(&self.state);
+        if !std::mem::take(&mut st.unwoken) {
+            return;
+        }
+        let waker = st.waker.take();
+        let notify = st.sleepers[Sleeper::Ready as usize] > 0;
+        drop(st);
+        if notify {
             self.ready.notify_one();
         }
         if let Some(w) = waker {
             w.wake();
         }
-        done_wakers.into_iter().for_each(Waker::wake);
-        (outcome, displaced)
     }
 
     /// `LagPolicy::Block`: waits until there is space, the queue closes, or

@@ -382,6 +382,9 @@ pub(crate) struct RouteCache<T> {
     provision_due: bool,
     /// By prefix id: `None` = not resolved since the last refresh.
     routes: Vec<Option<Vec<Arc<Queue<T>>>>>,
+    /// Queues given batches since the last `wake`: each consumer is woken
+    /// once per flusher pass, not once per batch (see `Queue::push_quiet`).
+    to_wake: Vec<Arc<Queue<T>>>,
 }
 
 impl<T> Default for RouteCache<T> {
@@ -392,6 +395,7 @@ impl<T> Default for RouteCache<T> {
             held_bound: 0,
             provision_due: false,
             routes: Vec::new(),
+            to_wake: Vec::new(),
         }
     }
 }
@@ -459,15 +463,30 @@ impl<T> RouteCache<T> {
             // has to allocate for a backlog within that bound.
             pool.provision(self.held_bound);
         }
+        let mut to_wake = std::mem::take(&mut self.to_wake);
         let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
         let mut taken = 0;
         for q in queues {
-            let (outcome, displaced) = q.push(sealed);
+            let (outcome, displaced, first) = q.push_quiet(sealed);
             taken += usize::from(outcome != Push::Closed);
+            if first {
+                to_wake.push(q.clone());
+            }
             if let Some(batch) = displaced {
                 pool.recycle(batch);
             }
         }
+        self.to_wake = to_wake;
         taken
+    }
+
+    /// Wakes the consumers of every queue given a batch since the last
+    /// call. The flusher calls it once a pass has queued its batches, and
+    /// before anything that waits on the consumers (a flush completes only
+    /// after it).
+    pub(crate) fn wake(&mut self) {
+        for q in self.to_wake.drain(..) {
+            q.wake_consumer();
+        }
     }
 }

@@ -97,7 +97,10 @@ impl Fixture {
         registry: &Registry<u64>,
         sealed: &Arc<Sealed<u64>>,
     ) -> usize {
-        cache.deliver(registry, &mut self.pool, sealed)
+        // As the flusher does at the end of each pass (here: each batch).
+        let taken = cache.deliver(registry, &mut self.pool, sealed);
+        cache.wake();
+        taken
     }
 
     fn seal(&mut self, name: &str, payloads: Vec<u64>) -> Arc<Sealed<u64>> {
