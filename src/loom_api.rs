@@ -193,7 +193,9 @@ impl DeliveryQueue {
         DeliveryQueue(Arc::new(Queue::new("loom", policy, mode)))
     }
 
-    /// Seals batch `seq` through `pool` and queues it (`Queue::push`).
+    /// Seals batch `seq` through `pool` and queues it without waking the
+    /// consumer (`Queue::push_quiet`, as the flusher queues a pass's
+    /// batches); [`wake`](Self::wake) ends the pass.
     pub fn push(&self, pool: &mut DeliveryPool, seq: u64) -> DeliveryPush {
         let header = Header {
             prefix: "m".into(),
@@ -209,7 +211,7 @@ impl DeliveryQueue {
             keep_alive: std::sync::Arc::new(()),
         };
         let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());
-        let (outcome, displaced) = self.0.push(&sealed);
+        let (outcome, displaced, _) = self.0.push_quiet(&sealed);
         if let Some(batch) = displaced {
             pool.0.recycle(batch);
         }
@@ -218,6 +220,12 @@ impl DeliveryQueue {
             Push::QueuedDroppingOldest => DeliveryPush::DroppedOldest,
             Push::Closed => DeliveryPush::Closed,
         }
+    }
+
+    /// The end of a flusher pass: wakes the consumer if batches were
+    /// queued since it was last woken (`Queue::wake_consumer`).
+    pub fn wake(&self) {
+        self.0.wake_consumer();
     }
 
     /// A receiver's blocking pop (`Queue::pop` with `Hand::Out`): `(seq,

@@ -4,7 +4,9 @@
 //!
 //! Properties, in every interleaving:
 //! - no lost wake-up: the consumer, a flusher blocked for space (`Block`)
-//!   and the flush waiter all finish (a lost notify is a loom deadlock);
+//!   and the flush waiter all finish (a lost notify is a loom deadlock),
+//!   with the flusher's wake-ups deferred to the end of its pass as in the
+//!   engine (`push_quiet` per batch, one `wake_consumer` after them);
 //! - the flush captured after the flusher's pushes completes once those
 //!   batches are delivered, dropped by lag or discarded by the close;
 //! - batches come out in seal order, each once, and the in-band `lagged`
@@ -19,8 +21,15 @@ use loom::thread;
 use loom_tests::model;
 use ringfold::loom_api::{DeliveryPool, DeliveryPush, DeliveryQueue};
 
-/// Runs the flusher/consumer/unsubscriber/flush-waiter model.
+/// Runs the flusher/consumer/unsubscriber/flush-waiter model. With
+/// `close_early` false there is no unsubscriber racing the rest: the queue
+/// is closed only after the flush returned, so no close can rescue a
+/// consumer or a flusher that a lost wake-up left asleep.
 fn run(block: bool, discard: bool, callback: bool) {
+    run_closing(block, discard, callback, true);
+}
+
+fn run_closing(block: bool, discard: bool, callback: bool, close_early: bool) {
     model(move || {
         let queue = DeliveryQueue::new(1, block, discard);
 
@@ -28,7 +37,11 @@ fn run(block: bool, discard: bool, callback: bool) {
             let q = queue.clone();
             thread::spawn(move || {
                 let mut pool = DeliveryPool::new(1);
+                // One pass: both batches queued quietly, then one wake-up
+                // (with capacity 1 the second push finds the queue full, so
+                // under `Block` it must wake the consumer before waiting).
                 let outcomes = [q.push(&mut pool, 0), q.push(&mut pool, 1)];
+                q.wake();
                 // A flush captures its target after sealing.
                 (q.target(), outcomes)
             })
@@ -50,15 +63,18 @@ fn run(block: bool, discard: bool, callback: bool) {
                 seen
             })
         };
-        let unsubscriber = {
+        let unsubscriber = close_early.then(|| {
             let q = queue.clone();
             thread::spawn(move || q.close())
-        };
+        });
 
         let (target, outcomes) = flusher.join().unwrap();
         // The flush: must return (no deadlock) in every interleaving.
         assert!(queue.wait_done(target));
-        unsubscriber.join().unwrap();
+        match unsubscriber {
+            Some(unsubscriber) => unsubscriber.join().unwrap(),
+            None => queue.close(),
+        }
         let seen = consumer.join().unwrap();
 
         let ([sealed, delivered, lagged, discarded, queued, in_flight], conserved) = queue.counts();
@@ -107,4 +123,14 @@ fn block_receiver_deliver_on_close() {
 #[test]
 fn block_callback_discard_on_close() {
     run(true, true, true);
+}
+
+#[test]
+fn block_receiver_closed_after_the_flush() {
+    run_closing(true, false, false, false);
+}
+
+#[test]
+fn drop_oldest_callback_closed_after_the_flush() {
+    run_closing(false, false, true, false);
 }

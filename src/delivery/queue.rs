@@ -234,7 +234,7 @@ impl<T> Queue<T> {
 
     /// Queues a handle to `sealed` and wakes the consumer: `push_quiet`
     /// followed by `wake_consumer`.
-    #[cfg_attr(not(any(test, ringfold_loom)), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
         let (outcome, displaced, _) = self.push_quiet(sealed);
         self.wake_consumer();
