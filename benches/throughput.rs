@@ -82,7 +82,8 @@ fn pin(role: usize) {
     }
 }
 
-/// The role-0 core for ringfold's flusher (`EngineBuilder::pin_flusher`).
+/// The role-0 core for ringfold's flusher (`EngineBuilder::pin_flusher`)
+/// and its subscriber's delivery thread (`SubscribeOptions::pin_to_core`).
 fn consumer_core() -> Option<usize> {
     (!cores().is_empty()).then_some(0)
 }
@@ -584,25 +585,28 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     let n = names();
     let counts = Counts::new();
     let sink = counts.clone();
+    // Nothing dropped, as for every contender: the counting subscriber
+    // back-pressures the flusher instead of losing its oldest batches (the
+    // default `DropOldest` lag policy) when its thread falls behind, so the
+    // time includes delivering every batch. Its delivery thread shares the
+    // consumer core with the flusher, as every contender's consumer has
+    // that core alone: left unpinned, the scheduler may wake it on a
+    // producer's core.
+    let mut options = SubscribeOptions::new("count").lag(LagPolicy::Block {
+        capacity: 1024,
+        timeout: Duration::MAX,
+    });
+    if let Some(core) = consumer_core() {
+        options = options.pin_to_core(core);
+    }
     let mut builder = Engine::<u64>::builder()
         .default_policy(Policy::batch(WINDOW, MAX_COUNT))
         .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        // Nothing dropped, as for every contender: the counting subscriber
-        // back-pressures the flusher instead of losing its oldest batches
-        // (the default `DropOldest` lag policy) when its thread falls
-        // behind, so the time includes delivering every batch.
-        .subscriber_with(
-            "*",
-            SubscribeOptions::new("count").lag(LagPolicy::Block {
-                capacity: 1024,
-                timeout: Duration::MAX,
-            }),
-            move |b: &Batch<u64>| {
-                if let Some(e) = b.events().first() {
-                    sink.add(e.key().prefix_id() as usize, b.len());
-                }
-            },
-        );
+        .subscriber_with("*", options, move |b: &Batch<u64>| {
+            if let Some(e) = b.events().first() {
+                sink.add(e.key().prefix_id() as usize, b.len());
+            }
+        });
     if let Some(core) = consumer_core() {
         builder = builder.pin_flusher(core);
     }

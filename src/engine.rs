@@ -548,6 +548,14 @@ impl<T: Send + Sync + 'static> Engine<T> {
             Pattern::parse(pattern)?;
             return Err(Error::ShutDown);
         }
+        if options.core().is_some() {
+            // A receiver is drained by the caller's own threads: there is
+            // no delivery thread to pin, and ignoring the request would
+            // hide a mistake.
+            return Err(Error::InvalidConfig(
+                "pin_to_core applies to callback subscribers; a receiver has no delivery thread",
+            ));
+        }
         Receiver::new(&shared.subscribers, pattern, &options)
     }
 

@@ -804,3 +804,38 @@ fn shutdown_stats_list_every_subscriber_even_one_closed_by_the_shutdown() {
         );
     }
 }
+
+#[test]
+fn a_pinned_delivery_thread_delivers_and_bad_cores_are_refused() {
+    let engine = Engine::<u64>::builder().build().unwrap();
+    let (sink, n) = counter();
+    let sub = engine
+        .subscribe_with("*", SubscribeOptions::new("pinned").pin_to_core(0), sink)
+        .unwrap();
+    for i in 0..10u64 {
+        engine.publish("data:pin:x", i).unwrap();
+    }
+    engine.flush().unwrap();
+    assert!(wait_until(LONG, || n.load(Ordering::SeqCst) == 10));
+    assert_eq!(sub.stats().delivered_events, 10);
+    // A core the machine lacks: refused at subscribe time, nothing spawned.
+    let missing = engine.subscribe_with(
+        "*",
+        SubscribeOptions::new("nowhere").pin_to_core(usize::MAX),
+        |_: &Batch<u64>| {},
+    );
+    assert!(
+        matches!(
+            missing,
+            Err(Error::CoreUnavailable {
+                core: usize::MAX,
+                ..
+            })
+        ),
+        "{missing:?}"
+    );
+    // A receiver has no delivery thread to pin.
+    let rx = engine.receiver("*", SubscribeOptions::new("rx").pin_to_core(0));
+    assert!(matches!(rx, Err(Error::InvalidConfig(_))), "{rx:?}");
+    engine.shutdown().unwrap();
+}

@@ -17,7 +17,8 @@ use crate::policy::Pattern;
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 /// How to subscribe: the subscriber's name (shown in its stats), its lag
-/// policy, and what happens to its queue when it unsubscribes.
+/// policy, what happens to its queue when it unsubscribes, and optionally
+/// the core its delivery thread runs on.
 ///
 /// ```
 /// use ringfold::{LagPolicy, OnUnsubscribe, SubscribeOptions};
@@ -31,6 +32,7 @@ pub struct SubscribeOptions {
     name: String,
     lag: LagPolicy,
     on_unsubscribe: OnUnsubscribe,
+    core: Option<usize>,
 }
 
 impl SubscribeOptions {
@@ -40,6 +42,7 @@ impl SubscribeOptions {
             name: name.into(),
             lag: LagPolicy::default(),
             on_unsubscribe: OnUnsubscribe::default(),
+            core: None,
         }
     }
 
@@ -55,9 +58,42 @@ impl SubscribeOptions {
         self
     }
 
+    /// Pins the subscriber's delivery thread to this core (an index into
+    /// `core_affinity`'s list, as for `EngineBuilder::pin_flusher`);
+    /// subscribing fails with `Error::CoreUnavailable` if there is none.
+    ///
+    /// Why one would: a delivery thread wakes once per flusher pass that
+    /// queued it a batch, and an unpinned one may be woken on a producer's
+    /// core, preempting the producer. On a small machine, the flusher's core
+    /// is usually the right place: the flusher hands it whole batches and
+    /// sleeps while it runs. Pinning is best effort (where the OS refuses
+    /// it, the thread runs unpinned), never a failure after subscribing.
+    /// Only callback subscribers have a delivery thread: `Engine::receiver`
+    /// refuses options with a core (`Error::InvalidConfig`).
+    ///
+    /// ```
+    /// use ringfold::{Engine, Error, SubscribeOptions};
+    /// let opts = SubscribeOptions::new("sink").pin_to_core(0);
+    /// assert_eq!(opts.core(), Some(0));
+    /// let engine = Engine::<u64>::builder().build()?;
+    /// // A core the machine does not have is refused, not ignored.
+    /// let refused = engine.subscribe_with("*", SubscribeOptions::new("x").pin_to_core(usize::MAX), |_: &ringfold::Batch<u64>| {});
+    /// assert!(matches!(refused, Err(Error::CoreUnavailable { .. })));
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub fn pin_to_core(mut self, core_index: usize) -> Self {
+        self.core = Some(core_index);
+        self
+    }
+
     /// The subscriber's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The core the delivery thread is pinned to, if any.
+    pub fn core(&self) -> Option<usize> {
+        self.core
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -67,6 +103,23 @@ impl SubscribeOptions {
             ));
         }
         Ok(())
+    }
+
+    /// The core to pin the delivery thread to, looked up now so that a
+    /// missing one is refused at subscribe time.
+    pub(crate) fn core_id(&self) -> Result<Option<core_affinity::CoreId>, Error> {
+        let Some(index) = self.core else {
+            return Ok(None);
+        };
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        cores
+            .get(index)
+            .copied()
+            .map(Some)
+            .ok_or(Error::CoreUnavailable {
+                core: index,
+                available: cores.len(),
+            })
     }
 
     pub(crate) fn queue<T>(&self) -> Queue<T> {

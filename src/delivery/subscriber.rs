@@ -126,6 +126,7 @@ impl<T: Send + Sync + 'static> Subscription<T> {
         options: &SubscribeOptions,
         subscriber: Box<dyn Subscriber<T>>,
     ) -> Result<Self, Error> {
+        let core = options.core_id()?;
         let (registration, queue) = registry.add(pattern, options)?;
         let worker_id = Arc::new(Mutex::new(None));
         let (q, id) = (queue.clone(), worker_id.clone());
@@ -134,6 +135,10 @@ impl<T: Send + Sync + 'static> Subscription<T> {
         let thread_name = format!("ringfold-sub-{}", options.name().replace('\0', "?"));
         let spawned = spawn_named(thread_name, move || {
             *lock(&id) = Some(current().id());
+            if let Some(core) = core {
+                // Best effort (see `SubscribeOptions::pin_to_core`).
+                core_affinity::set_for_current(core);
+            }
             run(&q, subscriber);
         });
         let worker = match spawned {
