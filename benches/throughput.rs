@@ -82,6 +82,20 @@ fn pin(role: usize) {
     }
 }
 
+/// Runs `f` on a new thread pinned to role 1 (a producer core) and returns
+/// its result: the hot-path group's producers run on their own core, away
+/// from the consumer core (role 0), without pinning criterion's thread.
+fn on_producer_core<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    thread::scope(|s| {
+        s.spawn(|| {
+            pin(1);
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 /// The role-0 core for ringfold's flusher (`EngineBuilder::pin_flusher`)
 /// and its subscriber's delivery thread (`SubscribeOptions::pin_to_core`).
 fn consumer_core() -> Option<usize> {
@@ -279,11 +293,18 @@ fn bench_publish(c: &mut Criterion) {
 
     // ringfold: default ring (4096) and policy; one untimed primer publish
     // per chunk wakes the flusher out of its deep sleep, so the timed chunk
-    // sees the steady state (flusher parked with a window pending).
+    // sees the steady state (flusher parked with a window pending). The
+    // flusher and the delivery thread on the consumer core, the publishes
+    // on a producer core (as in `e2e_*`, and as `rtrb-other-core`).
     group.bench_function("ringfold", |b| {
-        let engine = Engine::<u64>::builder()
-            .default_policy(Policy::batch(WINDOW, MAX_COUNT))
-            .subscriber(|b: &Batch<u64>| {
+        let mut options = SubscribeOptions::new("sink");
+        let mut builder = Engine::<u64>::builder().default_policy(Policy::batch(WINDOW, MAX_COUNT));
+        if let Some(core) = consumer_core() {
+            builder = builder.pin_flusher(core);
+            options = options.pin_to_core(core);
+        }
+        let engine = builder
+            .subscriber_with("*", options, |b: &Batch<u64>| {
                 black_box(b.len());
             })
             .build()
@@ -291,20 +312,24 @@ fn bench_publish(c: &mut Criterion) {
         let keys: Vec<EventKey> = n.names.iter().map(|s| engine.key(s).unwrap()).collect();
         let mut producer = engine.producer().unwrap();
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                producer.publish_key(keys[0], 0).unwrap();
-                let t0 = Instant::now();
-                for i in 0..m {
-                    let k = keys[(i as usize) % PREFIXES];
-                    let _ = black_box(producer.publish_key(k, black_box(i)));
+            let (producer, keys, engine) = (&mut producer, &keys, &engine);
+            let total = on_producer_core(move || {
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let m = CHUNK.min(iters - done);
+                    producer.publish_key(keys[0], 0).unwrap();
+                    let t0 = Instant::now();
+                    for i in 0..m {
+                        let k = keys[(i as usize) % PREFIXES];
+                        let _ = black_box(producer.publish_key(k, black_box(i)));
+                    }
+                    total += t0.elapsed();
+                    engine.flush().unwrap();
+                    done += m;
                 }
-                total += t0.elapsed();
-                engine.flush().unwrap();
-                done += m;
-            }
+                total
+            });
             record(G, "ringfold", iters, total);
             total
         });
@@ -335,6 +360,56 @@ fn bench_publish(c: &mut Criterion) {
             }
             record(G, "rtrb", iters, total);
             total
+        });
+    });
+
+    // rtrb again, but drained between chunks by a consumer thread on the
+    // consumer core while the pushes run on a producer core, as ringfold's
+    // are (both pinned where the machine has two cores): each chunk's
+    // pushes then write ring lines the other core last read, which is what
+    // ringfold's publish pays and the same-thread drain above does not.
+    group.bench_function("rtrb-other-core", |b| {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<Rec>::new(CAPACITY);
+        let (go, wait) = (Barrier::new(2), Barrier::new(2));
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                pin(0);
+                loop {
+                    go.wait();
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let k = rx.slots();
+                    for r in rx.read_chunk(k).unwrap() {
+                        black_box(r.payload);
+                    }
+                    wait.wait();
+                }
+            });
+            b.iter_custom(|iters| {
+                let (tx, go, wait) = (&mut tx, &go, &wait);
+                let total = on_producer_core(move || {
+                    let mut total = Duration::ZERO;
+                    let mut done = 0u64;
+                    while done < iters {
+                        let m = CHUNK.min(iters - done);
+                        let t0 = Instant::now();
+                        for i in 0..m {
+                            let _ = black_box(tx.push(rec(i as usize % PREFIXES, black_box(i))));
+                        }
+                        total += t0.elapsed();
+                        go.wait();
+                        wait.wait();
+                        done += m;
+                    }
+                    total
+                });
+                record(G, "rtrb-other-core", iters, total);
+                total
+            });
+            stop.store(true, Ordering::Relaxed);
+            go.wait();
         });
     });
 
