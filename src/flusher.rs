@@ -410,6 +410,10 @@ impl<T: Send + Sync + 'static> Flusher<T> {
     /// Streaming: yields the core (see `STREAM_YIELDS`) until a ring reaches
     /// its high-water mark (true: sweep again) or the producers seem to
     /// have slowed down (false: go on and park).
+    #[cfg_attr(
+        ringfold_loom,
+        allow(clippy::reversed_empty_ranges, reason = "no yields under loom")
+    )]
     fn linger(&self) -> bool {
         for _ in 0..STREAM_YIELDS {
             sync::yield_now();

@@ -113,7 +113,6 @@ fn a_view_taken_during_an_insert_is_whole() {
             2 => assert_eq!(view.get("b:new").map(|k| k.name_id()), Some(1)),
             n => panic!("view with {n} names"),
         }
-        drop(view);
         t.join().unwrap();
     });
 }

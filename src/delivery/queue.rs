@@ -234,7 +234,7 @@ impl<T> Queue<T> {
 
     /// Queues a handle to `sealed` and wakes the consumer: `push_quiet`
     /// followed by `wake_consumer`.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), ringfold_loom), allow(dead_code))]
     pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
         let (outcome, displaced, _) = self.push_quiet(sealed);
         self.wake_consumer();
@@ -525,7 +525,7 @@ impl<T> Queue<T> {
     }
 
     /// Batches done so far (delivered, handed out, dropped or discarded).
-    #[cfg(test)]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn done(&self) -> u64 {
         lock(&self.state).done
     }

@@ -127,7 +127,7 @@ impl<T> Receiver<T> {
         self.queue.stats()
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

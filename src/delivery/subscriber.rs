@@ -204,7 +204,7 @@ impl<T> Subscription<T> {
         self.queue.close(self.queue.on_unsubscribe());
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn queue(&self) -> &Arc<Queue<T>> {
         &self.queue
     }

@@ -42,6 +42,10 @@ impl<T: Send + 'static> Producer<T> {
     /// Ring full: drop-newest, or wait (bounded) for space.
     #[cold]
     #[inline(never)]
+    #[cfg_attr(
+        ringfold_loom,
+        allow(clippy::reversed_empty_ranges, reason = "no yields under loom")
+    )]
     pub(super) fn push_when_full(&mut self, out: Outgoing<T>) -> Result<(), PublishError<T>> {
         // Urgent by the call (`publish_urgent*`) or by a rule
         // (`EngineBuilder::urgent`): both wait `urgent_wait`. The rule is
