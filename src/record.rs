@@ -147,6 +147,9 @@ pub(crate) struct Decoded<T> {
 #[derive(Default)]
 pub(crate) struct Decoder {
     ext: Ext,
+    /// `ext` holds words for the next event. Most events have none: the
+    /// flag spares them reading and zeroing the words.
+    ext_pending: bool,
     /// Extension slots consumed since `take_ext_count`.
     ext_taken: u64,
 }
@@ -162,14 +165,23 @@ impl Decoder {
                 sub_key_low,
                 payload,
             } => {
-                // Taking the words leaves zeros (no wide sub-key, no stamp)
-                // for the next event.
-                let ext = std::mem::take(&mut self.ext);
+                let (sub_key, stamp) = if self.ext_pending {
+                    // Taking the words leaves zeros (no wide sub-key, no
+                    // stamp) for the next event.
+                    self.ext_pending = false;
+                    let ext = std::mem::take(&mut self.ext);
+                    (
+                        u64::from(ext.sub_key_high) << 32 | u64::from(sub_key_low),
+                        ext.stamp.checked_sub(1),
+                    )
+                } else {
+                    (u64::from(sub_key_low), None)
+                };
                 Some(Decoded {
                     name_id,
                     urgent,
-                    sub_key: u64::from(ext.sub_key_high) << 32 | u64::from(sub_key_low),
-                    stamp: ext.stamp.checked_sub(1),
+                    sub_key,
+                    stamp,
                     payload,
                 })
             }
@@ -183,6 +195,7 @@ impl Decoder {
     #[cold]
     fn take_ext(&mut self, kind: u32, data: u32) {
         self.ext.set(kind, data);
+        self.ext_pending = true;
         self.ext_taken += 1;
     }
 
