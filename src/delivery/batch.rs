@@ -533,7 +533,7 @@ impl<T> BatchPool<T> {
     }
 
     /// Batches allocated (not recycled) so far.
-    #[cfg(test)]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn allocated(&self) -> u64 {
         self.allocated
     }
@@ -545,7 +545,7 @@ impl<T> BatchPool<T> {
     }
 
     /// Reserve batches taken so far (see [`provision`](Self::provision)).
-    #[cfg(test)]
+    #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn reserve_taken(&self) -> u64 {
         self.reserve_taken
     }
