@@ -402,7 +402,8 @@ fn a_subscriber_that_unsubscribes_itself_keeps_the_batch_in_hand() {
     assert_eq!(queue_probe.sealed, 0);
     *handle.lock().unwrap() = Some(sub);
     engine.publish("a:b", 1u64).unwrap();
-    engine.flush().unwrap(); // neither deadlocks nor strands the flush
+    // Neither deadlocks nor strands the flush.
+    engine.flush().unwrap();
     // The flush waits for the subscribers registered when it runs: if the
     // callback already unsubscribed by then, the flush does not wait for
     // the rest of that callback, so its completion is awaited here (an
