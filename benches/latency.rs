@@ -302,15 +302,9 @@ fn flush_time() {
 // ---------------------------------------------------------------------------
 // Memory (child processes).
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+#[path = "../examples/common/rss.rs"]
+mod rss;
+use rss::rss_bytes;
 
 fn mib(b: u64) -> String {
     format!("{:.2}", b as f64 / (1024.0 * 1024.0))
@@ -384,7 +378,7 @@ fn mem_ringfold<T: Send + Sync + 'static>(base: u64, payload: fn(u64) -> T) -> (
 
 fn memory() {
     let exe = std::env::current_exe().unwrap();
-    println!("\n## Resident memory: 64 producers x 4096-slot rings (default capacity), /proc/self/statm deltas, fresh process each\n");
+    println!("\n## Resident memory: 64 producers x 4096-slot rings (default capacity), VmRSS deltas, fresh process each\n");
     println!(
         "| {:<52} | {:>14} | {:>18} |",
         "design", "created MiB", "slots touched MiB"

@@ -1,6 +1,6 @@
 //! Memory under producer churn: `CYCLES` times, create a producer, publish
 //! one event, drop it, with a healthy subscriber; then the resident set
-//! (from /proc/self/statm, Linux), the producers still registered (at
+//! (`VmRSS` from /proc/self/status, Linux), the producers still registered (at
 //! most `Engine::MAX_RETIRING_PRODUCERS` dropped ones: creation waits for
 //! the flusher beyond that) and the events pending. Also the
 //! per-call cost of the thread-local path (`Engine::publish_key`) next to a
@@ -18,14 +18,11 @@ use std::time::{Duration, Instant};
 
 use ringfold::{Batch, Engine};
 
+#[path = "common/rss.rs"]
+mod rss;
+
 fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
+    rss::rss_bytes() as f64 / (1024.0 * 1024.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
