@@ -276,6 +276,40 @@ fn summary(samples: impl Fn(&str) -> usize) {
 // ---------------------------------------------------------------------------
 // Workload 1: hot-path cost of one publish.
 
+/// The hot-path group's timing loop: `iters` calls of `publish(state, i)`,
+/// timed in chunks of `CHUNK`, each chunk preceded by `prime(state)` and
+/// followed by `drain(state)` (the consumer's side), neither of them timed.
+fn timed_chunks<S: ?Sized>(
+    iters: u64,
+    state: &mut S,
+    mut prime: impl FnMut(&mut S),
+    mut publish: impl FnMut(&mut S, u64),
+    mut drain: impl FnMut(&mut S),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0u64;
+    while done < iters {
+        let m = CHUNK.min(iters - done);
+        prime(state);
+        let t0 = Instant::now();
+        for i in 0..m {
+            publish(state, i);
+        }
+        total += t0.elapsed();
+        drain(state);
+        done += m;
+    }
+    total
+}
+
+/// Takes everything an rtrb ring holds, as one chunk.
+fn drain_rtrb(rx: &mut rtrb::Consumer<Rec>) {
+    let k = rx.slots();
+    for r in rx.read_chunk(k).unwrap() {
+        black_box(r.payload);
+    }
+}
+
 fn bench_publish(c: &mut Criterion) {
     let n = names();
     let mut group = c.benchmark_group("publish");
@@ -314,21 +348,16 @@ fn bench_publish(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let (producer, keys, engine) = (&mut producer, &keys, &engine);
             let total = on_producer_core(move || {
-                let mut total = Duration::ZERO;
-                let mut done = 0u64;
-                while done < iters {
-                    let m = CHUNK.min(iters - done);
-                    producer.publish_key(keys[0], 0).unwrap();
-                    let t0 = Instant::now();
-                    for i in 0..m {
+                timed_chunks(
+                    iters,
+                    producer,
+                    |p| p.publish_key(keys[0], 0).unwrap(),
+                    |p, i| {
                         let k = keys[(i as usize) % PREFIXES];
-                        let _ = black_box(producer.publish_key(k, black_box(i)));
-                    }
-                    total += t0.elapsed();
-                    engine.flush().unwrap();
-                    done += m;
-                }
-                total
+                        let _ = black_box(p.publish_key(k, black_box(i)));
+                    },
+                    |_| engine.flush().unwrap(),
+                )
             });
             record(G, "ringfold", iters, total);
             total
@@ -341,23 +370,17 @@ fn bench_publish(c: &mut Criterion) {
     });
 
     group.bench_function("rtrb", |b| {
-        let (mut tx, mut rx) = rtrb::RingBuffer::<Rec>::new(CAPACITY);
+        let mut ends = rtrb::RingBuffer::<Rec>::new(CAPACITY);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut ends,
+                |_| {},
+                |(tx, _), i| {
                     let _ = black_box(tx.push(rec(i as usize % PREFIXES, black_box(i))));
-                }
-                total += t0.elapsed();
-                let k = rx.slots();
-                for r in rx.read_chunk(k).unwrap() {
-                    black_box(r.payload);
-                }
-                done += m;
-            }
+                },
+                |(_, rx)| drain_rtrb(rx),
+            );
             record(G, "rtrb", iters, total);
             total
         });
@@ -380,30 +403,25 @@ fn bench_publish(c: &mut Criterion) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let k = rx.slots();
-                    for r in rx.read_chunk(k).unwrap() {
-                        black_box(r.payload);
-                    }
+                    drain_rtrb(&mut rx);
                     wait.wait();
                 }
             });
             b.iter_custom(|iters| {
                 let (tx, go, wait) = (&mut tx, &go, &wait);
                 let total = on_producer_core(move || {
-                    let mut total = Duration::ZERO;
-                    let mut done = 0u64;
-                    while done < iters {
-                        let m = CHUNK.min(iters - done);
-                        let t0 = Instant::now();
-                        for i in 0..m {
+                    timed_chunks(
+                        iters,
+                        tx,
+                        |_| {},
+                        |tx, i| {
                             let _ = black_box(tx.push(rec(i as usize % PREFIXES, black_box(i))));
-                        }
-                        total += t0.elapsed();
-                        go.wait();
-                        wait.wait();
-                        done += m;
-                    }
-                    total
+                        },
+                        |_| {
+                            go.wait();
+                            wait.wait();
+                        },
+                    )
                 });
                 record(G, "rtrb-other-core", iters, total);
                 total
@@ -416,20 +434,19 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("crossbeam-channel", |b| {
         let (tx, rx) = crossbeam_channel::bounded::<Rec>(CAPACITY);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| {
                     let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
-                }
-                total += t0.elapsed();
-                for r in rx.try_iter() {
-                    black_box(r.payload);
-                }
-                done += m;
-            }
+                },
+                |_| {
+                    rx.try_iter().for_each(|r| {
+                        black_box(r.payload);
+                    })
+                },
+            );
             record(G, "crossbeam-channel", iters, total);
             total
         });
@@ -438,20 +455,19 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("std-sync_channel", |b| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Rec>(CAPACITY);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| {
                     let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
-                }
-                total += t0.elapsed();
-                for r in rx.try_iter() {
-                    black_box(r.payload);
-                }
-                done += m;
-            }
+                },
+                |_| {
+                    rx.try_iter().for_each(|r| {
+                        black_box(r.payload);
+                    })
+                },
+            );
             record(G, "std-sync_channel", iters, total);
             total
         });
@@ -466,23 +482,22 @@ fn bench_publish(c: &mut Criterion) {
         .new_event_poller();
         let mut producer = builder.build();
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut producer,
+                |_| {},
+                |p, i| {
                     let r = rec(i as usize % PREFIXES, black_box(i));
-                    let _ = black_box(disruptor::Producer::try_publish(&mut producer, |e| *e = r));
-                }
-                total += t0.elapsed();
-                if let Ok(mut events) = poller.poll() {
-                    for r in &mut events {
-                        black_box(r.payload);
+                    let _ = black_box(disruptor::Producer::try_publish(p, |e| *e = r));
+                },
+                |_| {
+                    if let Ok(mut events) = poller.poll() {
+                        for r in &mut events {
+                            black_box(r.payload);
+                        }
                     }
-                }
-                done += m;
-            }
+                },
+            );
             record(G, "disruptor-sp", iters, total);
             total
         });
@@ -491,20 +506,19 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("crossbeam-arrayqueue", |b| {
         let q = crossbeam_queue::ArrayQueue::<Rec>::new(CAPACITY);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| {
                     let _ = black_box(q.push(rec(i as usize % PREFIXES, black_box(i))));
-                }
-                total += t0.elapsed();
-                while let Some(r) = q.pop() {
-                    black_box(r.payload);
-                }
-                done += m;
-            }
+                },
+                |_| {
+                    while let Some(r) = q.pop() {
+                        black_box(r.payload);
+                    }
+                },
+            );
             record(G, "crossbeam-arrayqueue", iters, total);
             total
         });
@@ -513,20 +527,19 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("tokio-mpsc", |b| {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Rec>(CAPACITY);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
+            let total = timed_chunks(
+                iters,
+                &mut rx,
+                |_| {},
+                |_, i| {
                     let _ = black_box(tx.try_send(rec(i as usize % PREFIXES, black_box(i))));
-                }
-                total += t0.elapsed();
-                while let Ok(r) = rx.try_recv() {
-                    black_box(r.payload);
-                }
-                done += m;
-            }
+                },
+                |rx| {
+                    while let Ok(r) = rx.try_recv() {
+                        black_box(r.payload);
+                    }
+                },
+            );
             record(G, "tokio-mpsc", iters, total);
             total
         });
@@ -535,18 +548,13 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("parking_lot-mutex-ids", |b| {
         let acc = parking_lot::Mutex::new(LockedAcc::new(Counts::new()));
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
-                    acc.lock().publish(rec(i as usize % PREFIXES, black_box(i)));
-                }
-                total += t0.elapsed();
-                acc.lock().on_tick(true);
-                done += m;
-            }
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| acc.lock().publish(rec(i as usize % PREFIXES, black_box(i))),
+                |_| acc.lock().on_tick(true),
+            );
             record(G, "parking_lot-mutex-ids", iters, total);
             total
         });
@@ -555,18 +563,13 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("mutex-hashmap", |b| {
         let map = MutexMap::default();
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
-                    map.publish(i as usize % PREFIXES, black_box(i));
-                }
-                total += t0.elapsed();
-                black_box(map.take());
-                done += m;
-            }
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| map.publish(i as usize % PREFIXES, black_box(i)),
+                |_| drop(black_box(map.take())),
+            );
             record(G, "mutex-hashmap", iters, total);
             total
         });
@@ -575,18 +578,13 @@ fn bench_publish(c: &mut Criterion) {
     group.bench_function("naive-dashmap", |b| {
         let map = NaiveMap::default();
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let m = CHUNK.min(iters - done);
-                let t0 = Instant::now();
-                for i in 0..m {
-                    map.publish(n.names[i as usize % PREFIXES], black_box(i));
-                }
-                total += t0.elapsed();
-                black_box(map.take());
-                done += m;
-            }
+            let total = timed_chunks(
+                iters,
+                &mut (),
+                |_| {},
+                |_, i| map.publish(n.names[i as usize % PREFIXES], black_box(i)),
+                |_| drop(black_box(map.take())),
+            );
             record(G, "naive-dashmap", iters, total);
             total
         });
