@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::policy::Pattern;
-use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{self, lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 
 /// The deadline `timeout` from now, or `None` when the clock cannot express
 /// it (`Duration::MAX` and the like): the one place a caller's duration
@@ -76,7 +76,7 @@ impl Control {
                     if now >= d {
                         return (guard, false);
                     }
-                    wait_timeout(&self.cv, guard, d - now)
+                    sync::wait_timeout(&self.cv, guard, d - now)
                 }
             };
         }
@@ -209,25 +209,5 @@ impl Control {
         let wakers = std::mem::take(&mut req.wakers);
         drop(req);
         wakers.into_iter().for_each(Waker::wake);
-    }
-}
-
-fn wait_timeout<'a, C>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, C>,
-    timeout: Duration,
-) -> MutexGuard<'a, C> {
-    #[cfg(not(ringfold_loom))]
-    {
-        match cv.wait_timeout(guard, timeout) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        }
-    }
-    #[cfg(ringfold_loom)]
-    {
-        // loom has no timed waits; a spurious wake-up models the timer.
-        let _ = timeout;
-        cv.wait(guard).unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -11,7 +11,7 @@ use crate::record::Slot;
 use crate::ring::{Consumer, Ring};
 use crate::stats::{DropCounters, LaneShare};
 use crate::sync::{
-    lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering, Thread,
+    self, lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, Thread,
 };
 
 /// Per-producer state shared with the flusher and the stats.
@@ -242,27 +242,10 @@ impl Backlog {
                 // Stuck (see `RETIRE_STALL`): go ahead.
                 break;
             }
-            guard = wait_slice(&self.cv, guard);
+            guard = sync::wait_timeout(&self.cv, guard, WAIT_SLICE);
             wake();
         }
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         drop(guard);
-    }
-}
-
-/// One [`WAIT_SLICE`] on the backlog's condition variable.
-fn wait_slice<'a>(cv: &Condvar, guard: MutexGuard<'a, ()>) -> MutexGuard<'a, ()> {
-    #[cfg(not(ringfold_loom))]
-    {
-        match cv.wait_timeout(guard, WAIT_SLICE) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        }
-    }
-    #[cfg(ringfold_loom)]
-    {
-        // loom has no timed waits; a spurious wake-up models the timer.
-        let _ = WAIT_SLICE;
-        cv.wait(guard).unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -223,3 +223,25 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(p) => p.into_inner(),
     }
 }
+
+/// Waits on `cv` for at most `timeout`, recovering a poisoned guard (as
+/// [`lock`] does). loom has no timed waits: under it this is a plain wait,
+/// and a spurious wake-up models the timer.
+pub(crate) fn wait_timeout<'a, C>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, C>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, C> {
+    #[cfg(not(ringfold_loom))]
+    {
+        match cv.wait_timeout(guard, timeout) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+    #[cfg(ringfold_loom)]
+    {
+        let _ = timeout;
+        cv.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+}
