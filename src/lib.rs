@@ -43,8 +43,8 @@ mod value;
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
 pub use delivery::{
-    Batch, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError, SubscribeOptions, Subscriber,
-    SubscriberStats, Subscription, TryRecvError,
+    Batch, Events, EventsIter, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError,
+    SubscribeOptions, Subscriber, SubscriberStats, Subscription, TryRecvError,
 };
 pub use engine::{Engine, DROP_SHUTDOWN_WAIT};
 pub use error::{Error, PublishError, PublishManyError};

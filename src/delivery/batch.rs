@@ -11,6 +11,7 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::events::Events;
 use crate::event::{Aggregate, BatchReason, Event};
 use crate::sync::Arc;
 
@@ -236,8 +237,8 @@ impl<T> Batch<T> {
     /// }
     /// # let _ = total;
     /// ```
-    pub fn events(&self) -> &[Event<T>] {
-        &self.sealed.events
+    pub fn events(&self) -> Events<'_, T> {
+        Events::slice(&self.sealed.events)
     }
 
     /// Per-name numeric summaries (`Policy::aggregate`), in order of first
@@ -253,9 +254,31 @@ impl<T> Batch<T> {
 
     /// Per-prefix sequence number: the prefix's batches are numbered 0, 1,
     /// 2, ... in the order they were sealed, with no gap, so a sink can
-    /// detect a lost batch (a gap) and de-duplicate a retried one.
+    /// detect a lost batch (a gap) and de-duplicate a retried one. A batch
+    /// merged from several windows (see [`merged`](Self::merged)) covers
+    /// `seq()..=last_seq()`.
     pub fn seq(&self) -> u64 {
         self.sealed.seq
+    }
+
+    /// The sequence number of the last window this batch covers: equal to
+    /// [`seq`](Self::seq) unless the batch was merged from several windows.
+    ///
+    /// ```
+    /// fn covers(batch: &ringfold::Batch<u64>) -> std::ops::RangeInclusive<u64> {
+    ///     batch.seq()..=batch.last_seq()
+    /// }
+    /// # let _ = covers;
+    /// ```
+    pub fn last_seq(&self) -> u64 {
+        self.sealed.seq
+    }
+
+    /// How many sealed windows this batch carries: 1, or more when a
+    /// lagging subscriber's queue merged consecutive windows of the prefix
+    /// into one batch (`seq()..=last_seq()`).
+    pub fn merged(&self) -> u64 {
+        1
     }
 
     /// When the window opened (its first event was taken), monotonic clock.

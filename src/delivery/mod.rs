@@ -17,6 +17,7 @@
 //! (blocking and async pull), `stats` (per-subscriber counters).
 
 mod batch;
+mod events;
 mod queue;
 mod receiver;
 mod registry;
@@ -24,6 +25,7 @@ mod stats;
 mod subscriber;
 
 pub use batch::Batch;
+pub use events::{Events, EventsIter};
 pub use queue::{LagPolicy, OnUnsubscribe};
 pub use receiver::{Receiver, RecvTimeoutError, TryRecvError};
 pub use registry::SubscribeOptions;
