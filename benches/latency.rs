@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringfold::{
-    Batch, Engine, EventKey, FullPolicy, LagPolicy, OnUnsubscribe, Policy, SubscribeOptions,
+    Batch, Budget, Engine, EventKey, FullPolicy, OnUnsubscribe, Policy, SubscribeOptions,
 };
 
 const PREFIXES: usize = 64;
@@ -109,7 +109,8 @@ fn engine_latency_with(
         builder = builder.subscriber_with(
             "*",
             SubscribeOptions::new("slow")
-                .lag(LagPolicy::DropOldest { capacity: 4 })
+                .budget(Budget::new(4, u64::MAX))
+                .coalesce_after(usize::MAX)
                 .on_unsubscribe(OnUnsubscribe::Discard),
             |_: &Batch<u64>| thread::sleep(Duration::from_millis(200)),
         );

@@ -666,7 +666,6 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     // that core alone: left unpinned, the scheduler may wake it on a
     // producer's core.
     let mut options = SubscribeOptions::new("count").lag(LagPolicy::Block {
-        capacity: 1024,
         timeout: Duration::MAX,
     });
     if let Some(core) = consumer_core() {

@@ -59,9 +59,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringfold::gpu::{GpuSampler, Metric, SamplerConfig, ScriptedSource};
-use ringfold::{
-    BatchReason, Engine, LagPolicy, Policy, Stats, SubscribeOptions, SubscriberStats, Value,
-};
+use ringfold::{BatchReason, Engine, Policy, Stats, SubscribeOptions, SubscriberStats, Value};
 
 use common::{bytes, count, duration, reduction, Histogram, IndexKeys, Rng};
 
@@ -77,9 +75,6 @@ const FAMILIES: [&str; 4] = ["data", "code_index", "chat", "gpu"];
 /// A background indexer's throttle: a pause after each file, so it
 /// shares the machine with the rest of the tower.
 const INDEX_PAUSE: Duration = Duration::from_micros(200);
-
-/// The UI bridge's queue, in deliveries.
-const UI_QUEUE: usize = 1 << 18;
 
 /// The indexer's start-up burst: at first start it indexes unthrottled
 /// (a cold index, as the seed's tower did on its first start) for this
@@ -716,10 +711,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     // every event: room for 2^18 deliveries, unbounded in effect, as the
     // seed's bus was. The SQLite event log takes `data:*` with the default
     // queue (1,024 batches, oldest dropped and counted when full).
-    let ui_rx = engine.receiver(
-        "*",
-        SubscribeOptions::new("ui-bridge").lag(LagPolicy::DropOldest { capacity: UI_QUEUE }),
-    )?;
+    let ui_rx = engine.receiver("*", SubscribeOptions::new("ui-bridge"))?;
 
     let mode = if args.baseline {
         "baseline: every name passthrough (one delivery per event)"

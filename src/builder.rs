@@ -201,7 +201,6 @@ impl<T: Send + Sync + 'static> EngineBuilder<T> {
     ///     .subscriber_with(
     ///         "data:*",
     ///         SubscribeOptions::new("sink").lag(LagPolicy::Block {
-    ///             capacity: 16,
     ///             timeout: Duration::from_millis(100),
     ///         }),
     ///         |b: &Batch<u64>| assert!(b.prefix().starts_with("data")),

@@ -493,13 +493,13 @@ impl<T: Send + Sync + 'static> Engine<T> {
 
     /// Like [`Engine::subscribe`] with options: the subscriber's name (in
     /// its stats), its lag policy and what unsubscribing does with what is
-    /// queued. Errors: `InvalidPattern`, `InvalidConfig` (a zero queue
-    /// capacity), `ShutDown`, `Spawn`.
+    /// queued. Errors: `InvalidPattern`, `InvalidConfig` (a zero budget or
+    /// `coalesce_after`), `ShutDown`, `Spawn`.
     ///
     /// ```
-    /// use ringfold::{Batch, Engine, Error, LagPolicy, SubscribeOptions};
+    /// use ringfold::{Batch, Budget, Engine, Error, SubscribeOptions};
     /// let engine = Engine::<u64>::builder().build()?;
-    /// let zero = SubscribeOptions::new("db").lag(LagPolicy::DropOldest { capacity: 0 });
+    /// let zero = SubscribeOptions::new("db").budget(Budget::new(0, u64::MAX));
     /// assert!(matches!(
     ///     engine.subscribe_with("data:*", zero, |_: &Batch<u64>| {}),
     ///     Err(Error::InvalidConfig(_))

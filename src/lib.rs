@@ -43,7 +43,7 @@ mod value;
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
 pub use delivery::{
-    Batch, Events, EventsIter, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError,
+    Batch, Budget, Events, EventsIter, LagPolicy, OnUnsubscribe, Receiver, RecvTimeoutError,
     SubscribeOptions, Subscriber, SubscriberStats, Subscription, TryRecvError,
 };
 pub use engine::{Engine, DROP_SHUTDOWN_WAIT};

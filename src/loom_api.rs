@@ -167,30 +167,53 @@ pub struct DeliveryQueue(Arc<Queue<u64>>);
 pub enum DeliveryPush {
     /// Queued.
     Queued,
-    /// Queued after dropping the oldest batch.
+    /// Merged into the queued batch (the consumer is behind).
+    Merged,
+    /// Queued or merged after dropping the oldest batch.
     DroppedOldest,
     /// The queue was closed.
     Closed,
 }
 
 impl DeliveryQueue {
-    /// `LagPolicy::DropOldest { capacity }` (or `Block` with an unbounded
-    /// timeout: under loom a timed wait never times out anyway).
+    /// A queue whose budget holds `capacity` of the model's (empty)
+    /// batches, never merging: `LagPolicy::DropOldest` (or `Block` with an
+    /// unbounded timeout: under loom a timed wait never times out anyway).
     pub fn new(capacity: usize, block: bool, discard_on_close: bool) -> Self {
+        Self::coalescing(capacity, usize::MAX, block, discard_on_close)
+    }
+
+    /// As [`new`](Self::new), but merging a new batch into the queued one
+    /// once `coalesce_after` batches wait (`SubscribeOptions::coalesce_after`).
+    pub fn coalescing(
+        capacity: usize,
+        coalesce_after: usize,
+        block: bool,
+        discard_on_close: bool,
+    ) -> Self {
         let policy = if block {
             crate::delivery::LagPolicy::Block {
-                capacity,
                 timeout: std::time::Duration::MAX,
             }
         } else {
-            crate::delivery::LagPolicy::DropOldest { capacity }
+            crate::delivery::LagPolicy::DropOldest
         };
         let mode = if discard_on_close {
             OnUnsubscribe::Discard
         } else {
             OnUnsubscribe::Deliver
         };
-        DeliveryQueue(Arc::new(Queue::new("loom", policy, mode)))
+        // The model's batches carry no events: the budget is in bytes, one
+        // empty window's worth per batch.
+        let per_batch = std::mem::size_of::<crate::delivery::Sealed<u64>>() as u64;
+        let budget = crate::delivery::Budget::new(u64::MAX, capacity as u64 * per_batch);
+        DeliveryQueue(Arc::new(Queue::new(
+            "loom",
+            policy,
+            budget,
+            coalesce_after,
+            mode,
+        )))
     }
 
     /// Seals batch `seq` through `pool` and queues it without waking the
@@ -211,14 +234,17 @@ impl DeliveryQueue {
             keep_alive: std::sync::Arc::new(()),
         };
         let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());
-        let (outcome, displaced, _) = self.0.push_quiet(&sealed);
-        if let Some(batch) = displaced {
+        let mut displaced = Vec::new();
+        let (outcome, _) = self.0.push_quiet(&sealed, &mut displaced);
+        let dropped = !displaced.is_empty();
+        for batch in displaced {
             pool.0.recycle(batch);
         }
         match outcome {
-            Push::Queued => DeliveryPush::Queued,
-            Push::QueuedDroppingOldest => DeliveryPush::DroppedOldest,
             Push::Closed => DeliveryPush::Closed,
+            _ if dropped => DeliveryPush::DroppedOldest,
+            Push::Queued => DeliveryPush::Queued,
+            Push::Merged => DeliveryPush::Merged,
         }
     }
 
@@ -246,9 +272,24 @@ impl DeliveryQueue {
             .map(|b| (b.seq(), b.lagged()))
     }
 
-    /// `Queue::finish`: the callback returned.
+    /// A delivery thread's pop of a possibly merged batch: `(seq,
+    /// last_seq, lagged)`; finish it with
+    /// [`finish_windows`](Self::finish_windows)`(last_seq - seq + 1)`.
+    pub fn take_merged(&self) -> Option<(u64, u64, u64)> {
+        self.0
+            .pop(Hand::Callback, None)
+            .ok()
+            .map(|b| (b.seq(), b.last_seq(), b.lagged()))
+    }
+
+    /// `Queue::finish`: the callback returned (a one-window batch).
     pub fn finish(&self) {
-        self.0.finish(0, false)
+        self.finish_windows(1)
+    }
+
+    /// `Queue::finish` for a batch carrying `windows` windows.
+    pub fn finish_windows(&self, windows: u64) {
+        self.0.finish(windows, 0, false, None)
     }
 
     /// `Queue::close` (unsubscribe / shutdown), with the queue's mode.

@@ -39,10 +39,7 @@ fn stream_sessions(policy: Policy) -> HashMap<String, (u64, u64)> {
         .on_full(FullPolicy::Block(LONG))
         .subscriber_with(
             "chat:*",
-            SubscribeOptions::new("sessions").lag(LagPolicy::Block {
-                capacity: 1024,
-                timeout: LONG,
-            }),
+            SubscribeOptions::new("sessions").lag(LagPolicy::Block { timeout: LONG }),
             move |b: &Batch<u64>| {
                 let mut seen = sink.lock().unwrap();
                 for e in b.events() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{gate, gate_options, jam, recorder, wait_until, Rng, HOUR, JAM, LONG};
 use ringfold::{
-    Batch, BatchReason, Engine, LagPolicy, Policy, PublishError, SubscribeOptions, Value,
+    Batch, BatchReason, Budget, Engine, LagPolicy, Policy, PublishError, SubscribeOptions, Value,
 };
 
 #[test]
@@ -528,10 +528,9 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         .urgent_wait(Duration::from_millis(500))
         .subscriber_with(
             "*",
-            SubscribeOptions::new("sink").lag(LagPolicy::Block {
-                capacity: 1,
-                timeout: LONG,
-            }),
+            SubscribeOptions::new("sink")
+                .lag(LagPolicy::Block { timeout: LONG })
+                .budget(Budget::new(1, u64::MAX)),
             move |_b: &Batch<u64>| {
                 if std::mem::take(&mut first) {
                     entered_tx.send(()).unwrap();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{wait_until, LONG};
 use ringfold::{
-    Batch, BatchReason, Engine, Error, FullPolicy, LagPolicy, OnUnsubscribe, Policy, Producer,
-    PublishError, SubscribeOptions, Subscription, Value,
+    Batch, BatchReason, Budget, Engine, Error, FullPolicy, LagPolicy, OnUnsubscribe, Policy,
+    Producer, PublishError, SubscribeOptions, Subscription, Value,
 };
 
 /// Counts the events it receives.
@@ -42,7 +42,9 @@ fn a_stuck_subscriber_costs_only_itself() {
         .on_full(FullPolicy::Block(LONG))
         .subscriber_with(
             "*",
-            SubscribeOptions::new("slow").lag(LagPolicy::DropOldest { capacity: 4 }),
+            SubscribeOptions::new("slow")
+                .budget(Budget::new(4, u64::MAX))
+                .coalesce_after(usize::MAX),
             slow,
         )
         .subscriber_with("*", SubscribeOptions::new("fast"), fast)
@@ -93,7 +95,9 @@ fn lag_drops_are_counted_and_shown_in_band() {
         .default_policy(Policy::Passthrough)
         .subscriber_with(
             "*",
-            SubscribeOptions::new("lagging").lag(LagPolicy::DropOldest { capacity: 2 }),
+            SubscribeOptions::new("lagging")
+                .budget(Budget::new(2, u64::MAX))
+                .coalesce_after(usize::MAX),
             move |b: &Batch<u64>| {
                 slow(b);
                 l.fetch_add(b.lagged(), Ordering::SeqCst);
@@ -134,10 +138,9 @@ fn block_lag_policy_pushes_back_to_producers_and_loses_nothing() {
         .ring_capacity(4)
         .subscriber_with(
             "*",
-            SubscribeOptions::new("sink").lag(LagPolicy::Block {
-                capacity: 1,
-                timeout: LONG,
-            }),
+            SubscribeOptions::new("sink")
+                .lag(LagPolicy::Block { timeout: LONG })
+                .budget(Budget::new(1, u64::MAX)),
             slow,
         )
         .build()
@@ -211,10 +214,9 @@ fn run_time_subscriptions_filter_by_pattern_and_end_when_dropped() {
     assert!(matches!(
         engine.receiver(
             "*",
-            SubscribeOptions::new("z").lag(LagPolicy::Block {
-                capacity: 0,
-                timeout: LONG
-            })
+            SubscribeOptions::new("z")
+                .lag(LagPolicy::Block { timeout: LONG })
+                .budget(Budget::new(0, 0))
         ),
         Err(Error::InvalidConfig(_))
     ));
@@ -506,10 +508,11 @@ fn shutdown_while_a_blocking_subscriber_publishes_through_its_own_producer() {
         .ring_capacity(64)
         .subscriber_with(
             "*",
-            SubscribeOptions::new("sink").lag(LagPolicy::Block {
-                capacity: 1,
-                timeout: Duration::MAX,
-            }),
+            SubscribeOptions::new("sink")
+                .lag(LagPolicy::Block {
+                    timeout: Duration::MAX,
+                })
+                .budget(Budget::new(1, u64::MAX)),
             move |_: &Batch<u64>| {
                 if let Some(p) = p.lock().unwrap().as_mut() {
                     l.store(true, Ordering::SeqCst);

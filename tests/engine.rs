@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{gate, gate_options, jam, recorder, stamp_recorder, wait_until, Rng, JAM, LONG};
 use ringfold::{
-    Batch, BatchReason, Engine, Error, Event, FullPolicy, Policy, PublishError, Subscriber, Value,
+    Batch, BatchReason, Budget, Engine, Error, Event, FullPolicy, Policy, PublishError, Subscriber,
+    Value,
 };
 
 #[test]
@@ -880,10 +881,11 @@ fn racing_publishes_at_shutdown_never_wait_for_a_stuck_subscriber() {
             .ring_capacity(1 << 16)
             .subscriber_with(
                 "*",
-                SubscribeOptions::new("sink").lag(LagPolicy::Block {
-                    capacity: 1,
-                    timeout: Duration::MAX,
-                }),
+                SubscribeOptions::new("sink")
+                    .lag(LagPolicy::Block {
+                        timeout: Duration::MAX,
+                    })
+                    .budget(Budget::new(1, u64::MAX)),
                 slow,
             )
             .build()

@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::events::Events;
+use super::merge::Merge;
 use crate::event::{Aggregate, BatchReason, Event};
 use crate::sync::Arc;
 
@@ -113,6 +114,20 @@ impl<T> Sealed<T> {
         }
     }
 
+    /// Does the window hold `latest` survivors or aggregates, which merging
+    /// with a later window of the prefix can shrink (see `merge`)?
+    pub(crate) fn holds_final_values(&self) -> bool {
+        !self.aggregates.is_empty() || self.events.iter().any(|e| e.meta.get().latest)
+    }
+
+    /// Bytes this window holds: its own struct plus its buffers' capacity
+    /// (what a queue holding it keeps resident; see `queue::Budget`).
+    pub(crate) fn footprint(&self) -> u64 {
+        let events = self.events.capacity() * std::mem::size_of::<Event<T>>();
+        let aggregates = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
+        (std::mem::size_of::<Self>() + events + aggregates) as u64
+    }
+
     fn set_header(&mut self, h: Header) {
         self.prefix = h.prefix;
         self.name = h.name;
@@ -172,8 +187,12 @@ pub(crate) fn clear_events<T>(events: &mut Vec<Event<T>>) -> u64 {
 /// # let _ = check;
 /// ```
 pub struct Batch<T> {
+    /// The first (or only) window: the batch's header.
     sealed: Arc<Sealed<T>>,
     lagged: u64,
+    /// Later windows of the prefix merged in by a lagging subscriber's
+    /// queue (`None`: one window, the common case, costing nothing).
+    merge: Option<Box<Merge<T>>>,
 }
 
 impl<T> Clone for Batch<T> {
@@ -181,6 +200,7 @@ impl<T> Clone for Batch<T> {
         Batch {
             sealed: self.sealed.clone(),
             lagged: self.lagged,
+            merge: self.merge.clone(),
         }
     }
 }
@@ -189,15 +209,67 @@ impl<T> Batch<T> {
     /// A handle to `sealed` for one receiver (`lagged` = 0 until the queue
     /// that hands it out sets it).
     pub(crate) fn new(sealed: Arc<Sealed<T>>) -> Self {
-        Batch { sealed, lagged: 0 }
+        Batch {
+            sealed,
+            lagged: 0,
+            merge: None,
+        }
     }
 
     pub(crate) fn set_lagged(&mut self, lagged: u64) {
         self.lagged = lagged;
     }
 
-    pub(crate) fn into_sealed(self) -> Arc<Sealed<T>> {
-        self.sealed
+    /// Every window this batch holds a handle to (the first, then the
+    /// merged ones still lent), taking the merge box out if any.
+    pub(crate) fn into_parts(self) -> (Arc<Sealed<T>>, Option<Box<Merge<T>>>) {
+        (self.sealed, self.merge)
+    }
+
+    /// The prefix id the batch belongs to.
+    pub(crate) fn prefix_id(&self) -> u32 {
+        self.sealed.prefix_id
+    }
+
+    /// Merges `next`, the next window of this batch's prefix, in, using
+    /// `spare` (a recycled, cleared merge) if this is the first merge.
+    /// Returns the events superseded (`latest`).
+    pub(crate) fn absorb(&mut self, next: &Arc<Sealed<T>>, spare: Option<Box<Merge<T>>>) -> u64 {
+        let merge = match &mut self.merge {
+            Some(m) => m,
+            slot => {
+                let mut m = spare.unwrap_or_else(|| Box::new(Merge::new()));
+                m.start(&self.sealed);
+                slot.insert(m)
+            }
+        };
+        merge.absorb(next)
+    }
+
+    /// Events (and aggregates) held, and bytes held: what counts against a
+    /// queue's `Budget`.
+    pub(crate) fn footprint(&self) -> (u64, u64) {
+        let events = (self.len() + self.aggregates().len()) as u64;
+        let bytes = match &self.merge {
+            None => self.sealed.footprint(),
+            Some(m) => m.segment_bytes + m.own_bytes(),
+        };
+        (events, bytes)
+    }
+
+    /// True if a merge could lose nothing by letting windows go: the batch
+    /// holds `latest` survivors or aggregates (small, and what a lagging
+    /// subscriber must end on), so the queue drops other batches first.
+    pub(crate) fn holds_final_values(&self) -> bool {
+        match &self.merge {
+            Some(m) => m.picked || !m.aggregates.is_empty(),
+            None => self.sealed.holds_final_values(),
+        }
+    }
+
+    /// The oldest window's close time (how far behind a queue is).
+    pub(crate) fn first_closed_at(&self) -> Instant {
+        self.sealed.closed
     }
 
     /// The prefix, e.g. `data:users`.
@@ -220,16 +292,19 @@ impl<T> Batch<T> {
     /// Number of events carried (aggregated readings are in
     /// [`aggregates`](Self::aggregates)).
     pub fn len(&self) -> usize {
-        self.sealed.events.len()
+        self.merge
+            .as_ref()
+            .map_or(self.sealed.events.len(), |m| m.len)
     }
 
     /// True if no events are carried.
     pub fn is_empty(&self) -> bool {
-        self.sealed.events.is_empty()
+        self.len() == 0
     }
 
     /// The events, in publish order per producer (for `latest`: the
-    /// survivors, in the order of their first appearance in the window).
+    /// survivors, in the order of their first appearance in the window, or
+    /// across the windows of a merged batch).
     ///
     /// ```
     /// fn total(batch: &ringfold::delivery::Batch<u64>) -> u64 {
@@ -238,18 +313,24 @@ impl<T> Batch<T> {
     /// # let _ = total;
     /// ```
     pub fn events(&self) -> Events<'_, T> {
-        Events::slice(&self.sealed.events)
+        match &self.merge {
+            None => Events::slice(&self.sealed.events),
+            Some(m) => Events::merged(&m.segments, m.picked.then_some(&m.picks[..]), m.len),
+        }
     }
 
     /// Per-name numeric summaries (`Policy::aggregate`), in order of first
-    /// appearance.
+    /// appearance; a merged batch's are merged exactly across its windows.
     pub fn aggregates(&self) -> &[Aggregate] {
-        &self.sealed.aggregates
+        match &self.merge {
+            None => &self.sealed.aggregates,
+            Some(m) => &m.aggregates,
+        }
     }
 
-    /// Why the batch was emitted.
+    /// Why the batch was emitted (a merged batch: why its last window was).
     pub fn reason(&self) -> BatchReason {
-        self.sealed.reason
+        self.merge.as_ref().map_or(self.sealed.reason, |m| m.reason)
     }
 
     /// Per-prefix sequence number: the prefix's batches are numbered 0, 1,
@@ -271,24 +352,26 @@ impl<T> Batch<T> {
     /// # let _ = covers;
     /// ```
     pub fn last_seq(&self) -> u64 {
-        self.sealed.seq
+        self.merge.as_ref().map_or(self.sealed.seq, |m| m.last_seq)
     }
 
     /// How many sealed windows this batch carries: 1, or more when a
     /// lagging subscriber's queue merged consecutive windows of the prefix
-    /// into one batch (`seq()..=last_seq()`).
+    /// into one batch (`seq()..=last_seq()`, so `last_seq() - seq() + 1`).
     pub fn merged(&self) -> u64 {
-        1
+        self.merge.as_ref().map_or(1, |m| m.windows)
     }
 
-    /// When the window opened (its first event was taken), monotonic clock.
+    /// When the window opened (its first event was taken), monotonic clock;
+    /// for a merged batch, when its first window opened.
     pub fn opened_at(&self) -> Instant {
         self.sealed.opened
     }
 
-    /// When the window closed (the batch was sealed), monotonic clock.
+    /// When the window closed (the batch was sealed), monotonic clock; for
+    /// a merged batch, when its last window closed.
     pub fn closed_at(&self) -> Instant {
-        self.sealed.closed
+        self.merge.as_ref().map_or(self.sealed.closed, |m| m.closed)
     }
 
     /// [`opened_at`](Self::opened_at) on the wall clock.
@@ -306,30 +389,34 @@ impl<T> Batch<T> {
 
     /// [`closed_at`](Self::closed_at) on the wall clock.
     pub fn closed_at_system(&self) -> SystemTime {
-        self.sealed.epoch.system_at(self.sealed.closed)
+        self.sealed.epoch.system_at(self.closed_at())
     }
 
-    /// How long the window was open.
+    /// How long the window was open (a merged batch: from its first
+    /// window's opening to its last one's close).
     pub fn window(&self) -> Duration {
-        self.sealed
-            .closed
+        self.closed_at()
             .saturating_duration_since(self.sealed.opened)
     }
 
     /// Events of this prefix rejected (ring full, urgent timeout, not
     /// numeric) since the previous batch of the prefix: loss, in band.
     pub fn dropped(&self) -> u64 {
-        self.sealed.dropped
+        self.merge
+            .as_ref()
+            .map_or(self.sealed.dropped, |m| m.dropped)
     }
 
     /// Events folded away in this window: replaced by a later value of the
-    /// same key (`latest`) or summarised into `aggregates`.
+    /// same key (`latest`) or summarised into `aggregates`; in a merged
+    /// batch also the survivors of earlier windows replaced by later ones.
     pub fn folded(&self) -> u64 {
-        self.sealed.folded
+        self.merge.as_ref().map_or(self.sealed.folded, |m| m.folded)
     }
 
-    /// Batches this subscriber lost to its lag policy since the previous
-    /// batch it received (any prefix): its own loss, in band.
+    /// Windows (sealed batches) this subscriber lost to its lag policy
+    /// since the previous batch it received (any prefix): its own loss, in
+    /// band. Merging loses nothing and does not count here.
     ///
     /// ```
     /// fn note_loss(batch: &ringfold::delivery::Batch<u64>, lost: &mut u64) {
@@ -347,6 +434,7 @@ impl<T> fmt::Debug for Batch<T> {
         f.debug_struct("Batch")
             .field("prefix", &self.prefix())
             .field("seq", &self.seq())
+            .field("last_seq", &self.last_seq())
             .field("len", &self.len())
             .field("aggregates", &self.aggregates().len())
             .field("reason", &self.reason())
@@ -506,7 +594,17 @@ impl<T> BatchPool<T> {
     /// for the next seal (up to the pool's capacity); otherwise the handle
     /// is just dropped. A panicking payload `Drop` is caught and counted.
     pub(crate) fn recycle(&mut self, batch: Batch<T>) {
-        let mut sealed = batch.into_sealed();
+        let (head, merge) = batch.into_parts();
+        if let Some(mut merge) = merge {
+            // A merged batch dropped for lag: each window it holds.
+            for sealed in merge.segments.drain(1..) {
+                self.recycle_sealed(sealed);
+            }
+        }
+        self.recycle_sealed(head);
+    }
+
+    fn recycle_sealed(&mut self, mut sealed: Arc<Sealed<T>>) {
         if self.free.len() < self.capacity {
             if let Some(inner) = Arc::get_mut(&mut sealed) {
                 self.drop_panics += clear_events(&mut inner.events);

@@ -1,69 +1,127 @@
-//! One subscriber's bounded queue of batch handles.
+//! One subscriber's queue of batch handles: bounded by a [`Budget`] in
+//! events and bytes, coalescing when the subscriber falls behind.
 //!
-//! The flusher's whole cost per delivery is one [`Queue::push`]: a lock, a
-//! `VecDeque` push into pre-allocated space, a condvar notify and, for an
-//! async consumer, a waker wake. The consumer side (a delivery thread, a
+//! The flusher's whole cost per delivery is one [`Queue::push_quiet`]: a
+//! lock, a `VecDeque` push into pre-allocated space and, once per pass, a
+//! wake-up of the consumer. The consumer side (a delivery thread, a
 //! blocking receiver or a stream) pops. The lock is taken once per batch,
 //! never per event.
 //!
-//! Flush accounting: `enqueued` and `done` only grow. A batch is *done* when
-//! its callback returned, a receiver handed it out, or it was dropped by the
-//! lag policy or discarded on close; so `Engine::flush` captures
-//! [`Queue::target`] (= `enqueued`) after sealing and waits for
-//! `done >= target`.
+//! Behind (at least `coalesce_after` batches waiting), a new window is
+//! merged into the batch of its prefix already queued (`merge`), found
+//! through a per-prefix index, instead of taking a slot; over budget, the
+//! lag policy waits (`Block`) and then drops the oldest batch, preferring
+//! batches that hold no `latest` survivors or aggregates. A dropped batch
+//! in the middle of the queue leaves a tombstone (its slot emptied), so
+//! the absolute positions the index holds stay valid.
+//!
+//! Flush accounting counts windows: `enqueued` and `done` only grow. A
+//! window is *done* when the callback given the batch carrying it returned,
+//! a receiver handed that batch out, or it was dropped by the lag policy or
+//! discarded on close; so `Engine::flush` captures [`Queue::target`]
+//! (= `enqueued`) after sealing and waits for `done >= target`, merged
+//! windows included.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::batch::{Batch, Sealed};
+use super::merge::Merge;
 use super::stats::SubscriberStats;
 use crate::sync::{lock, Arc, Condvar, Mutex, MutexGuard};
 
 /// What a subscriber's queue does when the flusher has a batch for it and
-/// the queue is full.
+/// the subscriber is behind.
+///
+/// Either way, a subscriber that is behind first gets *merged* batches: once
+/// [`SubscribeOptions::coalesce_after`](super::SubscribeOptions::coalesce_after)
+/// batches wait in its queue, a newly sealed window is merged into the
+/// batch of its prefix already waiting there (by the prefix's policy: see
+/// [`Batch::merged`](super::Batch::merged)), so the slower a subscriber is,
+/// the fewer and larger its batches become, and nothing is lost. The lag
+/// policy decides what happens only when the queue's [`Budget`] (events and
+/// bytes) is exhausted even so.
 ///
 /// ```
 /// use ringfold::LagPolicy;
 /// use std::time::Duration;
-/// assert_eq!(LagPolicy::default(), LagPolicy::DropOldest { capacity: 1024 });
-/// let sink = LagPolicy::Block { capacity: 64, timeout: Duration::from_millis(250) };
-/// assert_eq!(sink.capacity(), 64);
+/// assert_eq!(LagPolicy::default(), LagPolicy::DropOldest);
+/// let sink = LagPolicy::Block { timeout: Duration::from_millis(250) };
+/// assert_ne!(sink, LagPolicy::DropOldest);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LagPolicy {
-    /// Drop the oldest queued batch, count it, and report it in band
-    /// ([`Batch::lagged`]) in the next batch this subscriber receives. The
-    /// default: a slow subscriber costs only itself.
-    DropOldest {
-        /// Batches the queue holds (at least 1).
-        capacity: usize,
-    },
-    /// Back-pressure: the flusher waits up to `timeout` for space (and,
-    /// through full rings, so do producers), then drops the oldest batch and
-    /// counts it as `DropOldest` does. Opt-in, for must-deliver sinks.
+    /// Merge, then, over budget, drop the oldest queued batch, count it,
+    /// and report it in band ([`Batch::lagged`](super::Batch::lagged)) in
+    /// the next batch this subscriber receives. Batches holding `latest`
+    /// survivors or aggregates (small: one value per key) are dropped only
+    /// when nothing else is left, so a lagging subscriber still ends on
+    /// the final values. The default: a slow subscriber costs only itself.
+    #[default]
+    DropOldest,
+    /// Back-pressure: over budget, the flusher waits up to `timeout` for
+    /// the subscriber to make room (and, through full rings, so do
+    /// producers), then drops as `DropOldest` does. Opt-in, for
+    /// must-deliver sinks.
     Block {
-        /// Batches the queue holds (at least 1).
-        capacity: usize,
-        /// Longest wait for space per batch. Any value is accepted; one the
-        /// clock cannot add (e.g. `Duration::MAX`) waits until space frees
+        /// Longest wait for room per batch. Any value is accepted; one the
+        /// clock cannot add (e.g. `Duration::MAX`) waits until room frees
         /// up or the subscription closes.
         timeout: Duration,
     },
 }
 
-impl Default for LagPolicy {
-    fn default() -> Self {
-        LagPolicy::DropOldest { capacity: 1024 }
+/// How much a subscriber's queue may hold before its [`LagPolicy`] acts: a
+/// number of events (an aggregate counts as one) and a number of bytes
+/// (each held window's buffers and header, plus a merged batch's own
+/// index). Shared windows count fully for every subscriber holding them,
+/// so the bound is on what each subscriber can keep alive.
+///
+/// The default, [`Budget::DEFAULT_EVENTS`] events and
+/// [`Budget::DEFAULT_BYTES`] bytes, holds one batch per prefix for the
+/// default `max_names` (4096) prefixes many times over.
+///
+/// ```
+/// use ringfold::{Budget, SubscribeOptions};
+/// let b = Budget::new(100_000, 16 << 20);
+/// assert_eq!((b.events(), b.bytes()), (100_000, 16 << 20));
+/// assert_eq!(Budget::default().events(), Budget::DEFAULT_EVENTS);
+/// let opts = SubscribeOptions::new("ui").budget(b);
+/// assert_eq!(opts.budget_limits(), b);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    events: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    /// Default event limit: 2^20 (1,048,576).
+    pub const DEFAULT_EVENTS: u64 = 1 << 20;
+    /// Default byte limit: 64 MiB.
+    pub const DEFAULT_BYTES: u64 = 64 << 20;
+
+    /// A budget of `events` events and `bytes` bytes; zero in either is
+    /// refused at subscribe time (`Error::InvalidConfig`).
+    pub const fn new(events: u64, bytes: u64) -> Self {
+        Budget { events, bytes }
+    }
+
+    /// The event limit.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The byte limit.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 
-impl LagPolicy {
-    /// Batches the queue holds.
-    pub fn capacity(&self) -> usize {
-        match *self {
-            LagPolicy::DropOldest { capacity } | LagPolicy::Block { capacity, .. } => capacity,
-        }
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(Self::DEFAULT_EVENTS, Self::DEFAULT_BYTES)
     }
 }
 
@@ -83,13 +141,14 @@ pub enum OnUnsubscribe {
     Discard,
 }
 
-/// Why [`Queue::push`] did not simply queue the batch.
+/// What closing does is below; what a push did is this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Push {
-    /// Queued with room to spare.
+    /// Queued as a batch of its own.
     Queued,
-    /// Queued after dropping the oldest batch (lag).
-    QueuedDroppingOldest,
+    /// Merged into the queued batch of its prefix (the subscriber is
+    /// behind).
+    Merged,
     /// The subscription is closed: not queued, not counted as sealed for it.
     Closed,
 }
@@ -112,19 +171,58 @@ pub(crate) enum PopError {
     Closed,
 }
 
+/// Merge boxes a queue keeps for reuse (a lagging callback subscriber
+/// merges at most a handful of batches at once per prefix in flight).
+const SPARE_MERGES: usize = 8;
+
+/// Windows per subscriber the flusher's batch pool is provisioned for (see
+/// `BatchPool::provision`): the depth of an ordinary backlog. A deeper one
+/// (a subscriber descheduled for long) merges and may allocate windows.
+const PROVISION_WINDOWS: usize = 1024;
+
+/// One queued batch and what it counts against the budget.
+struct Slot<T> {
+    /// `None`: dropped for lag in the middle of the queue (a tombstone,
+    /// removed once it reaches the front).
+    batch: Option<Batch<T>>,
+    /// Budget units (events plus aggregates) and bytes.
+    held_events: u64,
+    bytes: u64,
+}
+
 struct State<T> {
-    items: VecDeque<Batch<T>>,
+    items: VecDeque<Slot<T>>,
+    /// Absolute position of `items[0]` (slots ever removed from the front).
+    front: u64,
+    /// Slots holding a batch (not tombstones).
+    live: usize,
+    /// Per prefix id, the absolute position of its newest queued batch.
+    newest: HashMap<u32, u64, ahash::RandomState>,
+    /// Cleared merge boxes handed back by the delivery thread.
+    spare: Vec<Box<Merge<T>>>,
+    /// Budget use: events plus aggregates, and bytes, of the live slots.
+    held_events: u64,
+    held_bytes: u64,
+    /// Windows and events (`Batch::len`) in the live slots.
+    queued_windows: u64,
+    queued_events: u64,
     closed: bool,
     /// Shutdown has begun: `LagPolicy::Block` no longer waits (see
     /// `Registry::release_blocked`).
     released: bool,
-    /// Lost to the lag policy since the last batch handed out.
+    /// Windows lost to the lag policy since the last batch handed out.
     lagged: u64,
+    /// Windows queued (merged or not), and windows done.
     enqueued: u64,
     done: u64,
-    in_hand: u64,
+    sealed_events: u64,
+    in_hand_windows: u64,
+    in_hand_events: u64,
+    deliveries: u64,
     delivered_batches: u64,
     delivered_events: u64,
+    merged_windows: u64,
+    merge_folded_events: u64,
     lag_batches: u64,
     lag_events: u64,
     discarded_batches: u64,
@@ -144,6 +242,85 @@ struct State<T> {
     unwoken: bool,
 }
 
+impl<T> State<T> {
+    /// Would holding `events` and `bytes` more exceed `budget`?
+    fn over(&self, budget: Budget, events: u64, bytes: u64) -> bool {
+        self.held_events.saturating_add(events) > budget.events
+            || self.held_bytes.saturating_add(bytes) > budget.bytes
+    }
+
+    /// Takes the batch out of the slot at index `i` (leaving a tombstone),
+    /// updating every count but the caller's accounting of what happens to
+    /// it; then drops tombstones from the front.
+    fn vacate(&mut self, i: usize) -> Option<Batch<T>> {
+        let slot = self.items.get_mut(i)?;
+        let batch = slot.batch.take()?;
+        self.held_events -= slot.held_events;
+        self.held_bytes -= slot.bytes;
+        self.live -= 1;
+        self.queued_windows -= batch.merged();
+        self.queued_events -= batch.len() as u64;
+        let abs = self.front + i as u64;
+        if self.newest.get(&batch.prefix_id()) == Some(&abs) {
+            self.newest.remove(&batch.prefix_id());
+        }
+        while self.items.front().is_some_and(|s| s.batch.is_none()) {
+            self.items.pop_front();
+            self.front += 1;
+        }
+        Some(batch)
+    }
+
+    /// Merges `sealed` (`add` = its events and bytes) into the batch in
+    /// slot `i`, updating the counts. False, and nothing done, if that
+    /// slot holds no batch, or if the merged batch could exceed `budget`
+    /// on its own: one batch never holds more than the whole budget, so
+    /// dropping older batches can always bring the queue back within it.
+    fn merge_into(
+        &mut self,
+        i: usize,
+        sealed: &Arc<Sealed<T>>,
+        budget: Budget,
+        add: (u64, u64),
+    ) -> bool {
+        let spare = match self.items.get(i) {
+            Some(slot)
+                if slot.held_events.saturating_add(add.0) > budget.events
+                    || slot.bytes.saturating_add(add.1) > budget.bytes =>
+            {
+                return false
+            }
+            Some(Slot { batch: Some(b), .. }) if b.merged() == 1 => self.spare.pop(),
+            Some(Slot { batch: Some(_), .. }) => None,
+            _ => return false,
+        };
+        let Some(slot) = self.items.get_mut(i) else {
+            return false;
+        };
+        let Some(batch) = slot.batch.as_mut() else {
+            return false;
+        };
+        let len_before = batch.len() as u64;
+        let superseded = batch.absorb(sealed, spare);
+        let len_after = batch.len() as u64;
+        let (events, bytes) = batch.footprint();
+        let old = (slot.held_events, slot.bytes);
+        (slot.held_events, slot.bytes) = (events, bytes);
+        self.held_events = self.held_events - old.0 + events;
+        self.held_bytes = self.held_bytes - old.1 + bytes;
+        self.queued_windows += 1;
+        self.queued_events = self.queued_events - len_before + len_after;
+        self.merged_windows += 1;
+        self.merge_folded_events += superseded;
+        true
+    }
+
+    /// The first live slot's index.
+    fn first_live(&self) -> Option<usize> {
+        self.items.iter().position(|s| s.batch.is_some())
+    }
+}
+
 /// Which of a queue's condvars a thread waits on (index into `sleepers`).
 #[derive(Clone, Copy)]
 enum Sleeper {
@@ -152,15 +329,17 @@ enum Sleeper {
     Progress = 2,
 }
 
-/// A bounded queue of batch handles for one subscriber.
+/// A budgeted, coalescing queue of batch handles for one subscriber.
 pub(crate) struct Queue<T> {
     name: Box<str>,
     policy: LagPolicy,
+    budget: Budget,
+    coalesce_after: usize,
     on_unsubscribe: OnUnsubscribe,
     state: Mutex<State<T>>,
     /// The consumer waits here for a batch or the close.
     ready: Condvar,
-    /// The flusher waits here for space (`LagPolicy::Block`).
+    /// The flusher waits here for room (`LagPolicy::Block`).
     space: Condvar,
     /// Flush waiters wait here for `done` to advance.
     progress: Condvar,
@@ -172,26 +351,61 @@ fn drop_caught<T>(batch: Batch<T>) -> bool {
     crate::event::drop_caught(batch)
 }
 
+/// Lets go of a batch the delivery thread is done with, keeping its merge
+/// box (cleared) for reuse. May run payload `Drop`s (if it held the last
+/// handle to a window): the caller catches a panic.
+pub(crate) fn release<T>(batch: Batch<T>) -> Option<Box<Merge<T>>> {
+    let (head, merge) = batch.into_parts();
+    drop(head);
+    merge.map(|mut m| {
+        m.clear();
+        m
+    })
+}
+
 impl<T> Queue<T> {
-    /// A queue for the subscriber `name`; capacities below 1 are raised to 1
-    /// (the registry rejects them first with a typed error).
-    pub(crate) fn new(name: &str, policy: LagPolicy, on_unsubscribe: OnUnsubscribe) -> Self {
-        let capacity = policy.capacity().max(1);
+    /// A queue for the subscriber `name`. A zero budget or `coalesce_after`
+    /// is raised to 1 (the registry rejects them first with a typed error).
+    pub(crate) fn new(
+        name: &str,
+        policy: LagPolicy,
+        budget: Budget,
+        coalesce_after: usize,
+        on_unsubscribe: OnUnsubscribe,
+    ) -> Self {
+        let coalesce_after = coalesce_after.max(1);
+        // Pre-allocated: an ordinary backlog never grows the queue (a
+        // burst of more prefixes than this may, once).
+        let slots = coalesce_after.min(4096) + 1;
         Queue {
             name: name.into(),
             policy,
+            budget: Budget::new(budget.events.max(1), budget.bytes.max(1)),
+            coalesce_after,
             on_unsubscribe,
             state: Mutex::new(State {
-                // Pre-allocated: a push never allocates.
-                items: VecDeque::with_capacity(capacity),
+                items: VecDeque::with_capacity(slots),
+                front: 0,
+                live: 0,
+                newest: HashMap::with_capacity_and_hasher(slots, ahash::RandomState::new()),
+                spare: Vec::new(),
+                held_events: 0,
+                held_bytes: 0,
+                queued_windows: 0,
+                queued_events: 0,
                 closed: false,
                 released: false,
                 lagged: 0,
                 enqueued: 0,
                 done: 0,
-                in_hand: 0,
+                sealed_events: 0,
+                in_hand_windows: 0,
+                in_hand_events: 0,
+                deliveries: 0,
                 delivered_batches: 0,
                 delivered_events: 0,
+                merged_windows: 0,
+                merge_folded_events: 0,
                 lag_batches: 0,
                 lag_events: 0,
                 discarded_batches: 0,
@@ -208,9 +422,10 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Batches the queue holds (the lag policy's capacity, at least 1).
-    pub(crate) fn capacity(&self) -> usize {
-        self.policy.capacity().max(1)
+    /// How many windows this subscriber's backlog is provisioned for in the
+    /// flusher's batch pool.
+    pub(crate) fn provision_hint(&self) -> usize {
+        PROVISION_WINDOWS.max(self.coalesce_after)
     }
 
     /// The subscriber's name.
@@ -232,79 +447,135 @@ impl<T> Queue<T> {
         std::mem::take(&mut st.done_wakers)
     }
 
-    /// Queues a handle to `sealed` and wakes the consumer: `push_quiet`
-    /// followed by `wake_consumer`.
+    /// Queues `sealed` and wakes the consumer: `push_quiet` followed by
+    /// `wake_consumer`; batches dropped for lag are appended to `displaced`.
     #[cfg_attr(any(not(test), ringfold_loom), allow(dead_code))]
-    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>) {
-        let (outcome, displaced, _) = self.push_quiet(sealed);
+    pub(crate) fn push(&self, sealed: &Arc<Sealed<T>>, displaced: &mut Vec<Batch<T>>) -> Push {
+        let (outcome, _) = self.push_quiet(sealed, displaced);
         self.wake_consumer();
-        (outcome, displaced)
+        outcome
     }
 
-    /// The flusher's delivery: queues a handle to `sealed`, applying the lag
-    /// policy when full. Never runs subscriber code; under
-    /// `LagPolicy::Block` it may wait (bounded by the policy's timeout or
-    /// the close). A batch dropped for lag is handed back (not dropped
-    /// here, under the lock) so the flusher can recycle it
-    /// (`BatchPool::recycle`).
+    /// The flusher's delivery: queues a handle to `sealed`, merging it into
+    /// its prefix's queued batch when the subscriber is behind, and
+    /// applying the lag policy when over budget. Never runs subscriber
+    /// code; under `LagPolicy::Block` it may wait (bounded by the policy's
+    /// timeout or the close). Batches dropped for lag are appended to
+    /// `displaced` (not dropped here, under the lock) so the flusher can
+    /// recycle them (`BatchPool::recycle`).
     ///
     /// It does not wake the consumer: the flusher queues every batch of a
     /// pass first and then wakes each queue it touched once
     /// (`wake_consumer`), because a wake-up per batch (a futex call on the
     /// flusher, a context switch on the consumer) cost more than the rest of
-    /// the delivery. The third value says this push is the first since the
+    /// the delivery. The second value says this push is the first since the
     /// consumer was last woken, i.e. the caller must call `wake_consumer`.
-    pub(crate) fn push_quiet(&self, sealed: &Arc<Sealed<T>>) -> (Push, Option<Batch<T>>, bool) {
+    pub(crate) fn push_quiet(
+        &self,
+        sealed: &Arc<Sealed<T>>,
+        displaced: &mut Vec<Batch<T>>,
+    ) -> (Push, bool) {
+        let fresh = Batch::new(sealed.clone());
+        let (add_events, add_bytes) = fresh.footprint();
         let mut st = lock(&self.state);
         if st.closed {
-            return (Push::Closed, None, false);
+            return (Push::Closed, false);
         }
-        let mut displaced = None;
         let block = matches!(self.policy, LagPolicy::Block { .. });
-        if st.items.len() >= self.capacity() {
-            if let LagPolicy::Block { timeout, .. } = self.policy {
+        if let LagPolicy::Block { timeout } = self.policy {
+            if st.live > 0 && st.over(self.budget, add_events, add_bytes) {
                 // The consumer may be asleep on batches queued this pass and
-                // not announced yet: wake it before waiting for its space.
+                // not announced yet: wake it before waiting for its room.
                 if st.unwoken {
                     drop(st);
                     self.wake_consumer();
                     st = lock(&self.state);
                 }
-                st = self.wait_for_space(st, timeout);
+                st = self.wait_for_space(st, timeout, add_events, add_bytes);
                 if st.closed {
-                    return (Push::Closed, None, false);
-                }
-            }
-            // At shutdown a must-deliver (`Block`) queue takes the final
-            // batches beyond its capacity: bounded by the final drain, and
-            // neither waiting nor dropping.
-            let overfill = block && st.released;
-            if st.items.len() >= self.capacity() && !overfill {
-                if let Some(oldest) = st.items.pop_front() {
-                    st.lag_batches += 1;
-                    st.lag_events += oldest.len() as u64;
-                    st.lagged += 1;
-                    st.done += 1;
-                    displaced = Some(oldest);
+                    return (Push::Closed, false);
                 }
             }
         }
-        st.items.push_back(Batch::new(sealed.clone()));
         st.enqueued += 1;
-        let first = !std::mem::replace(&mut st.unwoken, true);
-        let outcome = if displaced.is_some() {
-            Push::QueuedDroppingOldest
+        st.sealed_events += sealed.events.len() as u64;
+        // Merge when behind; over budget, also merge a window of `latest`
+        // values or aggregates, which merging shrinks (for plain events it
+        // would only make the batch that is dropped next larger).
+        let behind = st.live >= self.coalesce_after
+            || (st.over(self.budget, add_events, add_bytes) && sealed.holds_final_values());
+        let merged_at = if behind {
+            st.newest
+                .get(&sealed.prefix_id)
+                .and_then(|&abs| abs.checked_sub(st.front))
+                .map(|i| i as usize)
+                .filter(|&i| st.merge_into(i, sealed, self.budget, (add_events, add_bytes)))
         } else {
-            Push::Queued
+            None
         };
-        let done_wakers = if displaced.is_some() {
+        let (outcome, at) = match merged_at {
+            Some(i) => (Push::Merged, i),
+            None => {
+                let abs = st.front + st.items.len() as u64;
+                st.newest.insert(sealed.prefix_id, abs);
+                st.held_events += add_events;
+                st.held_bytes += add_bytes;
+                st.queued_windows += 1;
+                st.queued_events += sealed.events.len() as u64;
+                st.live += 1;
+                st.items.push_back(Slot {
+                    batch: Some(fresh),
+                    held_events: add_events,
+                    bytes: add_bytes,
+                });
+                (Push::Queued, st.items.len() - 1)
+            }
+        };
+        // At shutdown a must-deliver (`Block`) queue takes the final
+        // batches beyond its budget: bounded by the final drain, and
+        // neither waiting nor dropping.
+        let overfill = block && st.released;
+        let mut dropped = false;
+        let at_abs = st.front + at as u64;
+        while !overfill && st.live > 1 && st.over(self.budget, 0, 0) {
+            let Some(victim) = self.victim(&st, at_abs) else {
+                break;
+            };
+            if let Some(batch) = st.vacate(victim) {
+                st.lag_batches += batch.merged();
+                st.lag_events += batch.len() as u64;
+                st.lagged += batch.merged();
+                st.done += batch.merged();
+                displaced.push(batch);
+                dropped = true;
+            }
+        }
+        let first = !std::mem::replace(&mut st.unwoken, true);
+        let done_wakers = if dropped {
             self.progressed(&mut st)
         } else {
             Vec::new()
         };
         drop(st);
         done_wakers.into_iter().for_each(Waker::wake);
-        (outcome, displaced, first)
+        (outcome, first)
+    }
+
+    /// The slot to drop for lag: the oldest batch that holds no `latest`
+    /// survivors or aggregates, else the oldest; never the one that just
+    /// took the new window (absolute position `newest`), so a queue always
+    /// keeps the newest batch.
+    fn victim(&self, st: &State<T>, newest: u64) -> Option<usize> {
+        let candidates = || {
+            st.items
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.batch.is_some() && st.front + *i as u64 != newest)
+        };
+        candidates()
+            .find(|(_, s)| s.batch.as_ref().is_some_and(|b| !b.holds_final_values()))
+            .or_else(|| candidates().next())
+            .map(|(i, _)| i)
     }
 
     /// Wakes the consumer (a thread in `pop`, or the task behind the
@@ -325,16 +596,19 @@ impl<T> Queue<T> {
         }
     }
 
-    /// `LagPolicy::Block`: waits until there is space, the queue closes, or
-    /// `timeout` elapses (checked arithmetic: an unrepresentable deadline
-    /// means no deadline).
+    /// `LagPolicy::Block`: waits until `events` and `bytes` more fit the
+    /// budget (or the queue is empty), the queue closes, shutdown releases
+    /// it, or `timeout` elapses (checked arithmetic: an unrepresentable
+    /// deadline means no deadline).
     fn wait_for_space<'a>(
         &'a self,
         mut st: MutexGuard<'a, State<T>>,
         timeout: Duration,
+        events: u64,
+        bytes: u64,
     ) -> MutexGuard<'a, State<T>> {
         let deadline = crate::control::deadline_after(timeout);
-        while st.items.len() >= self.capacity() && !st.closed && !st.released {
+        while st.live > 0 && st.over(self.budget, events, bytes) && !st.closed && !st.released {
             st = match self.sleep(st, Sleeper::Space, deadline) {
                 Ok(st) => st,
                 Err(st) => return st,
@@ -386,21 +660,25 @@ impl<T> Queue<T> {
     /// Takes the oldest batch, with the lag it carries in band; accounts
     /// it per `hand`. Caller holds the lock.
     fn take(&self, st: &mut State<T>, hand: Hand) -> Option<(Batch<T>, Vec<Waker>)> {
-        let mut batch = st.items.pop_front()?;
+        let i = st.first_live()?;
+        let mut batch = st.vacate(i)?;
         batch.set_lagged(std::mem::take(&mut st.lagged));
+        let windows = batch.merged();
         let wakers = match hand {
             Hand::Out => {
-                st.delivered_batches += 1;
+                st.deliveries += 1;
+                st.delivered_batches += windows;
                 st.delivered_events += batch.len() as u64;
-                st.done += 1;
+                st.done += windows;
                 self.progressed(st)
             }
             Hand::Callback => {
-                st.in_hand += 1;
+                st.in_hand_windows += windows;
+                st.in_hand_events += batch.len() as u64;
                 Vec::new()
             }
         };
-        // A blocked flusher can now queue.
+        // A blocked flusher may now have room.
         if st.sleepers[Sleeper::Space as usize] > 0 {
             self.space.notify_one();
         }
@@ -466,14 +744,29 @@ impl<T> Queue<T> {
     }
 
     /// A delivery thread finished the batch it popped with `Hand::Callback`
-    /// (its callback returned, or panicked).
-    pub(crate) fn finish(&self, events: usize, panicked: bool) {
+    /// (its callback returned, or panicked): `windows` and `events` are the
+    /// batch's `merged()` and `len()`, `spare` its cleared merge box (see
+    /// [`release`]), kept for the next merge.
+    pub(crate) fn finish(
+        &self,
+        windows: u64,
+        events: usize,
+        panicked: bool,
+        spare: Option<Box<Merge<T>>>,
+    ) {
         let mut st = lock(&self.state);
-        st.in_hand = st.in_hand.saturating_sub(1);
-        st.delivered_batches += 1;
+        st.in_hand_windows = st.in_hand_windows.saturating_sub(windows);
+        st.in_hand_events = st.in_hand_events.saturating_sub(events as u64);
+        st.deliveries += 1;
+        st.delivered_batches += windows;
         st.delivered_events += events as u64;
         st.panics += u64::from(panicked);
-        st.done += 1;
+        st.done += windows;
+        if let Some(m) = spare {
+            if st.spare.len() < SPARE_MERGES {
+                st.spare.push(m);
+            }
+        }
         let wakers = self.progressed(&mut st);
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
@@ -492,10 +785,11 @@ impl<T> Queue<T> {
         let mut st = lock(&self.state);
         st.closed = true;
         if mode == OnUnsubscribe::Discard {
-            while let Some(batch) = st.items.pop_front() {
-                st.discarded_batches += 1;
+            while let Some(i) = st.first_live() {
+                let Some(batch) = st.vacate(i) else { break };
+                st.discarded_batches += batch.merged();
                 st.discarded_events += batch.len() as u64;
-                st.done += 1;
+                st.done += batch.merged();
                 if drop_caught(batch) {
                     st.panics += 1;
                 }
@@ -512,19 +806,19 @@ impl<T> Queue<T> {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Shutdown: a `Block` push stops waiting for space (see
+    /// Shutdown: a `Block` push stops waiting for room (see
     /// `Registry::release_blocked`).
     pub(crate) fn release_blocked(&self) {
         lock(&self.state).released = true;
         self.space.notify_all();
     }
 
-    /// Batches queued so far: a flush captures this after sealing.
+    /// Windows queued so far: a flush captures this after sealing.
     pub(crate) fn target(&self) -> u64 {
         lock(&self.state).enqueued
     }
 
-    /// Batches done so far (delivered, handed out, dropped or discarded).
+    /// Windows done so far (delivered, handed out, dropped or discarded).
     #[cfg(all(test, not(ringfold_loom)))]
     pub(crate) fn done(&self) -> u64 {
         lock(&self.state).done
@@ -561,20 +855,31 @@ impl<T> Queue<T> {
     /// A snapshot of this subscriber's counters.
     pub(crate) fn stats(&self) -> SubscriberStats {
         let st = lock(&self.state);
-        let lag = st.items.front().map_or(Duration::ZERO, |b| {
-            Instant::now().saturating_duration_since(b.closed_at())
-        });
+        let lag = st
+            .first_live()
+            .and_then(|i| st.items[i].batch.as_ref())
+            .map_or(Duration::ZERO, |b| {
+                Instant::now().saturating_duration_since(b.first_closed_at())
+            });
         SubscriberStats {
             name: self.name.to_string(),
             sealed: st.enqueued,
+            sealed_events: st.sealed_events,
+            deliveries: st.deliveries,
             delivered_batches: st.delivered_batches,
             delivered_events: st.delivered_events,
+            merged_batches: st.merged_windows,
+            merge_folded_events: st.merge_folded_events,
             lag_dropped_batches: st.lag_batches,
             lag_dropped_events: st.lag_events,
             discarded_batches: st.discarded_batches,
             discarded_events: st.discarded_events,
-            queued: st.items.len() as u64,
-            in_flight: st.in_hand,
+            queued: st.queued_windows,
+            queued_events: st.queued_events,
+            queued_bytes: st.held_bytes,
+            in_flight: st.in_hand_windows,
+            in_flight_events: st.in_hand_events,
+            budget: self.budget,
             panics: st.panics,
             lag,
             closed: st.closed,

@@ -9,21 +9,25 @@
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use super::batch::Batch;
 use super::batch::{BatchPool, Sealed};
-use super::queue::{LagPolicy, OnUnsubscribe, Push, Queue};
+use super::queue::{Budget, LagPolicy, OnUnsubscribe, Push, Queue};
 use super::stats::SubscriberStats;
 use crate::error::Error;
 use crate::policy::Pattern;
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 /// How to subscribe: the subscriber's name (shown in its stats), its lag
-/// policy, what happens to its queue when it unsubscribes, and optionally
-/// the core its delivery thread runs on.
+/// policy, its queue's budget and when its queue starts merging, what
+/// happens to its queue when it unsubscribes, and optionally the core its
+/// delivery thread runs on.
 ///
 /// ```
-/// use ringfold::{LagPolicy, OnUnsubscribe, SubscribeOptions};
+/// use ringfold::{Budget, LagPolicy, OnUnsubscribe, SubscribeOptions};
 /// let opts = SubscribeOptions::new("sqlite")
-///     .lag(LagPolicy::DropOldest { capacity: 256 })
+///     .lag(LagPolicy::DropOldest)
+///     .budget(Budget::new(200_000, 32 << 20))
+///     .coalesce_after(16)
 ///     .on_unsubscribe(OnUnsubscribe::Discard);
 /// assert_eq!(opts.name(), "sqlite");
 /// ```
@@ -31,24 +35,81 @@ use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 pub struct SubscribeOptions {
     name: String,
     lag: LagPolicy,
+    budget: Budget,
+    coalesce_after: usize,
     on_unsubscribe: OnUnsubscribe,
     core: Option<usize>,
 }
 
 impl SubscribeOptions {
-    /// Defaults: `LagPolicy::default()`, `OnUnsubscribe::Deliver`.
+    /// Batches that may wait in a subscriber's queue before newly sealed
+    /// windows merge into the queued batch of their prefix (the default
+    /// of [`coalesce_after`](Self::coalesce_after)).
+    pub const DEFAULT_COALESCE_AFTER: usize = 64;
+
+    /// Defaults: `LagPolicy::default()` (`DropOldest`), `Budget::default()`,
+    /// coalescing after [`DEFAULT_COALESCE_AFTER`](Self::DEFAULT_COALESCE_AFTER)
+    /// waiting batches, `OnUnsubscribe::Deliver`.
     pub fn new(name: impl Into<String>) -> Self {
         SubscribeOptions {
             name: name.into(),
             lag: LagPolicy::default(),
+            budget: Budget::default(),
+            coalesce_after: Self::DEFAULT_COALESCE_AFTER,
             on_unsubscribe: OnUnsubscribe::default(),
             core: None,
         }
     }
 
-    /// Sets the lag policy.
+    /// Sets the lag policy: what happens over budget.
     pub fn lag(mut self, lag: LagPolicy) -> Self {
         self.lag = lag;
+        self
+    }
+
+    /// Sets the queue's budget in events and bytes (see [`Budget`]); zero
+    /// in either is refused at subscribe time (`Error::InvalidConfig`).
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The queue's budget.
+    pub fn budget_limits(&self) -> Budget {
+        self.budget
+    }
+
+    /// Sets how many batches may wait in the queue before a newly sealed
+    /// window is merged into the queued batch of its prefix instead of
+    /// queued on its own. Lower merges sooner (fewer, larger deliveries for
+    /// a subscriber that is behind; batch sizes then depend on timing);
+    /// `usize::MAX` merges only `latest` values and aggregates, and only
+    /// when the budget is exhausted. Zero is refused at subscribe time
+    /// (`Error::InvalidConfig`).
+    ///
+    /// ```
+    /// use ringfold::{Batch, Engine, Policy, SubscribeOptions};
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// let engine = Engine::<u64>::builder()
+    ///     .policy("data:*", Policy::batch(Duration::from_secs(60), 10))
+    ///     .build()?;
+    /// // A receiver nobody reads yet: it falls behind at once.
+    /// let rx = engine.receiver("data:*", SubscribeOptions::new("late").coalesce_after(1))?;
+    /// for i in 0..100u64 {
+    ///     engine.publish("data:users:created", i)?; // 10 windows of 10
+    /// }
+    /// engine.flush()?;
+    /// let first = rx.try_recv()?; // the first window, queued on its own
+    /// let rest = rx.try_recv()?; // the other nine, merged into one batch
+    /// assert_eq!((first.len(), first.merged()), (10, 1));
+    /// assert_eq!((rest.len(), rest.merged(), rest.seq(), rest.last_seq()), (90, 9, 1, 9));
+    /// assert_eq!(rest.lagged(), 0); // merged, not lost
+    /// # let _ = mpsc::channel::<Batch<u64>>;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn coalesce_after(mut self, batches: usize) -> Self {
+        self.coalesce_after = batches;
         self
     }
 
@@ -97,9 +158,14 @@ impl SubscribeOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.lag.capacity() == 0 {
+        if self.budget.events() == 0 || self.budget.bytes() == 0 {
             return Err(Error::InvalidConfig(
-                "subscriber queue capacity must be non-zero",
+                "subscriber budget must allow at least one event and one byte",
+            ));
+        }
+        if self.coalesce_after == 0 {
+            return Err(Error::InvalidConfig(
+                "coalesce_after must be at least 1 batch",
             ));
         }
         Ok(())
@@ -123,7 +189,13 @@ impl SubscribeOptions {
     }
 
     pub(crate) fn queue<T>(&self) -> Queue<T> {
-        Queue::new(&self.name, self.lag, self.on_unsubscribe)
+        Queue::new(
+            &self.name,
+            self.lag,
+            self.budget,
+            self.coalesce_after,
+            self.on_unsubscribe,
+        )
     }
 }
 
@@ -425,11 +497,10 @@ impl<T> FlushTicket<T> {
 pub(crate) struct RouteCache<T> {
     generation: u64,
     entries: Vec<Entry<T>>,
-    /// The most batches the current subscribers can hold at once: each
-    /// holds at most its queue's capacity plus the one batch in its hands
-    /// (`LagPolicy::DropOldest` drops beyond it; `Block` waits, and
-    /// overfills only in the final drain). What the batch pool is
-    /// provisioned to.
+    /// The windows the current subscribers' ordinary backlogs hold (each
+    /// `Queue::provision_hint`, plus the one in its hands): what the batch
+    /// pool is provisioned to. A deeper backlog merges windows and may
+    /// make the pool allocate.
     held_bound: usize,
     /// `held_bound` changed since the pool was last provisioned.
     provision_due: bool,
@@ -438,6 +509,9 @@ pub(crate) struct RouteCache<T> {
     /// Queues given batches since the last `wake`: each consumer is woken
     /// once per flusher pass, not once per batch (see `Queue::push_quiet`).
     to_wake: Vec<Arc<Queue<T>>>,
+    /// Batches the queues dropped for lag, on their way back to the pool
+    /// (kept for its capacity).
+    displaced: Vec<Batch<T>>,
 }
 
 impl<T> Default for RouteCache<T> {
@@ -449,6 +523,7 @@ impl<T> Default for RouteCache<T> {
             provision_due: false,
             routes: Vec::new(),
             to_wake: Vec::new(),
+            displaced: Vec::new(),
         }
     }
 }
@@ -493,7 +568,7 @@ impl<T> RouteCache<T> {
         self.held_bound = self
             .entries
             .iter()
-            .map(|e| e.queue.capacity().saturating_add(1))
+            .map(|e| e.queue.provision_hint().saturating_add(1))
             .fold(0, usize::saturating_add);
         self.provision_due = true;
         self.routes.iter_mut().for_each(|r| *r = None);
@@ -517,19 +592,21 @@ impl<T> RouteCache<T> {
             pool.provision(self.held_bound);
         }
         let mut to_wake = std::mem::take(&mut self.to_wake);
+        let mut displaced = std::mem::take(&mut self.displaced);
         let queues = self.queues_for(registry, sealed.prefix_id, &sealed.prefix);
         let mut taken = 0;
         for q in queues {
-            let (outcome, displaced, first) = q.push_quiet(sealed);
+            let (outcome, first) = q.push_quiet(sealed, &mut displaced);
             taken += usize::from(outcome != Push::Closed);
             if first {
                 to_wake.push(q.clone());
             }
-            if let Some(batch) = displaced {
-                pool.recycle(batch);
-            }
+        }
+        for batch in displaced.drain(..) {
+            pool.recycle(batch);
         }
         self.to_wake = to_wake;
+        self.displaced = displaced;
         taken
     }
 

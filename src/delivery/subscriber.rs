@@ -7,7 +7,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::batch::Batch;
-use super::queue::{Hand, Queue};
+use super::queue::{release, Hand, Queue};
 use super::registry::{Registration, Registry, SubscribeOptions};
 use super::stats::SubscriberStats;
 use crate::error::Error;
@@ -86,14 +86,19 @@ pub(crate) fn on_delivery_thread() -> bool {
 fn run<T>(queue: &Queue<T>, mut subscriber: Box<dyn Subscriber<T>>) {
     ON_DELIVERY_THREAD.with(|f| f.set(true));
     while let Ok(batch) = queue.pop(Hand::Callback, None) {
-        let events = batch.len();
+        let (windows, events) = (batch.merged(), batch.len());
         let panicked = catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err();
         // Usually not the last handle (the flusher's pool keeps one), but if
-        // it is, the payloads drop here: caught like the callback.
-        if catch_unwind(AssertUnwindSafe(move || drop(batch))).is_err() {
-            queue.count_panic();
-        }
-        queue.finish(events, panicked);
+        // it is, the payloads drop here: caught like the callback. A merged
+        // batch's merge box goes back to the queue for the next merge.
+        let spare = match catch_unwind(AssertUnwindSafe(move || release(batch))) {
+            Ok(spare) => spare,
+            Err(_) => {
+                queue.count_panic();
+                None
+            }
+        };
+        queue.finish(windows, events, panicked, spare);
     }
     if catch_unwind(AssertUnwindSafe(move || drop(subscriber))).is_err() {
         queue.count_panic();

@@ -23,17 +23,89 @@ struct Fixture {
     pool: BatchPool<u64>,
     seqs: Vec<u64>,
     epoch: Epoch,
+    /// The reason the next sealed batches carry.
+    reason: BatchReason,
 }
 
 impl Fixture {
     fn new(pool: usize) -> Self {
+        Self::with_policies(pool, PolicyTable::new(Policy::Passthrough))
+    }
+
+    /// Names under `latest:*` fold as `Policy::latest`; the rest pass
+    /// through.
+    fn with_latest(pool: usize) -> Self {
+        let mut table = PolicyTable::new(Policy::Passthrough);
+        let latest = Policy::latest(Duration::from_secs(1), 100);
+        table
+            .rules
+            .push((crate::policy::Pattern::parse("latest:*").unwrap(), latest));
+        Self::with_policies(pool, table)
+    }
+
+    fn with_policies(pool: usize, table: PolicyTable) -> Self {
         let epoch = Epoch::now();
         Fixture {
-            interner: Interner::new(PolicyTable::new(Policy::Passthrough), 64, 64),
+            interner: Interner::new(table, 64, 64),
             pool: BatchPool::new(pool, epoch),
             seqs: Vec::new(),
             epoch,
+            reason: BatchReason::Count,
         }
+    }
+
+    /// Seals one window of `prefix` whose events are `(name, payload)`.
+    fn seal_named(&mut self, events: &[(&str, u64)]) -> Arc<Sealed<u64>> {
+        let mut pool = std::mem::replace(&mut self.pool, BatchPool::new(1, self.epoch));
+        let metas: Vec<_> = events
+            .iter()
+            .map(|(name, p)| {
+                let key = self.interner.key(name).unwrap();
+                (self.interner.name(key.name_id() as usize).unwrap(), *p)
+            })
+            .collect();
+        let pid = metas[0].0.prefix;
+        let mut sealed_events: Vec<Event<u64>> = metas
+            .iter()
+            .map(|(info, payload)| Event {
+                meta: NameRef::new(&info.meta),
+                sub_key: 0,
+                nanos: 0,
+                payload: *payload,
+            })
+            .collect();
+        let sealed = self.seal_events(&mut pool, pid, &mut sealed_events);
+        self.pool = pool;
+        sealed
+    }
+
+    fn seal_events<T>(
+        &mut self,
+        pool: &mut BatchPool<T>,
+        pid: u32,
+        events: &mut Vec<Event<T>>,
+    ) -> Arc<Sealed<T>> {
+        let prefix = self.interner.prefix(pid as usize).unwrap();
+        if self.seqs.len() <= pid as usize {
+            self.seqs.resize(pid as usize + 1, 0);
+        }
+        let seq = self.seqs[pid as usize];
+        self.seqs[pid as usize] += 1;
+        let now = Instant::now();
+        let header = Header {
+            prefix: prefix.prefix.clone(),
+            name: prefix.batch_name.clone(),
+            prefix_id: pid,
+            reason: self.reason,
+            seq,
+            opened: now - Duration::from_millis(5),
+            closed: now,
+            epoch: self.epoch,
+            dropped: 1,
+            folded: 2,
+            keep_alive: std::sync::Arc::new(self.interner.keepalive()),
+        };
+        pool.seal(header, events, &mut Vec::new())
     }
 
     fn seal_with<T>(
@@ -45,7 +117,6 @@ impl Fixture {
         let key = self.interner.key(name).unwrap();
         let info = self.interner.name(key.name_id() as usize).unwrap();
         let pid = info.prefix;
-        let prefix = self.interner.prefix(pid as usize).unwrap();
         let mut events: Vec<Event<T>> = payloads
             .into_iter()
             .map(|payload| Event {
@@ -55,27 +126,7 @@ impl Fixture {
                 payload,
             })
             .collect();
-        if self.seqs.len() <= pid as usize {
-            self.seqs.resize(pid as usize + 1, 0);
-        }
-        let seq = self.seqs[pid as usize];
-        self.seqs[pid as usize] += 1;
-        let now = Instant::now();
-        let header = Header {
-            prefix: prefix.prefix.clone(),
-            name: prefix.batch_name.clone(),
-            prefix_id: pid,
-            reason: BatchReason::Count,
-            seq,
-            opened: now - Duration::from_millis(5),
-            closed: now,
-            epoch: self.epoch,
-            dropped: 1,
-            folded: 2,
-            keep_alive: std::sync::Arc::new(self.interner.keepalive()),
-        };
-        let mut aggregates = Vec::new();
-        pool.seal(header, &mut events, &mut aggregates)
+        self.seal_events(pool, pid, &mut events)
     }
 
     /// Seals and delivers through `cache`, recycling displaced batches
@@ -111,12 +162,29 @@ impl Fixture {
     }
 }
 
-fn queue(capacity: usize) -> Queue<u64> {
-    Queue::new(
-        "q",
-        LagPolicy::DropOldest { capacity },
-        OnUnsubscribe::Deliver,
-    )
+/// A queue that holds `events` events and never merges (merging has its
+/// own tests): what the loss tests need.
+fn queue(events: u64) -> Queue<u64> {
+    lag_queue(LagPolicy::DropOldest, events, OnUnsubscribe::Deliver)
+}
+
+fn lag_queue(policy: LagPolicy, events: u64, mode: OnUnsubscribe) -> Queue<u64> {
+    Queue::new("q", policy, Budget::new(events, u64::MAX), usize::MAX, mode)
+}
+
+/// Subscribe options with the same tight, never-merging queue.
+fn tight(name: &str, events: u64) -> SubscribeOptions {
+    SubscribeOptions::new(name)
+        .budget(Budget::new(events, u64::MAX))
+        .coalesce_after(usize::MAX)
+}
+
+/// Pushes and wakes; returns the outcome and how many batches were
+/// dropped for lag.
+fn push<T>(q: &Queue<T>, sealed: &Arc<Sealed<T>>) -> (Push, usize) {
+    let mut displaced = Vec::new();
+    let outcome = q.push(sealed, &mut displaced);
+    (outcome, displaced.len())
 }
 
 #[test]
@@ -260,18 +328,13 @@ fn panicking_payload_drops_are_caught_and_counted_on_recycle() {
 #[test]
 fn drop_oldest_counts_loss_and_reports_it_in_band() {
     let mut f = Fixture::new(8);
-    let q = queue(2);
+    let q = queue(4); // two batches of two events
     for i in 0..5 {
-        let outcome = q.push(&f.seal("data:a:x", vec![i, i])).0;
-        assert_eq!(
-            outcome,
-            if i < 2 {
-                Push::Queued
-            } else {
-                Push::QueuedDroppingOldest
-            }
-        );
+        // Over budget the queue first merges (while the merged batch fits
+        // the budget on its own), then drops the oldest batches.
+        let _ = push(&q, &f.seal("data:a:x", vec![i, i]));
         assert!(q.stats().is_conserved());
+        assert!(q.stats().queued_events <= 4, "within budget");
     }
     let s = q.stats();
     assert_eq!((s.sealed, s.queued, s.lag_dropped_batches), (5, 2, 3));
@@ -300,7 +363,7 @@ fn lag_is_the_oldest_queued_batch_age() {
     let mut f = Fixture::new(4);
     let q = queue(4);
     assert_eq!(q.stats().lag, Duration::ZERO);
-    let _ = q.push(&f.seal("data:a:x", vec![1]));
+    let _ = push(&q, &f.seal("data:a:x", vec![1]));
     // The fixture's batches closed "now"; 5 ms later the lag is at least 5.
     std::thread::sleep(Duration::from_millis(5));
     assert!(q.stats().lag >= Duration::from_millis(5));
@@ -309,32 +372,20 @@ fn lag_is_the_oldest_queued_batch_age() {
 #[test]
 fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
     let mut f = Fixture::new(8);
-    let q = StdArc::new(Queue::<u64>::new(
-        "sink",
-        LagPolicy::Block {
-            capacity: 1,
-            timeout: Duration::from_millis(20),
-        },
+    let block = |timeout| LagPolicy::Block { timeout };
+    let q = StdArc::new(lag_queue(
+        block(Duration::from_millis(20)),
+        1,
         OnUnsubscribe::Deliver,
     ));
-    assert_eq!(q.push(&f.seal("data:a:x", vec![0])).0, Push::Queued);
+    assert_eq!(push(&*q, &f.seal("data:a:x", vec![0])), (Push::Queued, 0));
     // No consumer: the push waits its timeout, then drops the oldest.
     let start = Instant::now();
-    assert_eq!(
-        q.push(&f.seal("data:a:x", vec![1])).0,
-        Push::QueuedDroppingOldest
-    );
+    assert_eq!(push(&*q, &f.seal("data:a:x", vec![1])), (Push::Queued, 1));
     assert!(start.elapsed() >= Duration::from_millis(20));
     // With a consumer, a push with an unbounded timeout (no overflow
     // panic) waits for space and nothing is lost.
-    let q2 = StdArc::new(Queue::<u64>::new(
-        "sink",
-        LagPolicy::Block {
-            capacity: 1,
-            timeout: Duration::MAX,
-        },
-        OnUnsubscribe::Deliver,
-    ));
+    let q2 = StdArc::new(lag_queue(block(Duration::MAX), 1, OnUnsubscribe::Deliver));
     let consumer = {
         let q2 = q2.clone();
         std::thread::spawn(move || {
@@ -346,25 +397,15 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
         })
     };
     for i in 0..20 {
-        assert_ne!(
-            q2.push(&f.seal("data:b:x", vec![i])).0,
-            Push::QueuedDroppingOldest
-        );
+        assert_eq!(push(&*q2, &f.seal("data:b:x", vec![i])).1, 0);
     }
     q2.close(OnUnsubscribe::Deliver);
     let seqs = consumer.join().unwrap();
     assert_eq!(seqs, (0..20).collect::<Vec<_>>());
     assert_eq!(q2.stats().lag_dropped_batches, 0);
     // A full Block queue that is closed releases a waiting flusher.
-    let q3 = StdArc::new(Queue::<u64>::new(
-        "sink",
-        LagPolicy::Block {
-            capacity: 1,
-            timeout: Duration::MAX,
-        },
-        OnUnsubscribe::Discard,
-    ));
-    let _ = q3.push(&f.seal("data:c:x", vec![0]));
+    let q3 = StdArc::new(lag_queue(block(Duration::MAX), 1, OnUnsubscribe::Discard));
+    let _ = push(&*q3, &f.seal("data:c:x", vec![0]));
     let closer = {
         let q3 = q3.clone();
         std::thread::spawn(move || {
@@ -372,7 +413,7 @@ fn block_waits_for_the_consumer_then_times_out_and_drops_oldest() {
             q3.close(OnUnsubscribe::Discard);
         })
     };
-    assert_eq!(q3.push(&f.seal("data:c:x", vec![1])).0, Push::Closed);
+    assert_eq!(push(&*q3, &f.seal("data:c:x", vec![1])).0, Push::Closed);
     closer.join().unwrap();
     let s = q3.stats();
     assert_eq!((s.sealed, s.discarded_batches), (1, 1));
@@ -384,14 +425,14 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
     let mut f = Fixture::new(8);
     let q = queue(8);
     for i in 0..3 {
-        let _ = q.push(&f.seal("data:a:x", vec![i]));
+        let _ = push(&q, &f.seal("data:a:x", vec![i]));
     }
     let target = q.target();
     assert_eq!(target, 3);
     let soon = Instant::now() + Duration::from_millis(10);
     assert!(!q.wait_done(target, Some(soon)), "nothing processed yet");
     q.close(OnUnsubscribe::Deliver);
-    assert_eq!(q.push(&f.seal("data:a:x", vec![9])).0, Push::Closed);
+    assert_eq!(push(&q, &f.seal("data:a:x", vec![9])).0, Push::Closed);
     assert_eq!(q.try_pop(Hand::Out).unwrap().seq(), 0);
     assert_eq!(q.pop(Hand::Out, None).unwrap().seq(), 1);
     assert!(!q.wait_done(target, Some(Instant::now())));
@@ -401,7 +442,7 @@ fn close_delivers_or_discards_and_flush_waits_complete() {
 
     let q = queue(8);
     for i in 0..3 {
-        let _ = q.push(&f.seal("data:a:x", vec![i, i]));
+        let _ = push(&q, &f.seal("data:a:x", vec![i, i]));
     }
     let target = q.target();
     q.close(OnUnsubscribe::Discard);
@@ -581,11 +622,16 @@ fn bad_subscriptions_are_typed_errors() {
         Receiver::new(&registry, "", &opts),
         Err(Error::InvalidPattern { .. })
     ));
-    let zero = SubscribeOptions::new("x").lag(LagPolicy::DropOldest { capacity: 0 });
-    assert!(matches!(
-        Receiver::new(&registry, "*", &zero),
-        Err(Error::InvalidConfig(_))
-    ));
+    for zero in [
+        SubscribeOptions::new("x").budget(Budget::new(0, 1)),
+        SubscribeOptions::new("x").budget(Budget::new(1, 0)),
+        SubscribeOptions::new("x").coalesce_after(0),
+    ] {
+        assert!(matches!(
+            Receiver::new(&registry, "*", &zero),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
     // A name that std could not give a thread is not a panic.
     let nul = SubscribeOptions::new("a\0b");
     let sub = Subscription::spawn(&registry, "*", &nul, Box::new(|_: &Batch<u64>| {})).unwrap();
@@ -661,7 +707,7 @@ fn slow_subscriber_costs_only_itself() {
     let slow = Subscription::spawn(
         &registry,
         "*",
-        &SubscribeOptions::new("slow").lag(LagPolicy::DropOldest { capacity: 4 }),
+        &tight("slow", 4),
         Box::new(move |_: &Batch<u64>| drop(g2.lock().unwrap())),
     )
     .unwrap();
@@ -670,11 +716,16 @@ fn slow_subscriber_costs_only_itself() {
     for i in 0..100 {
         assert_eq!(f.deliver(&mut cache, &registry, "data:a:x", vec![i]), 2);
     }
-    let mut got = 0;
-    while fast.try_recv().is_ok() {
-        got += 1;
+    // The fast receiver, read only now, fell behind too: its queue merged
+    // (fewer, larger batches), and it lost nothing.
+    let (mut windows, mut events, mut deliveries) = (0, 0, 0);
+    while let Ok(b) = fast.try_recv() {
+        windows += b.merged();
+        events += b.len();
+        deliveries += 1;
     }
-    assert_eq!(got, 100);
+    assert_eq!((windows, events), (100, 100));
+    assert!(deliveries < 100, "merged: {deliveries} deliveries");
     let s = slow.stats();
     assert!(s.lag_dropped_batches >= 95, "{s:?}");
     assert!(s.is_conserved(), "{s:?}");
@@ -693,12 +744,7 @@ fn a_lagging_subscriber_does_not_make_sealing_allocate() {
     // lag come back to the pool instead, so sealing keeps recycling.
     let mut f = Fixture::new(4);
     let registry = Registry::<u64>::new();
-    let stuck = Receiver::new(
-        &registry,
-        "*",
-        &SubscribeOptions::new("stuck").lag(LagPolicy::DropOldest { capacity: 4 }),
-    )
-    .unwrap();
+    let stuck = Receiver::new(&registry, "*", &tight("stuck", 4)).unwrap();
     let fast = Receiver::new(&registry, "*", &SubscribeOptions::new("fast")).unwrap();
     let mut cache = RouteCache::default();
     for i in 0..100 {
@@ -723,8 +769,7 @@ fn a_backlog_within_the_queues_capacity_never_makes_sealing_allocate() {
     const CAP: usize = 64;
     let mut f = Fixture::new(1024);
     let registry = Registry::<u64>::new();
-    let opts =
-        |name: &str| SubscribeOptions::new(name).lag(LagPolicy::DropOldest { capacity: CAP });
+    let opts = |name: &str| tight(name, CAP as u64);
     let slow = Receiver::new(&registry, "*", &opts("slow")).unwrap();
     let fast = Receiver::new(&registry, "data:*", &opts("fast")).unwrap();
     let mut cache = RouteCache::default();
@@ -753,9 +798,10 @@ fn a_backlog_within_the_queues_capacity_never_makes_sealing_allocate() {
         warm,
         "sealing allocated for a backlog within the queue's capacity"
     );
-    // The other path: batches kept by a consumer beyond its queue are past
-    // the bound, and cost allocations (the pool stays bounded).
-    let kept: Vec<_> = (0..CAP as u64 * 4)
+    // The other path: batches kept by a consumer beyond the pool's
+    // capacity (1024 here) are past the bound, and cost allocations (the
+    // pool stays bounded).
+    let kept: Vec<_> = (0..1024 + CAP as u64)
         .map(|i| {
             f.deliver(&mut cache, &registry, "data:a:x", vec![i]);
             drop(fast.try_recv().unwrap());
@@ -938,4 +984,162 @@ mod stream {
             .unwrap()
             .block_on(scenario());
     }
+}
+
+/// A queue that merges as soon as one batch waits.
+fn merging_queue(budget: Budget) -> Queue<u64> {
+    Queue::new("m", LagPolicy::DropOldest, budget, 1, OnUnsubscribe::Deliver)
+}
+
+fn payloads(b: &Batch<u64>) -> Vec<(String, u64)> {
+    b.events()
+        .iter()
+        .map(|e| (e.name().to_owned(), *e.payload()))
+        .collect()
+}
+
+#[test]
+fn a_lagging_queue_merges_windows_of_a_prefix_in_order() {
+    let mut f = Fixture::new(8);
+    let q = merging_queue(Budget::default());
+    assert_eq!(push(&q, &f.seal("data:a:x", vec![1, 2])), (Push::Queued, 0));
+    // Behind (one batch waits): a's next windows merge into it, b's first
+    // is queued on its own.
+    assert_eq!(push(&q, &f.seal("data:a:x", vec![3])), (Push::Merged, 0));
+    assert_eq!(push(&q, &f.seal("data:b:x", vec![9])), (Push::Queued, 0));
+    assert_eq!(push(&q, &f.seal("data:a:y", vec![4, 5])), (Push::Merged, 0));
+    let s = q.stats();
+    assert_eq!((s.sealed, s.queued, s.merged_batches), (4, 4, 2));
+    assert_eq!((s.queued_events, s.sealed_events), (6, 6));
+    assert!(s.is_conserved(), "{s:?}");
+    let a = q.try_pop(Hand::Out).unwrap();
+    assert_eq!((a.seq(), a.last_seq(), a.merged(), a.lagged()), (0, 2, 3, 0));
+    assert_eq!(a.len(), 5);
+    let want: Vec<u64> = a.events().iter().map(|e| *e.payload()).collect();
+    assert_eq!(want, [1, 2, 3, 4, 5], "events concatenated in seal order");
+    // The view: indexing, from the back, and sizes agree.
+    let ev = a.events();
+    assert_eq!((*ev[3].payload(), ev.get(5).is_none()), (4, true));
+    let back: Vec<u64> = ev.iter().rev().map(|e| *e.payload()).collect();
+    assert_eq!(back, [5, 4, 3, 2, 1]);
+    assert_eq!(ev.iter().len(), 5);
+    assert!(ev.as_slice().is_none());
+    assert_eq!((a.dropped(), a.folded()), (3, 6), "per-window figures summed");
+    assert!(a.opened_at() < a.closed_at());
+    let b = q.try_pop(Hand::Out).unwrap();
+    assert_eq!((b.prefix(), b.merged(), b.len()), ("data:b", 1, 1));
+    assert!(b.events().as_slice().is_some());
+    let s = q.stats();
+    assert_eq!((s.deliveries, s.delivered_batches, s.delivered_events), (2, 4, 6));
+    assert_eq!(q.done(), 4, "a flush counts merged windows done");
+    assert!(s.is_conserved(), "{s:?}");
+}
+
+#[test]
+fn merged_latest_windows_keep_the_last_value_per_key_in_first_appearance_order() {
+    let mut f = Fixture::with_latest(8);
+    let q = merging_queue(Budget::default());
+    let _ = push(&q, &f.seal_named(&[("latest:g:x", 1), ("latest:g:y", 2)]));
+    let _ = push(&q, &f.seal_named(&[("latest:g:x", 3)]));
+    // A passthrough name of the same prefix is never superseded.
+    let _ = push(&q, &f.seal_named(&[("latest:g:z", 4), ("latest:g:y", 5)]));
+    let s = q.stats();
+    assert_eq!((s.merge_folded_events, s.queued_events), (2, 3));
+    assert!(s.is_conserved(), "{s:?}");
+    let b = q.try_pop(Hand::Out).unwrap();
+    assert_eq!(
+        payloads(&b),
+        [
+            ("latest:g:x".to_owned(), 3),
+            ("latest:g:y".to_owned(), 5),
+            ("latest:g:z".to_owned(), 4)
+        ]
+    );
+    assert_eq!((b.merged(), b.folded()), (3, 3 * 2 + 2));
+    // An urgent window's urgent (last) event goes after every survivor,
+    // superseding its key's earlier survivor.
+    let _ = push(&q, &f.seal_named(&[("latest:g:x", 10), ("latest:g:y", 11)]));
+    f.reason = BatchReason::Urgent;
+    let _ = push(&q, &f.seal_named(&[("latest:g:w", 12), ("latest:g:x", 13)]));
+    f.reason = BatchReason::Count;
+    let b = q.try_pop(Hand::Out).unwrap();
+    assert_eq!(b.reason(), BatchReason::Urgent);
+    assert_eq!(
+        payloads(&b),
+        [
+            ("latest:g:y".to_owned(), 11),
+            ("latest:g:w".to_owned(), 12),
+            ("latest:g:x".to_owned(), 13)
+        ]
+    );
+    assert!(q.stats().is_conserved());
+}
+
+#[test]
+fn merged_latest_windows_let_go_of_superseded_windows() {
+    // A stuck subscriber of a `latest` prefix holds one window's worth,
+    // not every window it missed.
+    let mut f = Fixture::with_latest(8);
+    let q = merging_queue(Budget::default());
+    let _ = push(&q, &f.seal_named(&[("latest:g:x", 0)]));
+    let one = q.stats().queued_bytes;
+    for i in 1..1000 {
+        let _ = push(&q, &f.seal_named(&[("latest:g:x", i)]));
+    }
+    let s = q.stats();
+    assert_eq!((s.queued, s.queued_events, s.merge_folded_events), (1000, 1, 999));
+    // The head window, the survivor's window and the merge's own index.
+    assert!(s.queued_bytes < one * 4, "{} bytes vs {one} for one", s.queued_bytes);
+    let b = q.try_pop(Hand::Out).unwrap();
+    assert_eq!((payloads(&b), b.merged()), (vec![("latest:g:x".to_owned(), 999)], 1000));
+}
+
+#[test]
+fn over_budget_the_queue_drops_plain_batches_before_final_values() {
+    let mut f = Fixture::with_latest(8);
+    // Never merges for being behind; two events of budget.
+    let q = lag_queue(LagPolicy::DropOldest, 2, OnUnsubscribe::Deliver);
+    let _ = push(&q, &f.seal_named(&[("latest:g:x", 1)])); // a final value
+    let _ = push(&q, &f.seal("data:a:x", vec![2]));
+    let _ = push(&q, &f.seal("data:b:x", vec![3])); // over: data:a goes
+    let s = q.stats();
+    assert_eq!((s.lag_dropped_batches, s.queued), (1, 2));
+    // Over budget, a window of final values merges instead of queueing.
+    assert_eq!(push(&q, &f.seal_named(&[("latest:g:x", 4)])), (Push::Merged, 0));
+    let first = q.try_pop(Hand::Out).unwrap();
+    assert_eq!(payloads(&first), [("latest:g:x".to_owned(), 4)]);
+    assert_eq!(first.lagged(), 1, "the dropped window, in band");
+    assert!(q.stats().is_conserved());
+}
+
+#[test]
+fn aggregates_merge_exactly() {
+    use crate::event::Aggregate;
+    use crate::event::InternedStr;
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let agg = |count, int_sum, min: f64, max: f64, first: (f64, u64), last: (f64, u64)| Aggregate {
+        name: InternedStr::new(&std::sync::Arc::from("gpu:0:w")),
+        key: crate::intern::EventKey::for_tests(0, 0),
+        count,
+        int_sum,
+        float_sum: 0.0,
+        exact: true,
+        min,
+        max,
+        first: (first.0, at(first.1)),
+        last: (last.0, at(last.1)),
+    };
+    let mut a = agg(2, i128::from(u64::MAX), 1.0, 9.0, (9.0, 1), (1.0, 2));
+    let b = agg(3, i128::from(u64::MAX), 0.5, 4.0, (4.0, 3), (0.5, 5));
+    super::merge::merge_aggregate(&mut a, &b);
+    assert_eq!(a.count(), 5);
+    assert_eq!(a.sum_exact(), Some(2 * i128::from(u64::MAX)));
+    assert_eq!((a.min(), a.max()), (0.5, 9.0));
+    assert_eq!((a.first().0, a.last().0), (9.0, 0.5));
+    // Overflowing the exact sum moves it to the float sum, exactness ends.
+    let mut big = agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0));
+    super::merge::merge_aggregate(&mut big, &agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0)));
+    assert_eq!(big.sum_exact(), None);
+    assert!(big.sum() > 3.0e38 && big.sum().is_finite());
 }

@@ -187,6 +187,9 @@ pub(crate) struct NameMeta {
     /// The engine's epoch: events carry their timestamp as nanoseconds
     /// since it, which keeps an event at 32 bytes for a `u64` payload.
     pub(crate) epoch: Instant,
+    /// The name folds under `Policy::Latest`: a lagging subscriber's queue
+    /// merges its windows last-value-wins (`delivery::merge`).
+    pub(crate) latest: bool,
 }
 
 /// What the engine knows about one interned name.
@@ -494,6 +497,7 @@ impl Interner {
             prefix: prefix_str,
             key,
             epoch: self.epoch,
+            latest: matches!(resolved.policy, Policy::Latest { .. }),
         });
         // Relaxed: published with the name below (its Release length
         // store), so a reader that sees this name's id sees the flag.

@@ -134,12 +134,11 @@ pub fn gate_for(
 }
 
 /// Options for a [`gate`] that stalls the flusher: `LagPolicy::Block` with
-/// a one-batch queue.
+/// a one-event budget (so with one batch queued, the next waits).
 pub fn gate_options() -> SubscribeOptions {
-    SubscribeOptions::new("gate").lag(LagPolicy::Block {
-        capacity: 1,
-        timeout: LONG,
-    })
+    SubscribeOptions::new("gate")
+        .lag(LagPolicy::Block { timeout: LONG })
+        .budget(ringfold::Budget::new(1, u64::MAX))
 }
 
 /// The payload of [`jam`]'s events.

@@ -1,0 +1,310 @@
+//! Coalescing: consecutive windows of one prefix merged into one batch for
+//! a subscriber that fell behind.
+//!
+//! A lagging subscriber's queue (see `queue`) merges a newly sealed window
+//! into the batch of its prefix still waiting there, by the prefix's
+//! policies, instead of queueing one more batch (and, once its budget ran
+//! out, dropping whole batches):
+//!
+//! * batch and passthrough names: the windows' events, concatenated in seal
+//!   order;
+//! * `latest` names: last value wins per `(name, sub_key)` across the
+//!   windows, in the order of each key's first appearance; an urgent event
+//!   goes last, as within a window;
+//! * aggregates: merged exactly (count, exact integer sum, float sum, min,
+//!   max, first, last).
+//!
+//! Events are never copied (payloads are not `Clone`, and every subscriber
+//! shares the sealed windows): a merged batch holds handles to the windows
+//! it lends events from, plus, once a `latest` name is involved, the list of
+//! surviving `(window, index)` pairs. A window none of whose events survive
+//! is let go of at once, so a lagging `latest` or aggregate subscriber holds
+//! memory proportional to its keys, not to the windows it missed. The
+//! batch's first window stays (it is the batch's header).
+//!
+//! All of it runs on the flusher, under the queue's lock, and costs
+//! O(events of the new window) (plus O(survivors) when a window is let go
+//! of); the `Merge` boxes are recycled by the delivery thread
+//! (`Queue::recycle`), so a steadily lagging callback subscriber does not
+//! allocate per merge.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::batch::Sealed;
+use crate::event::{Aggregate, BatchReason};
+use crate::intern::EventKey;
+use crate::sync::Arc;
+
+/// The merged part of a batch: everything after its first window.
+pub(crate) struct Merge<T> {
+    /// The windows whose events the batch lends, in seal order; the first
+    /// is the batch's own head window and is always kept.
+    pub(crate) segments: Vec<Arc<Sealed<T>>>,
+    /// When `picked`: the surviving events as `(segment, index)`, in
+    /// delivery order. Built once the first `latest` event is merged;
+    /// until then every event of `segments` is delivered, in order.
+    pub(crate) picks: Vec<(u32, u32)>,
+    pub(crate) picked: bool,
+    /// Position in `picks` of each `latest` key's survivor.
+    survivors: HashMap<(EventKey, u64), u32, ahash::RandomState>,
+    /// The windows' aggregates, merged per name.
+    pub(crate) aggregates: Vec<Aggregate>,
+    /// Events lent (`picks.len()` when picked).
+    pub(crate) len: usize,
+    pub(crate) last_seq: u64,
+    pub(crate) closed: Instant,
+    pub(crate) reason: BatchReason,
+    pub(crate) dropped: u64,
+    pub(crate) folded: u64,
+    /// Windows carried (at least 2 once merged).
+    pub(crate) windows: u64,
+    /// Bytes of the segments held (see `Sealed::footprint`).
+    pub(crate) segment_bytes: u64,
+    /// Scratch for `compact`: per segment, survivors, then new index.
+    scratch: Vec<u32>,
+}
+
+impl<T> Clone for Merge<T> {
+    fn clone(&self) -> Self {
+        Merge {
+            segments: self.segments.clone(),
+            picks: self.picks.clone(),
+            picked: self.picked,
+            survivors: self.survivors.clone(),
+            aggregates: self.aggregates.clone(),
+            len: self.len,
+            last_seq: self.last_seq,
+            closed: self.closed,
+            reason: self.reason,
+            dropped: self.dropped,
+            folded: self.folded,
+            windows: self.windows,
+            segment_bytes: self.segment_bytes,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<T> Merge<T> {
+    /// An empty merge (its buffers are what recycling keeps).
+    pub(crate) fn new() -> Self {
+        Merge {
+            segments: Vec::new(),
+            picks: Vec::new(),
+            picked: false,
+            survivors: HashMap::default(),
+            aggregates: Vec::new(),
+            len: 0,
+            last_seq: 0,
+            closed: Instant::now(),
+            reason: BatchReason::Flush,
+            dropped: 0,
+            folded: 0,
+            windows: 0,
+            segment_bytes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Empties it for reuse, keeping its buffers' capacity. Handles to
+    /// windows are dropped here: if one was the last, its payloads drop
+    /// too; the caller catches a panicking payload `Drop`.
+    pub(crate) fn clear(&mut self) {
+        self.segments.clear();
+        self.picks.clear();
+        self.picked = false;
+        self.survivors.clear();
+        self.aggregates.clear();
+        self.len = 0;
+        self.windows = 0;
+        self.segment_bytes = 0;
+    }
+
+    /// Starts from the batch's own (unmerged) window `head`.
+    pub(crate) fn start(&mut self, head: &Arc<Sealed<T>>) {
+        self.clear();
+        self.segments.push(head.clone());
+        self.aggregates.extend(head.aggregates.iter().cloned());
+        self.len = head.events.len();
+        self.last_seq = head.seq;
+        self.closed = head.closed;
+        self.reason = head.reason;
+        self.dropped = head.dropped;
+        self.folded = head.folded;
+        self.windows = 1;
+        self.segment_bytes = head.footprint();
+        if head.events.iter().any(|e| e.meta.get().latest) {
+            self.pick_all();
+        }
+    }
+
+    /// Switches to explicit survivors: every event held so far survives,
+    /// and the `latest` ones are indexed by key.
+    fn pick_all(&mut self) {
+        self.picked = true;
+        self.picks.clear();
+        self.survivors.clear();
+        for (s, seg) in self.segments.iter().enumerate() {
+            for (i, e) in seg.events.iter().enumerate() {
+                if e.meta.get().latest {
+                    self.survivors
+                        .insert((e.key(), e.sub_key), self.picks.len() as u32);
+                }
+                self.picks.push((s as u32, i as u32));
+            }
+        }
+        self.len = self.picks.len();
+    }
+
+    /// Merges `next`, the next window of the same prefix, in. Returns how
+    /// many events held before were superseded by it (`latest`): they are
+    /// no longer delivered, and counted in `folded`.
+    pub(crate) fn absorb(&mut self, next: &Arc<Sealed<T>>) -> u64 {
+        self.windows += 1;
+        self.last_seq = next.seq;
+        self.closed = next.closed;
+        self.reason = next.reason;
+        self.dropped += next.dropped;
+        self.folded += next.folded;
+        for a in &next.aggregates {
+            match self.aggregates.iter_mut().find(|x| x.key == a.key) {
+                Some(into) => merge_aggregate(into, a),
+                None => self.aggregates.push(a.clone()),
+            }
+        }
+        if next.events.is_empty() {
+            // Only aggregates: nothing of the window is lent.
+            return 0;
+        }
+        let latest = next.events.iter().any(|e| e.meta.get().latest);
+        if latest && !self.picked {
+            self.pick_all();
+        }
+        let seg = self.segments.len() as u32;
+        self.segments.push(next.clone());
+        self.segment_bytes += next.footprint();
+        if !self.picked {
+            self.len += next.events.len();
+            return 0;
+        }
+        // Within a window the urgent event (if any) is the last one.
+        let urgent = (next.reason == BatchReason::Urgent).then(|| next.events.len() - 1);
+        let mut superseded = 0;
+        for (i, e) in next.events.iter().enumerate() {
+            let pick = (seg, i as u32);
+            if !e.meta.get().latest {
+                self.picks.push(pick);
+                continue;
+            }
+            let key = (e.key(), e.sub_key);
+            let Some(&pos) = self.survivors.get(&key) else {
+                self.survivors.insert(key, self.picks.len() as u32);
+                self.picks.push(pick);
+                continue;
+            };
+            superseded += 1;
+            let (s0, i0) = self.picks[pos as usize];
+            let older = &self.segments[s0 as usize].events[i0 as usize];
+            if e.nanos < older.nanos {
+                // Published before the survivor (a migrating publisher's
+                // stale ring): the survivor stays, as in the fold.
+                continue;
+            }
+            if urgent == Some(i) {
+                // An urgent survivor goes last, after every other survivor.
+                self.picks.remove(pos as usize);
+                for p in self.survivors.values_mut() {
+                    if *p > pos {
+                        *p -= 1;
+                    }
+                }
+                self.survivors.insert(key, self.picks.len() as u32);
+                self.picks.push(pick);
+            } else {
+                self.picks[pos as usize] = pick;
+            }
+        }
+        self.len = self.picks.len();
+        self.folded += superseded;
+        if superseded > 0 {
+            self.compact();
+        }
+        superseded
+    }
+
+    /// Lets go of every window (but the first) none of whose events
+    /// survive, renumbering the picks.
+    fn compact(&mut self) {
+        let n = self.segments.len();
+        self.scratch.clear();
+        self.scratch.resize(n, 0);
+        for &(s, _) in &self.picks {
+            self.scratch[s as usize] += 1;
+        }
+        if self.scratch[1..].iter().all(|&c| c > 0) {
+            return;
+        }
+        // New index of each kept segment (u32::MAX: let go of).
+        let mut next = 0u32;
+        for (s, slot) in self.scratch.iter_mut().enumerate() {
+            if s == 0 || *slot > 0 {
+                *slot = next;
+                next += 1;
+            } else {
+                *slot = u32::MAX;
+            }
+        }
+        for pick in &mut self.picks {
+            pick.0 = self.scratch[pick.0 as usize];
+        }
+        let mut s = 0;
+        let scratch = &self.scratch;
+        let mut freed = 0;
+        self.segments.retain(|seg| {
+            let keep = scratch[s] != u32::MAX;
+            if !keep {
+                freed += seg.footprint();
+            }
+            s += 1;
+            keep
+        });
+        self.segment_bytes -= freed;
+    }
+
+    /// Bytes this merge holds beyond its windows' (its own buffers).
+    pub(crate) fn own_bytes(&self) -> u64 {
+        let picks = self.picks.capacity() * std::mem::size_of::<(u32, u32)>();
+        let aggs = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
+        let segs = self.segments.capacity() * std::mem::size_of::<Arc<Sealed<T>>>();
+        // A hash map entry: the key, the position and a control byte.
+        let map = self.survivors.capacity() * (std::mem::size_of::<((EventKey, u64), u32)>() + 1);
+        (std::mem::size_of::<Self>() + picks + aggs + segs + map) as u64
+    }
+}
+
+/// Merges `from` (a later window's summary of the same name) into `into`,
+/// exactly as if `from`'s readings had been folded into `into`'s window:
+/// the integer sums add exactly (overflowing into the float sum, which
+/// ends exactness, as `fold::numeric` does), first and last by stamp.
+pub(crate) fn merge_aggregate(into: &mut Aggregate, from: &Aggregate) {
+    into.count += from.count;
+    match into.int_sum.checked_add(from.int_sum) {
+        Some(sum) => into.int_sum = sum,
+        None => {
+            into.float_sum += into.int_sum as f64 + from.int_sum as f64;
+            into.int_sum = 0;
+            into.exact = false;
+        }
+    }
+    into.float_sum += from.float_sum;
+    into.exact &= from.exact;
+    into.min = into.min.min(from.min);
+    into.max = into.max.max(from.max);
+    if from.first.1 < into.first.1 {
+        into.first = from.first;
+    }
+    if from.last.1 >= into.last.1 {
+        into.last = from.last;
+    }
+}
