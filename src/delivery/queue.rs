@@ -198,7 +198,10 @@ struct State<T> {
     live: usize,
     /// Per prefix id, the absolute position of its newest queued batch.
     newest: HashMap<u32, u64, ahash::RandomState>,
-    /// Cleared merge boxes handed back by the delivery thread.
+    /// Cleared merge boxes handed back by the delivery thread. Boxed on
+    /// purpose: a batch holds its merge as a `Box`, which moves in and out
+    /// of here without reallocating.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<Merge<T>>>,
     /// Budget use: events plus aggregates, and bytes, of the live slots.
     held_events: u64,
