@@ -289,7 +289,7 @@ impl DeliveryQueue {
 
     /// `Queue::finish` for a batch carrying `windows` windows.
     pub fn finish_windows(&self, windows: u64) {
-        self.0.finish(windows, 0, false, None)
+        self.0.finish(windows, 0, false)
     }
 
     /// `Queue::close` (unsubscribe / shutdown), with the queue's mode.

@@ -51,6 +51,18 @@ fn run_round(
 }
 
 fn steady_state_allocations(policy: Policy, fan_out: bool) -> (u64, u64) {
+    steady_state_allocations_with(policy, fan_out, None).0
+}
+
+/// With `lagging` (a per-batch delay), one more subscriber that sleeps per
+/// batch and merges as soon as four batches wait: it is behind all the
+/// time. Returns the allocations and events, and that subscriber's merged
+/// windows during the measured round.
+fn steady_state_allocations_with(
+    policy: Policy,
+    fan_out: bool,
+    lagging: Option<Duration>,
+) -> ((u64, u64), u64) {
     let mut builder = Engine::<u64>::builder()
         .default_policy(policy)
         .sample_with(|v| Some(*v as f64))
@@ -75,6 +87,16 @@ fn steady_state_allocations(policy: Policy, fan_out: bool) -> (u64, u64) {
                 std::hint::black_box(b.clone());
             });
     }
+    if let Some(pause) = lagging {
+        builder = builder.subscriber_with(
+            "*",
+            SubscribeOptions::new("lagging").coalesce_after(4),
+            move |b: &Batch<u64>| {
+                std::hint::black_box(b.events().iter().map(|e| *e.payload()).sum::<u64>());
+                std::thread::sleep(pause);
+            },
+        );
+    }
     let engine = builder.build().unwrap();
     // A pull-mode subscriber drained by its own thread.
     let rx = engine.receiver("*", SubscribeOptions::new("pull")).unwrap();
@@ -96,12 +118,22 @@ fn steady_state_allocations(policy: Policy, fan_out: bool) -> (u64, u64) {
         run_round(&engine, &mut producer, &keys, 20_000);
     }
     let n = 100_000;
+    let merged = |e: &Engine<u64>| {
+        e.stats()
+            .subscribers
+            .iter()
+            .find(|s| s.name == "lagging")
+            .map_or(0, |s| s.merged_batches)
+    };
+    let merged_before = merged(&engine);
     let before = ALLOCS.load(Ordering::SeqCst);
     run_round(&engine, &mut producer, &keys, n);
     let after = ALLOCS.load(Ordering::SeqCst);
-    engine.shutdown().unwrap();
+    let merged_during = merged(&engine) - merged_before;
+    let stats = engine.shutdown().unwrap();
     assert!(puller.join().unwrap() > 0);
-    (after - before, n)
+    assert!(stats.subscribers.iter().all(|s| s.lost_events() == 0));
+    ((after - before, n), merged_during)
 }
 
 // The three policies run in one test so no other test allocates meanwhile.
@@ -144,4 +176,18 @@ fn no_allocation_per_event_in_steady_state() {
         allocs <= 8,
         "fan-out passthrough: {allocs} allocations for {events} events"
     );
+    // A subscriber that is always behind: its queue merges windows all the
+    // time, reusing its merges and the pool's windows.
+    for policy in [Policy::Passthrough, Policy::latest(ms(50), 4)] {
+        let ((allocs, events), merged) =
+            steady_state_allocations_with(policy, false, Some(Duration::from_micros(200)));
+        println!(
+            "lagging {policy:?}: {allocs} allocations for {events} events, {merged} windows merged"
+        );
+        assert!(merged > 0, "the lagging subscriber merged nothing");
+        assert!(
+            allocs <= 8,
+            "lagging {policy:?}: {allocs} allocations for {events} events ({merged} merged)"
+        );
+    }
 }

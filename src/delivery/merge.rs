@@ -24,9 +24,11 @@
 //!
 //! All of it runs on the flusher, under the queue's lock, and costs
 //! O(events of the new window) (plus O(survivors) when a window is let go
-//! of); the `Merge` boxes are recycled by the delivery thread
-//! (`Queue::recycle`), so a steadily lagging callback subscriber does not
-//! allocate per merge.
+//! of). A merge is shared by the clones of its batch (`Arc`), and when the
+//! last one is dropped (the delivery thread after the callback, or whoever
+//! a receiver handed the batch to) it goes back, cleared, to its queue's
+//! [`Spares`], so a steadily lagging subscriber does not allocate per
+//! merge.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -34,7 +36,68 @@ use std::time::Instant;
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
 use crate::intern::EventKey;
-use crate::sync::Arc;
+use crate::sync::{lock, Arc, Mutex};
+
+/// Cleared merges kept for reuse by one queue (at most [`Spares::KEEP`]).
+pub(crate) struct Spares<T> {
+    parked: Mutex<Vec<Arc<Merge<T>>>>,
+}
+
+impl<T> Spares<T> {
+    /// Merges a queue keeps: one per prefix with a merged batch queued or
+    /// in the subscriber's hands at once, for the prefixes a lagging
+    /// subscriber commonly has (beyond that, a merge may allocate).
+    const KEEP: usize = 256;
+
+    /// Merges made up front, at subscribe time: a subscriber that falls
+    /// behind on this many prefixes at once merges without allocating from
+    /// the first time on (beyond it, the first time it goes deeper).
+    const PROVISION: usize = 64;
+
+    pub(crate) fn new() -> Self {
+        let mut parked = Vec::with_capacity(Self::KEEP);
+        parked.extend((0..Self::PROVISION).map(|_| {
+            let mut m = Merge::new();
+            m.segments.reserve(INITIAL_WINDOWS);
+            m.scratch.reserve(INITIAL_WINDOWS);
+            Arc::new(m)
+        }));
+        Spares {
+            parked: Mutex::new(parked),
+        }
+    }
+
+    /// A cleared merge to start from (allocated only if none is parked).
+    pub(crate) fn take(self: &Arc<Self>) -> Arc<Merge<T>> {
+        let mut merge = lock(&self.parked)
+            .pop()
+            .unwrap_or_else(|| Arc::new(Merge::new()));
+        if let Some(m) = Arc::get_mut(&mut merge) {
+            m.home = Some(self.clone());
+        }
+        merge
+    }
+
+    /// Takes back a merge whose last handle was let go of. Dropping its
+    /// windows may drop payloads (if it held their last handle): a
+    /// panicking payload `Drop` propagates to the caller, as dropping the
+    /// batch itself would.
+    pub(crate) fn park(&self, mut merge: Arc<Merge<T>>) {
+        let Some(m) = Arc::get_mut(&mut merge) else {
+            return;
+        };
+        // No cycle: a parked merge does not point home.
+        m.home = None;
+        m.clear();
+        let mut parked = lock(&self.parked);
+        if parked.len() < Self::KEEP {
+            parked.push(merge);
+        }
+    }
+}
+
+/// Windows a new merge has room for (see `Merge::start`).
+const INITIAL_WINDOWS: usize = 64;
 
 /// The merged part of a batch: everything after its first window.
 pub(crate) struct Merge<T> {
@@ -63,6 +126,9 @@ pub(crate) struct Merge<T> {
     pub(crate) segment_bytes: u64,
     /// Scratch for `compact`: per segment, survivors, then new index.
     scratch: Vec<u32>,
+    /// Where it goes back when its batch's last handle is dropped (`None`
+    /// while parked, and for copies).
+    pub(crate) home: Option<Arc<Spares<T>>>,
 }
 
 impl<T> Clone for Merge<T> {
@@ -82,6 +148,7 @@ impl<T> Clone for Merge<T> {
             windows: self.windows,
             segment_bytes: self.segment_bytes,
             scratch: Vec::new(),
+            home: None,
         }
     }
 }
@@ -104,6 +171,7 @@ impl<T> Merge<T> {
             windows: 0,
             segment_bytes: 0,
             scratch: Vec::new(),
+            home: None,
         }
     }
 
@@ -124,6 +192,10 @@ impl<T> Merge<T> {
     /// Starts from the batch's own (unmerged) window `head`.
     pub(crate) fn start(&mut self, head: &Arc<Sealed<T>>) {
         self.clear();
+        // A new merge starts with room for a lagging subscriber's ordinary
+        // backlog of one prefix: reused merges then rarely need to grow.
+        self.segments.reserve(INITIAL_WINDOWS);
+        self.scratch.reserve(INITIAL_WINDOWS);
         self.segments.push(head.clone());
         self.aggregates.extend(head.aggregates.iter().cloned());
         self.len = head.events.len();

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::batch::{Batch, Sealed};
-use super::merge::Merge;
+use super::merge::Spares;
 use super::stats::SubscriberStats;
 use crate::sync::{lock, Arc, Condvar, Mutex, MutexGuard};
 
@@ -171,10 +171,6 @@ pub(crate) enum PopError {
     Closed,
 }
 
-/// Merge boxes a queue keeps for reuse (a lagging callback subscriber
-/// merges at most a handful of batches at once per prefix in flight).
-const SPARE_MERGES: usize = 8;
-
 /// Windows per subscriber the flusher's batch pool is provisioned for (see
 /// `BatchPool::provision`): the depth of an ordinary backlog. A deeper one
 /// (a subscriber descheduled for long) merges and may allocate windows.
@@ -198,11 +194,6 @@ struct State<T> {
     live: usize,
     /// Per prefix id, the absolute position of its newest queued batch.
     newest: HashMap<u32, u64, ahash::RandomState>,
-    /// Cleared merge boxes handed back by the delivery thread. Boxed on
-    /// purpose: a batch holds its merge as a `Box`, which moves in and out
-    /// of here without reallocating.
-    #[allow(clippy::vec_box)]
-    spare: Vec<Box<Merge<T>>>,
     /// Budget use: events plus aggregates, and bytes, of the live slots.
     held_events: u64,
     held_bytes: u64,
@@ -285,26 +276,21 @@ impl<T> State<T> {
         sealed: &Arc<Sealed<T>>,
         budget: Budget,
         add: (u64, u64),
+        spares: &Arc<Spares<T>>,
     ) -> bool {
-        let spare = match self.items.get(i) {
-            Some(slot)
-                if slot.held_events.saturating_add(add.0) > budget.events
-                    || slot.bytes.saturating_add(add.1) > budget.bytes =>
-            {
-                return false
-            }
-            Some(Slot { batch: Some(b), .. }) if b.merged() == 1 => self.spare.pop(),
-            Some(Slot { batch: Some(_), .. }) => None,
-            _ => return false,
-        };
         let Some(slot) = self.items.get_mut(i) else {
             return false;
         };
+        if slot.held_events.saturating_add(add.0) > budget.events
+            || slot.bytes.saturating_add(add.1) > budget.bytes
+        {
+            return false;
+        }
         let Some(batch) = slot.batch.as_mut() else {
             return false;
         };
         let len_before = batch.len() as u64;
-        let superseded = batch.absorb(sealed, spare);
+        let superseded = batch.absorb(sealed, spares);
         let len_after = batch.len() as u64;
         let (events, bytes) = batch.footprint();
         let old = (slot.held_events, slot.bytes);
@@ -339,6 +325,8 @@ pub(crate) struct Queue<T> {
     budget: Budget,
     coalesce_after: usize,
     on_unsubscribe: OnUnsubscribe,
+    /// Cleared merges for the next batch that needs one.
+    spares: Arc<Spares<T>>,
     state: Mutex<State<T>>,
     /// The consumer waits here for a batch or the close.
     ready: Condvar,
@@ -352,18 +340,6 @@ pub(crate) struct Queue<T> {
 /// this is the last handle); returns whether it panicked.
 fn drop_caught<T>(batch: Batch<T>) -> bool {
     crate::event::drop_caught(batch)
-}
-
-/// Lets go of a batch the delivery thread is done with, keeping its merge
-/// box (cleared) for reuse. May run payload `Drop`s (if it held the last
-/// handle to a window): the caller catches a panic.
-pub(crate) fn release<T>(batch: Batch<T>) -> Option<Box<Merge<T>>> {
-    let (head, merge) = batch.into_parts();
-    drop(head);
-    merge.map(|mut m| {
-        m.clear();
-        m
-    })
 }
 
 impl<T> Queue<T> {
@@ -386,12 +362,12 @@ impl<T> Queue<T> {
             budget: Budget::new(budget.events.max(1), budget.bytes.max(1)),
             coalesce_after,
             on_unsubscribe,
+            spares: Arc::new(Spares::new()),
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(slots),
                 front: 0,
                 live: 0,
                 newest: HashMap::with_capacity_and_hasher(slots, ahash::RandomState::new()),
-                spare: Vec::new(),
                 held_events: 0,
                 held_bytes: 0,
                 queued_windows: 0,
@@ -512,7 +488,15 @@ impl<T> Queue<T> {
                 .get(&sealed.prefix_id)
                 .and_then(|&abs| abs.checked_sub(st.front))
                 .map(|i| i as usize)
-                .filter(|&i| st.merge_into(i, sealed, self.budget, (add_events, add_bytes)))
+                .filter(|&i| {
+                    st.merge_into(
+                        i,
+                        sealed,
+                        self.budget,
+                        (add_events, add_bytes),
+                        &self.spares,
+                    )
+                })
         } else {
             None
         };
@@ -748,15 +732,8 @@ impl<T> Queue<T> {
 
     /// A delivery thread finished the batch it popped with `Hand::Callback`
     /// (its callback returned, or panicked): `windows` and `events` are the
-    /// batch's `merged()` and `len()`, `spare` its cleared merge box (see
-    /// [`release`]), kept for the next merge.
-    pub(crate) fn finish(
-        &self,
-        windows: u64,
-        events: usize,
-        panicked: bool,
-        spare: Option<Box<Merge<T>>>,
-    ) {
+    /// batch's `merged()` and `len()`.
+    pub(crate) fn finish(&self, windows: u64, events: usize, panicked: bool) {
         let mut st = lock(&self.state);
         st.in_hand_windows = st.in_hand_windows.saturating_sub(windows);
         st.in_hand_events = st.in_hand_events.saturating_sub(events as u64);
@@ -765,11 +742,6 @@ impl<T> Queue<T> {
         st.delivered_events += events as u64;
         st.panics += u64::from(panicked);
         st.done += windows;
-        if let Some(m) = spare {
-            if st.spare.len() < SPARE_MERGES {
-                st.spare.push(m);
-            }
-        }
         let wakers = self.progressed(&mut st);
         drop(st);
         wakers.into_iter().for_each(Waker::wake);

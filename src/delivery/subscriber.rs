@@ -7,7 +7,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::batch::Batch;
-use super::queue::{release, Hand, Queue};
+use super::queue::{Hand, Queue};
 use super::registry::{Registration, Registry, SubscribeOptions};
 use super::stats::SubscriberStats;
 use crate::error::Error;
@@ -89,16 +89,12 @@ fn run<T>(queue: &Queue<T>, mut subscriber: Box<dyn Subscriber<T>>) {
         let (windows, events) = (batch.merged(), batch.len());
         let panicked = catch_unwind(AssertUnwindSafe(|| subscriber.on_batch(&batch))).is_err();
         // Usually not the last handle (the flusher's pool keeps one), but if
-        // it is, the payloads drop here: caught like the callback. A merged
-        // batch's merge box goes back to the queue for the next merge.
-        let spare = match catch_unwind(AssertUnwindSafe(move || release(batch))) {
-            Ok(spare) => spare,
-            Err(_) => {
-                queue.count_panic();
-                None
-            }
-        };
-        queue.finish(windows, events, panicked, spare);
+        // it is, the payloads drop here: caught like the callback. (A merged
+        // batch's merge goes back to its queue for the next merge.)
+        if catch_unwind(AssertUnwindSafe(move || drop(batch))).is_err() {
+            queue.count_panic();
+        }
+        queue.finish(windows, events, panicked);
     }
     if catch_unwind(AssertUnwindSafe(move || drop(subscriber))).is_err() {
         queue.count_panic();

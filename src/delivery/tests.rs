@@ -988,7 +988,13 @@ mod stream {
 
 /// A queue that merges as soon as one batch waits.
 fn merging_queue(budget: Budget) -> Queue<u64> {
-    Queue::new("m", LagPolicy::DropOldest, budget, 1, OnUnsubscribe::Deliver)
+    Queue::new(
+        "m",
+        LagPolicy::DropOldest,
+        budget,
+        1,
+        OnUnsubscribe::Deliver,
+    )
 }
 
 fn payloads(b: &Batch<u64>) -> Vec<(String, u64)> {
@@ -1013,7 +1019,10 @@ fn a_lagging_queue_merges_windows_of_a_prefix_in_order() {
     assert_eq!((s.queued_events, s.sealed_events), (6, 6));
     assert!(s.is_conserved(), "{s:?}");
     let a = q.try_pop(Hand::Out).unwrap();
-    assert_eq!((a.seq(), a.last_seq(), a.merged(), a.lagged()), (0, 2, 3, 0));
+    assert_eq!(
+        (a.seq(), a.last_seq(), a.merged(), a.lagged()),
+        (0, 2, 3, 0)
+    );
     assert_eq!(a.len(), 5);
     let want: Vec<u64> = a.events().iter().map(|e| *e.payload()).collect();
     assert_eq!(want, [1, 2, 3, 4, 5], "events concatenated in seal order");
@@ -1024,13 +1033,20 @@ fn a_lagging_queue_merges_windows_of_a_prefix_in_order() {
     assert_eq!(back, [5, 4, 3, 2, 1]);
     assert_eq!(ev.iter().len(), 5);
     assert!(ev.as_slice().is_none());
-    assert_eq!((a.dropped(), a.folded()), (3, 6), "per-window figures summed");
+    assert_eq!(
+        (a.dropped(), a.folded()),
+        (3, 6),
+        "per-window figures summed"
+    );
     assert!(a.opened_at() < a.closed_at());
     let b = q.try_pop(Hand::Out).unwrap();
     assert_eq!((b.prefix(), b.merged(), b.len()), ("data:b", 1, 1));
     assert!(b.events().as_slice().is_some());
     let s = q.stats();
-    assert_eq!((s.deliveries, s.delivered_batches, s.delivered_events), (2, 4, 6));
+    assert_eq!(
+        (s.deliveries, s.delivered_batches, s.delivered_events),
+        (2, 4, 6)
+    );
     assert_eq!(q.done(), 4, "a flush counts merged windows done");
     assert!(s.is_conserved(), "{s:?}");
 }
@@ -1087,11 +1103,21 @@ fn merged_latest_windows_let_go_of_superseded_windows() {
         let _ = push(&q, &f.seal_named(&[("latest:g:x", i)]));
     }
     let s = q.stats();
-    assert_eq!((s.queued, s.queued_events, s.merge_folded_events), (1000, 1, 999));
+    assert_eq!(
+        (s.queued, s.queued_events, s.merge_folded_events),
+        (1000, 1, 999)
+    );
     // The head window, the survivor's window and the merge's own index.
-    assert!(s.queued_bytes < one * 4, "{} bytes vs {one} for one", s.queued_bytes);
+    assert!(
+        s.queued_bytes < one * 4,
+        "{} bytes vs {one} for one",
+        s.queued_bytes
+    );
     let b = q.try_pop(Hand::Out).unwrap();
-    assert_eq!((payloads(&b), b.merged()), (vec![("latest:g:x".to_owned(), 999)], 1000));
+    assert_eq!(
+        (payloads(&b), b.merged()),
+        (vec![("latest:g:x".to_owned(), 999)], 1000)
+    );
 }
 
 #[test]
@@ -1105,7 +1131,10 @@ fn over_budget_the_queue_drops_plain_batches_before_final_values() {
     let s = q.stats();
     assert_eq!((s.lag_dropped_batches, s.queued), (1, 2));
     // Over budget, a window of final values merges instead of queueing.
-    assert_eq!(push(&q, &f.seal_named(&[("latest:g:x", 4)])), (Push::Merged, 0));
+    assert_eq!(
+        push(&q, &f.seal_named(&[("latest:g:x", 4)])),
+        (Push::Merged, 0)
+    );
     let first = q.try_pop(Hand::Out).unwrap();
     assert_eq!(payloads(&first), [("latest:g:x".to_owned(), 4)]);
     assert_eq!(first.lagged(), 1, "the dropped window, in band");
