@@ -105,7 +105,7 @@ fn run_publish(n: u64, baseline: bool) {
     let mut done = 0;
     while done < n {
         let m = CHUNK.min(n - done);
-        producer.publish_key(keys[0], 0).unwrap();
+        producer.publish_key(keys[0], 0u64).unwrap();
         if baseline {
             baseline_chunk(&keys, m);
         } else {

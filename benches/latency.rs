@@ -147,7 +147,7 @@ fn engine_latency_with(
             Kind::Urgent => producer.publish_urgent(key, i as u64).unwrap(),
         }
         if background && last_bg.elapsed() >= Duration::from_millis(10) {
-            producer.publish_key(bg, 0).unwrap();
+            producer.publish_key(bg, 0u64).unwrap();
             last_bg = Instant::now();
         }
         thread::sleep(pace);
@@ -467,7 +467,7 @@ fn idle_cpu() {
         engine.flush().unwrap();
         if window.is_some() {
             let slow = engine.key("slow:x:y").unwrap();
-            producer.publish_key(slow, 0).unwrap();
+            producer.publish_key(slow, 0u64).unwrap();
         }
         thread::sleep(Duration::from_millis(100));
         let (tid, before) = flusher_cpu().expect("flusher thread not found");

@@ -351,7 +351,7 @@ fn bench_publish(c: &mut Criterion) {
                 timed_chunks(
                     iters,
                     producer,
-                    |p| p.publish_key(keys[0], 0).unwrap(),
+                    |p| p.publish_key(keys[0], 0u64).unwrap(),
                     |p, i| {
                         let k = keys[(i as usize) % PREFIXES];
                         let _ = black_box(p.publish_key(k, black_box(i)));

@@ -248,7 +248,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
     /// ```
     /// let engine = ringfold::Engine::<u64>::builder().high_water(16).build()?;
     /// let mut per_task = engine.producer_with_capacity(64)?;
-    /// per_task.publish("data:task:done", 1).unwrap();
+    /// per_task.publish("data:task:done", 1u64).unwrap();
     /// assert!(engine.producer_with_capacity(100).is_err()); // not a power of two
     /// # Ok::<(), ringfold::Error>(())
     /// ```

@@ -154,10 +154,24 @@ impl std::error::Error for Error {
 /// }
 /// # Ok::<(), ringfold::Error>(())
 /// ```
+///
+/// The `Full` message names the settings that avoid it:
+///
+/// ```
+/// use ringfold::PublishError;
+/// let full = PublishError::Full(7u64).to_string();
+/// assert!(full.starts_with("producer ring is full"));
+/// for setting in ["FullPolicy::Block", "ring_capacity", "flush"] {
+///     assert!(full.contains(setting), "{full}");
+/// }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublishError<T> {
     /// The producer's ring was full (after waiting, under
-    /// `FullPolicy::Block` or for urgent events). Counted in stats.
+    /// `FullPolicy::Block` or for urgent events). Counted in stats. Avoided
+    /// by `FullPolicy::Block` (`EngineBuilder::on_full`), a larger
+    /// `EngineBuilder::ring_capacity`, or flushing between bursts; its
+    /// message says so.
     Full(T),
     /// The engine was shut down. Counted in stats.
     ShutDown(T),
@@ -193,7 +207,12 @@ impl<T> PublishError<T> {
 impl<T> fmt::Display for PublishError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            PublishError::Full(_) => "producer ring is full",
+            PublishError::Full(_) => {
+                "producer ring is full: the event was not accepted (counted in \
+                 Stats::dropped.full); to avoid it, wait for space with \
+                 EngineBuilder::on_full(FullPolicy::Block(timeout)) (or a longer timeout), \
+                 give producers a larger EngineBuilder::ring_capacity, or flush between bursts"
+            }
             PublishError::ShutDown(_) => "engine is shut down",
             PublishError::InvalidName(_) => "invalid event name",
             PublishError::ForeignKey(_) => "event key of another engine",

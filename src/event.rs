@@ -164,6 +164,17 @@ impl<T: fmt::Debug> fmt::Debug for Event<T> {
 }
 
 /// Why a batch was emitted.
+///
+/// `Display` writes it as lower-case words, for logs and wire formats:
+/// `interval`, `count`, `urgent`, `passthrough`, `flush`, `shutdown`
+/// (`Debug` writes the variant's name).
+///
+/// ```
+/// use ringfold::BatchReason;
+/// assert_eq!(BatchReason::Count.to_string(), "count");
+/// assert_eq!(format!("closed by {}", BatchReason::Interval), "closed by interval");
+/// assert_eq!(format!("{:?}", BatchReason::Flush), "Flush");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BatchReason {
@@ -179,6 +190,26 @@ pub enum BatchReason {
     Flush,
     /// Shutdown drained the engine.
     Shutdown,
+}
+
+impl BatchReason {
+    /// The reason as `Display` writes it: one lower-case word.
+    fn as_str(self) -> &'static str {
+        match self {
+            BatchReason::Interval => "interval",
+            BatchReason::Count => "count",
+            BatchReason::Urgent => "urgent",
+            BatchReason::Passthrough => "passthrough",
+            BatchReason::Flush => "flush",
+            BatchReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for BatchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// Numeric summary of one event name within a window (`Policy::aggregate`).

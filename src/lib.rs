@@ -1,3 +1,7 @@
+// The front page is README.md, with the guide's link definitions first so
+// that its links to docs/*.md resolve to the `guide` modules (see
+// src/guide.rs).
+#![doc = include_str!("guide/links.md")]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -21,6 +25,7 @@ mod event;
 mod flusher;
 mod fold;
 pub mod gpu;
+pub mod guide;
 mod intern;
 mod lane;
 mod local;

@@ -196,7 +196,7 @@ fn publish_many_of_latest_names_sends_whole_stamped_events() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("gate:g:x", 0).unwrap();
+    p.publish("gate:g:x", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p); // the flusher is held: the ring is not drained
     let key = engine.key("chat:s1:delta").unwrap();
@@ -542,19 +542,19 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         .unwrap();
     let mut p = engine.producer().unwrap();
     let key = engine.key("job:j1:done").unwrap();
-    p.publish_key(key, 0).unwrap();
+    p.publish_key(key, 0u64).unwrap();
     entered_rx.recv().unwrap();
-    p.publish_key(key, 1).unwrap();
+    p.publish_key(key, 1u64).unwrap();
     assert!(wait_until(LONG, || engine.stats().subscribers[0].queued == 1));
     // 2 fills nothing: the flusher takes it off the ring, then waits for
     // queue space.
-    p.publish_key(key, 2).unwrap();
+    p.publish_key(key, 2u64).unwrap();
     assert!(wait_until(LONG, || engine.stats().pending == 0));
-    p.publish_key(key, 3).unwrap();
-    p.publish_key(key, 4).unwrap();
+    p.publish_key(key, 3u64).unwrap();
+    p.publish_key(key, 4u64).unwrap();
     // Ordinary publish: dropped at once. Urgent: waits, then times out.
-    assert_eq!(p.publish_key(key, 5), Err(PublishError::Full(5)));
-    assert_eq!(p.publish_urgent(key, 6), Err(PublishError::Full(6)));
+    assert_eq!(p.publish_key(key, 5u64), Err(PublishError::Full(5)));
+    assert_eq!(p.publish_urgent(key, 6u64), Err(PublishError::Full(6)));
     let stats = engine.stats();
     assert_eq!((stats.dropped.full, stats.dropped.urgent_timeout), (1, 1));
     // With space freed during the wait, the urgent publish goes through.
@@ -563,7 +563,7 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
         release_tx.send(()).unwrap();
     });
     // The ring still holds 3 and 4: this urgent publish must wait.
-    assert_eq!(p.publish_urgent(key, 7), Ok(()));
+    assert_eq!(p.publish_urgent(key, 7u64), Ok(()));
     releaser.join().unwrap();
     engine.flush().unwrap();
     // 0 to 4 and the urgent 7.

@@ -51,7 +51,7 @@ fn a_stuck_subscriber_costs_only_itself() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("chat:s0:delta", 0).unwrap();
+    p.publish("chat:s0:delta", 0u64).unwrap();
     entered.recv().unwrap(); // the slow subscriber is stuck from here on
     let bulk = engine.key("data:rows:inserted").unwrap();
     let live = engine.key("chat:s1:delta").unwrap();
@@ -146,13 +146,13 @@ fn block_lag_policy_pushes_back_to_producers_and_loses_nothing() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
     // The sink's queue fills, the flusher waits, the ring fills: the
     // producer is refused instead of the sink losing batches.
     let mut accepted = 1;
     let mut refused = 0;
-    for i in 1..=50 {
+    for i in 1..=50u64 {
         match p.publish("a:b", i) {
             Ok(()) => accepted += 1,
             Err(PublishError::Full(_)) => refused += 1,

@@ -105,7 +105,7 @@ fn prefix_stats_count_events_in_open_windows() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    for i in 0..5 {
+    for i in 0..5u64 {
         p.publish("open:window:set", i).unwrap();
     }
     // Taken off the ring but still in a window: received, not delivered.
@@ -205,7 +205,7 @@ fn a_panicking_subscriber_is_counted_and_others_still_deliver() {
         .unwrap();
     let mut p = engine.producer().unwrap();
     let key = engine.key("x:y").unwrap();
-    for i in 0..10 {
+    for i in 0..10u64 {
         p.publish_key(key, i).unwrap();
     }
     engine.flush().unwrap();
@@ -325,7 +325,7 @@ fn dropping_the_last_handle_flushes_everything() {
         .unwrap();
     let mut p = engine.producer().unwrap();
     let key = engine.key("a:b").unwrap();
-    for i in 0..1234 {
+    for i in 0..1234u64 {
         p.publish_key(key, i).unwrap();
     }
     let clone = engine.clone();
@@ -334,7 +334,7 @@ fn dropping_the_last_handle_flushes_everything() {
     drop(clone);
     assert_eq!(count.load(Ordering::SeqCst), 1234);
     assert!(matches!(
-        p.publish_key(key, 1),
+        p.publish_key(key, 1u64),
         Err(PublishError::ShutDown(1))
     ));
 }
@@ -352,15 +352,15 @@ fn full_ring_drop_newest_returns_payload_and_reports_loss_in_band() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("block:now", 0).unwrap();
+    p.publish("block:now", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p); // the flusher is now stuck behind the gate
     let key = engine.key("bulk:rows:inserted").unwrap();
-    for i in 1..=4 {
+    for i in 1..=4u64 {
         p.publish_key(key, i).unwrap();
     }
-    assert_eq!(p.publish_key(key, 5), Err(PublishError::Full(5)));
-    assert_eq!(p.publish_key(key, 6), Err(PublishError::Full(6)));
+    assert_eq!(p.publish_key(key, 5u64), Err(PublishError::Full(5)));
+    assert_eq!(p.publish_key(key, 6u64), Err(PublishError::Full(6)));
     release.send(()).unwrap();
     engine.flush().unwrap();
     let log = log.lock().unwrap();
@@ -384,13 +384,13 @@ fn full_ring_block_waits_for_space_then_times_out() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p);
-    p.publish("a:b", 1).unwrap();
-    p.publish("a:b", 2).unwrap();
+    p.publish("a:b", 1u64).unwrap();
+    p.publish("a:b", 2u64).unwrap();
     // Flusher stuck: the wait times out and the payload comes back.
-    assert_eq!(p.publish("a:b", 3), Err(PublishError::Full(3)));
+    assert_eq!(p.publish("a:b", 3u64), Err(PublishError::Full(3)));
     // Release the flusher while we wait: this time space appears.
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(10));
@@ -404,8 +404,8 @@ fn full_ring_block_waits_for_space_then_times_out() {
     drop(engine2);
     // With a long timeout the publish succeeds once the flusher drains.
     let mut q = engine.producer().unwrap();
-    q.publish("a:c", 10).unwrap();
-    q.publish("a:c", 11).unwrap();
+    q.publish("a:c", 10u64).unwrap();
+    q.publish("a:c", 11u64).unwrap();
     releaser.join().unwrap();
     engine.flush().unwrap();
     let stats = engine.stats();
@@ -424,16 +424,16 @@ fn block_policy_succeeds_when_the_flusher_frees_space() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p);
-    p.publish("a:b", 1).unwrap();
-    p.publish("a:b", 2).unwrap();
+    p.publish("a:b", 1u64).unwrap();
+    p.publish("a:b", 2u64).unwrap();
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
         release.send(()).unwrap();
     });
-    p.publish("a:b", 3).unwrap(); // waits until the flusher drains
+    p.publish("a:b", 3u64).unwrap(); // waits until the flusher drains
     releaser.join().unwrap();
     engine.flush().unwrap();
     assert_eq!(engine.stats().delivered, 4 + 2, "and the two jam events");
@@ -450,7 +450,7 @@ fn count_threshold_then_flush_remainder() {
         .unwrap();
     let mut p = engine.producer().unwrap();
     let key = engine.key("data:users:created").unwrap();
-    for i in 0..25 {
+    for i in 0..25u64 {
         p.publish_key(key, i).unwrap();
     }
     engine.flush().unwrap();
@@ -538,9 +538,9 @@ fn shutdown_timeout_reports_pending_instead_of_hanging() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
-    for i in 1..=3 {
+    for i in 1..=3u64 {
         p.publish("a:b", i).unwrap();
     }
     // The flusher is never stuck behind a subscriber: it seals and queues
@@ -620,15 +620,18 @@ fn bad_input_is_a_typed_error() {
         Err(Error::TooManyNames { limit: 2 })
     ));
     let mut p = engine.producer().unwrap();
-    assert_eq!(p.publish("", 9), Err(PublishError::InvalidName(9)));
-    assert_eq!(p.publish("a:3", 8), Err(PublishError::TooManyNames(8)));
+    assert_eq!(p.publish("", 9u64), Err(PublishError::InvalidName(9)));
+    assert_eq!(p.publish("a:3", 8u64), Err(PublishError::TooManyNames(8)));
     // A key from another engine with an id this engine never issued.
     let other = b().build().unwrap();
     for i in 0..5 {
         other.key(&format!("o:{i}")).unwrap();
     }
     let foreign = other.key("o:4").unwrap();
-    assert_eq!(p.publish_key(foreign, 7), Err(PublishError::ForeignKey(7)));
+    assert_eq!(
+        p.publish_key(foreign, 7u64),
+        Err(PublishError::ForeignKey(7))
+    );
     let dropped = engine.stats().dropped;
     assert_eq!(
         (
@@ -686,7 +689,7 @@ fn publish_many_takes_what_fits_with_one_store() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p);
     let key = engine.key("a:b").unwrap();
@@ -720,9 +723,9 @@ fn high_water_wakes_a_parked_flusher() {
     let mut p = engine.producer().unwrap();
     let key = engine.key("a:b").unwrap();
     // One event puts the flusher into a timed park (pending window).
-    p.publish_key(key, 0).unwrap();
+    p.publish_key(key, 0u64).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    for i in 1..40 {
+    for i in 1..40u64 {
         p.publish_key(key, i).unwrap();
     }
     assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= 32));
@@ -797,11 +800,11 @@ fn a_stamped_event_that_does_not_fit_whole_is_dropped_whole() {
         .build()
         .unwrap();
     let mut p = engine.producer().unwrap();
-    p.publish("a:b", 0).unwrap();
+    p.publish("a:b", 0u64).unwrap();
     entered.recv().unwrap();
     jam(&engine, &mut p); // the flusher is stuck; the ring is empty
-    p.publish("a:b", 1).unwrap(); // three slots of four
-    assert_eq!(p.publish("a:b", 2), Err(PublishError::Full(2)));
+    p.publish("a:b", 1u64).unwrap(); // three slots of four
+    assert_eq!(p.publish("a:b", 2u64), Err(PublishError::Full(2)));
     release.send(()).unwrap();
     engine.flush().unwrap();
     let payloads: Vec<u64> = seen

@@ -83,7 +83,7 @@ fn stalled<const N: usize>(builder: EngineBuilder<u64>) -> (Engine<u64>, Produce
 
 /// Publishes ordinary events until the ring is full (`DropNewest`).
 fn fill(producer: &mut Producer<u64>) {
-    for i in 0..3 {
+    for i in 0..3u64 {
         if let Err(e) = producer.publish("data:fill:x", i) {
             assert!(matches!(e, PublishError::Full(_)), "{e:?}");
             return;
@@ -112,7 +112,7 @@ fn block_of_duration_max_waits_for_space() {
     let releaser = release.later(Duration::from_millis(50));
     // Two slots and a stuck flusher: the third publish waits until the
     // flusher is released (it used to panic computing its deadline).
-    for i in 0..3 {
+    for i in 0..3u64 {
         producer.publish("data:block:x", i).unwrap();
     }
     releaser.join().unwrap();
@@ -129,7 +129,7 @@ fn urgent_wait_of_duration_max_waits_for_space() {
     fill(&mut producer);
     let releaser = release.later(Duration::from_millis(50));
     let key = engine.key("data:urgent:x").unwrap();
-    producer.publish_urgent(key, 7).unwrap();
+    producer.publish_urgent(key, 7u64).unwrap();
     releaser.join().unwrap();
     engine.flush_timeout(LONG).unwrap();
     assert_eq!(engine.stats().dropped.urgent_timeout, 0);
@@ -148,7 +148,7 @@ fn rule_urgent_events_wait_for_space_like_publish_urgent() {
     fill(&mut producer);
     let releaser = release.later(Duration::from_millis(50));
     // Used to come back at once as `Full`.
-    producer.publish("alert:disk:full", 9).unwrap();
+    producer.publish("alert:disk:full", 9u64).unwrap();
     releaser.join().unwrap();
     engine.flush_timeout(LONG).unwrap();
     let stats = engine.stats();
@@ -166,7 +166,7 @@ fn rule_urgent_events_that_time_out_count_as_urgent_timeout() {
             .urgent_wait(Duration::from_millis(20)),
     );
     fill(&mut producer);
-    match producer.publish("alert:disk:full", 9) {
+    match producer.publish("alert:disk:full", 9u64) {
         Err(PublishError::Full(9)) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -185,9 +185,9 @@ fn rule_urgent_events_that_time_out_count_as_urgent_timeout() {
 fn too_many_names_is_its_own_reason() {
     let engine = Engine::<u64>::builder().max_names(2).build().unwrap();
     let mut producer = engine.producer().unwrap();
-    producer.publish("data:a:one", 1).unwrap();
-    producer.publish("data:a:two", 2).unwrap();
-    match producer.publish("data:a:three", 3) {
+    producer.publish("data:a:one", 1u64).unwrap();
+    producer.publish("data:a:two", 2u64).unwrap();
+    match producer.publish("data:a:three", 3u64) {
         Err(PublishError::TooManyNames(3)) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -200,7 +200,7 @@ fn too_many_names_is_its_own_reason() {
         other => panic!("unexpected {other:?}"),
     }
     // A malformed name is still `InvalidName`.
-    match producer.publish("data::bad", 6) {
+    match producer.publish("data::bad", 6u64) {
         Err(PublishError::InvalidName(6)) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -260,7 +260,7 @@ fn rings_too_small_for_stamped_events_are_refused() {
         Err(Error::InvalidConfig(_))
     ));
     let mut producer = engine.producer_with_capacity(4).unwrap();
-    producer.publish("data:a:b", 1).unwrap();
+    producer.publish("data:a:b", 1u64).unwrap();
     drop(producer);
     engine.shutdown().unwrap();
 }
@@ -289,7 +289,7 @@ fn producer_with_capacity_has_its_own_ring_size() {
             let key = engine.key(&format!("data:task{t}:step")).unwrap();
             std::thread::spawn(move || {
                 let mut ok = 0u64;
-                for i in 0..500 {
+                for i in 0..500u64 {
                     if producer.publish_key(key, i).is_ok() {
                         ok += 1;
                     }
@@ -400,7 +400,7 @@ fn a_dead_flusher_is_reported_to_every_later_call() {
     std::mem::forget(engine.clone());
     let mut producer = engine.producer().unwrap();
     // Accepted, then the flusher panics sampling it.
-    producer.publish("gpu:0:util", 1).unwrap();
+    producer.publish("gpu:0:util", 1u64).unwrap();
     let flushed = engine.flush_timeout(LONG);
     let Err(Error::FlusherDied(stats)) = flushed else {
         panic!("flush after the flusher died: {flushed:?}");
@@ -411,7 +411,7 @@ fn a_dead_flusher_is_reported_to_every_later_call() {
     assert_eq!(stats.pending, 1, "the event it died on is pending, forever");
     // Every later publish says so, with its payload back.
     assert!(wait_until(LONG, || producer.is_closed()));
-    match producer.publish("data:a:b", 2) {
+    match producer.publish("data:a:b", 2u64) {
         Err(PublishError::FlusherDied(2)) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -493,7 +493,7 @@ fn a_key_of_another_engine_is_refused_and_counted() {
     assert_eq!(secret.name_id(), invoice.name_id());
     let mut producer = b.producer().unwrap();
     assert_eq!(
-        producer.publish_key(secret, 1),
+        producer.publish_key(secret, 1u64),
         Err(PublishError::ForeignKey(1))
     );
     assert_eq!(
@@ -544,7 +544,7 @@ fn a_producer_waiting_for_space_is_told_when_the_flusher_dies() {
     let mut producer = engine.producer().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let results: Vec<_> = (0..3).map(|i| producer.publish("data:a:b", i)).collect();
+        let results: Vec<_> = (0..3u64).map(|i| producer.publish("data:a:b", i)).collect();
         let _ = tx.send(results);
     });
     std::thread::sleep(Duration::from_millis(50));

@@ -26,8 +26,8 @@ fn dropped_producer_ring_is_drained_completely_then_unregistered() {
         let (engine, rx) = receiving_engine(Policy::Passthrough);
         let key = engine.key("m:drop").unwrap();
         let mut producer = engine.producer().unwrap();
-        producer.publish_key(key, 1).unwrap();
-        producer.publish_key(key, 2).unwrap();
+        producer.publish_key(key, 1u64).unwrap();
+        producer.publish_key(key, 2u64).unwrap();
         drop(producer);
         // Both publishes returned Ok and the producer is gone: both events
         // come out, each once, however the sweeps and the drop interleaved.

@@ -43,7 +43,7 @@ fn flush_returns_after_delivering_what_was_published_before_it() {
         let engine = recording_engine(Policy::batch(HOUR, 8), seen.clone(), None);
         let key = engine.key("m:flush").unwrap();
         let mut producer = engine.producer().unwrap();
-        producer.publish_key(key, 1).unwrap();
+        producer.publish_key(key, 1u64).unwrap();
         engine.flush().unwrap();
         assert_eq!(seen.load(Ordering::Relaxed), 1 << 1, "flush returned early");
         engine.shutdown().unwrap();

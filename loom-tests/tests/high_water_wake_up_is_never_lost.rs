@@ -51,8 +51,8 @@ fn producer_crossing_high_water_always_wakes_a_sleeping_flusher() {
         let key = engine.key("m:wake").unwrap();
         let mut producer = engine.producer().unwrap();
         let publisher = thread::spawn(move || {
-            producer.publish_key(key, 1).unwrap();
-            producer.publish_key(key, 2).unwrap();
+            producer.publish_key(key, 1u64).unwrap();
+            producer.publish_key(key, 2u64).unwrap();
             // Handed back, not dropped: a dropped producer is a reason for
             // the flusher not to park, which would hide a lost wake-up.
             producer

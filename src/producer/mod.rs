@@ -105,8 +105,10 @@ impl<T: Send + 'static> Producer<T> {
     }
 
     /// Publishes `payload` under `name`, interning the name if needed.
-    /// Prefer [`Producer::publish_key`] on hot paths.
-    pub fn publish(&mut self, name: &str, payload: T) -> Result<(), PublishError<T>> {
+    /// Prefer [`Producer::publish_key`] on hot paths. Takes anything that
+    /// converts into the payload type, as [`Engine::publish`](crate::Engine::publish) does.
+    pub fn publish(&mut self, name: &str, payload: impl Into<T>) -> Result<(), PublishError<T>> {
+        let payload = payload.into();
         match self.shared.interner.key(name) {
             Ok(key) => self.publish_key(key, payload),
             Err(Error::TooManyNames { .. }) => {
@@ -120,10 +122,28 @@ impl<T: Send + 'static> Producer<T> {
         }
     }
 
-    /// Publishes under an interned key: the hot path.
+    /// Publishes under an interned key: the hot path. Takes anything that
+    /// converts into the payload type, as [`Engine::publish_key`](crate::Engine::publish_key)
+    /// does (for `T` itself the conversion is the identity and costs
+    /// nothing).
+    ///
+    /// ```
+    /// use ringfold::{Engine, Value};
+    /// let engine = Engine::<Value>::builder().build()?;
+    /// let key = engine.key("data:users:created")?;
+    /// let mut producer = engine.producer()?;
+    /// producer.publish_key(key, 7u64)?; // a u64 into an Engine<Value>
+    /// producer.publish_key(key, Value::from("row"))?;
+    /// assert_eq!(engine.shutdown()?.delivered, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
-    pub fn publish_key(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
-        self.publish_record(key, 0, false, payload)
+    pub fn publish_key(
+        &mut self,
+        key: EventKey,
+        payload: impl Into<T>,
+    ) -> Result<(), PublishError<T>> {
+        self.publish_record(key, 0, false, payload.into())
     }
 
     /// Publishes with a caller sub-key: under `Policy::latest`, events
@@ -133,17 +153,21 @@ impl<T: Send + 'static> Producer<T> {
         &mut self,
         key: EventKey,
         sub_key: u64,
-        payload: T,
+        payload: impl Into<T>,
     ) -> Result<(), PublishError<T>> {
-        self.publish_record(key, sub_key, false, payload)
+        self.publish_record(key, sub_key, false, payload.into())
     }
 
     /// Publishes an urgent event: the flusher is woken at once, and the
     /// event is delivered right after every earlier pending event of its
     /// prefix, in one batch with reason `Urgent`. On a full ring it waits up
     /// to `EngineBuilder::urgent_wait` instead of being dropped.
-    pub fn publish_urgent(&mut self, key: EventKey, payload: T) -> Result<(), PublishError<T>> {
-        self.publish_record(key, 0, true, payload)
+    pub fn publish_urgent(
+        &mut self,
+        key: EventKey,
+        payload: impl Into<T>,
+    ) -> Result<(), PublishError<T>> {
+        self.publish_record(key, 0, true, payload.into())
     }
 
     /// Like [`Producer::publish_urgent`] with a sub-key. Under
@@ -154,9 +178,9 @@ impl<T: Send + 'static> Producer<T> {
         &mut self,
         key: EventKey,
         sub_key: u64,
-        payload: T,
+        payload: impl Into<T>,
     ) -> Result<(), PublishError<T>> {
-        self.publish_record(key, sub_key, true, payload)
+        self.publish_record(key, sub_key, true, payload.into())
     }
 
     /// Publishes as many events from `events` as fit in the ring, with one
