@@ -156,7 +156,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         count(totals.files),
         duration(walked),
         count(unreadable),
-        count(stats.delivered),
+        count(stats.sealed),
         count(stats.batches),
         count(stats.dropped.rejected() + stats.dropped.not_numeric),
         if stats.is_conserved() { "yes" } else { "NO" },

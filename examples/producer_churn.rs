@@ -98,6 +98,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(held);
     let stats = engine.shutdown()?;
-    assert_eq!(stats.delivered, stats.published);
+    assert_eq!(stats.sealed, stats.published);
     Ok(())
 }

@@ -26,6 +26,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(received.get("data:users"), Some(&250));
     assert_eq!(received.get("chat:s1"), Some(&1));
     let stats = engine.shutdown()?;
-    assert_eq!((stats.delivered, stats.dropped.rejected()), (251, 0));
+    assert_eq!((stats.sealed, stats.dropped.rejected()), (251, 0));
     Ok(())
 }

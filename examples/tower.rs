@@ -980,7 +980,7 @@ fn print_summary(
     println!(
         "  published {}  delivered {}  folded {}  pending {}  batches {}  overall {}",
         count(stats.published),
-        count(stats.delivered),
+        count(stats.sealed),
         count(stats.folded),
         count(stats.pending),
         count(stats.batches),

@@ -140,7 +140,7 @@ impl<T: Send + Sync + 'static> Drop for Handle<T> {
 /// }
 /// engine.flush()?;
 /// let stats = engine.shutdown()?;
-/// assert_eq!(stats.delivered, 250);
+/// assert_eq!(stats.sealed, 250);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Engine<T: Send + Sync + 'static> {
@@ -193,7 +193,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
     /// }
     /// assert!(engine.stats().producers <= Engine::<u64>::MAX_RETIRING_PRODUCERS);
     /// engine.flush()?;
-    /// assert_eq!(engine.stats().delivered, 1000);
+    /// assert_eq!(engine.stats().sealed, 1000);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub const MAX_RETIRING_PRODUCERS: usize = crate::lane::MAX_RETIRING_LANES;
@@ -388,7 +388,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
     /// let engine = ringfold::Engine::<u64>::builder().build()?;
     /// engine.publish("data:users:created", 1u64)?;
     /// block_on(engine.flush_async())?;
-    /// assert_eq!(engine.stats().delivered, 1);
+    /// assert_eq!(engine.stats().sealed, 1);
     /// let stats = block_on(engine.shutdown_async())?;
     /// assert!(stats.is_conserved());
     /// # Ok::<(), Box<dyn std::error::Error>>(())

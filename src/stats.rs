@@ -5,7 +5,7 @@
 //! Accepted events are, at any quiescent moment (e.g. right after
 //! `flush()`), exactly accounted for:
 //!
-//! `published == delivered + folded + dropped.not_numeric + pending`
+//! `published == sealed + folded + dropped.not_numeric + pending`
 //!
 //! `pending` is measured independently of the other counters (events still
 //! in rings plus events held in accumulators), so the equation is a real
@@ -58,8 +58,8 @@ impl DropStats {
 pub struct PrefixStats {
     /// Events taken off rings for this prefix.
     pub received: u64,
-    /// Events delivered in batches.
-    pub delivered: u64,
+    /// Events sealed into batches for the subscribers.
+    pub sealed: u64,
     /// Events folded (latest / aggregate).
     pub folded: u64,
     /// Batches emitted.
@@ -77,7 +77,7 @@ pub struct PrefixStats {
 /// engine.flush()?;
 /// let stats = engine.stats();
 /// assert_eq!(stats.published, 1);
-/// assert_eq!(stats.delivered, 1);
+/// assert_eq!(stats.sealed, 1);
 /// assert!(stats.is_conserved());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -86,13 +86,22 @@ pub struct PrefixStats {
 pub struct Stats {
     /// Accepted publishes.
     pub published: u64,
-    /// Events delivered to subscribers (each counted once, however many
-    /// subscribers there are).
-    pub delivered: u64,
+    /// Events sealed into batches and handed to the delivery layer (each
+    /// counted once, however many subscribers there are). Not what a
+    /// subscriber received: a lagging subscriber may still have them
+    /// queued, or have lost them past its budget (`lost_to_lag`, and each
+    /// subscriber's figures in `subscribers`).
+    pub sealed: u64,
     /// Events folded away by `latest` or `aggregate`.
     pub folded: u64,
-    /// Accepted events not yet delivered (in rings or accumulators).
+    /// Accepted events not yet sealed (in rings or accumulators).
     pub pending: u64,
+    /// Events the current subscribers lost to their lag policy (dropped
+    /// past their budget): the sum of their `lag_dropped_events`.
+    pub lost_to_lag: u64,
+    /// Events the current subscribers discarded on unsubscribe
+    /// (`OnUnsubscribe::Discard`): the sum of their `discarded_events`.
+    pub discarded: u64,
     /// Batches emitted.
     pub batches: u64,
     /// Rejections by reason.
@@ -124,10 +133,41 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Does the conservation law hold for this snapshot? Exact when taken at
-    /// a quiescent moment (after `flush`, or from `shutdown`).
+    /// Do the conservation laws hold for this snapshot: the engine's
+    /// (`published == sealed + folded + dropped.not_numeric + pending`) and
+    /// every subscriber's ([`SubscriberStats::is_conserved`](crate::SubscriberStats::is_conserved))?
+    /// Exact when taken at a quiescent moment (after `flush`, or from
+    /// `shutdown`). Conservation means every event is accounted for, not
+    /// that none was lost: see [`is_lossless`](Self::is_lossless).
     pub fn is_conserved(&self) -> bool {
-        self.published == self.delivered + self.folded + self.dropped.not_numeric + self.pending
+        self.published == self.sealed + self.folded + self.dropped.not_numeric + self.pending
+            && self.subscribers.iter().all(|s| s.is_conserved())
+    }
+
+    /// Events lost anywhere: rejected at publish (every reason in
+    /// `dropped`, the payload handed back to the caller), discarded as not
+    /// numeric, lost to a subscriber's lag or discarded on unsubscribe.
+    pub fn lost(&self) -> u64 {
+        self.dropped.rejected() + self.dropped.not_numeric + self.lost_to_lag + self.discarded
+    }
+
+    /// Conserved, and nothing lost: every publish was accepted, and every
+    /// event sealed for a subscriber reached it (or is still queued for it,
+    /// or was folded into a later value by a merge).
+    ///
+    /// ```
+    /// use ringfold::{Batch, Engine};
+    /// let engine = Engine::<u64>::builder().subscriber(|_: &Batch<u64>| {}).build()?;
+    /// for i in 0..1000u64 {
+    ///     engine.publish("data:rows:inserted", i)?;
+    /// }
+    /// let stats = engine.shutdown()?;
+    /// assert!(stats.is_lossless(), "{stats:?}");
+    /// assert_eq!(stats.subscribers[0].delivered_events, 1000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_lossless(&self) -> bool {
+        self.is_conserved() && self.lost() == 0
     }
 }
 
@@ -176,7 +216,7 @@ pub(crate) struct Retired {
 /// The flusher's counters, published to `Shared::report` after each pass.
 #[derive(Debug, Default)]
 pub(crate) struct Report {
-    pub(crate) delivered: u64,
+    pub(crate) sealed: u64,
     pub(crate) folded: u64,
     pub(crate) not_numeric: u64,
     pub(crate) batches: u64,
@@ -199,7 +239,7 @@ impl Clone for Report {
     /// Field-wise, reusing `prefixes`' buffer: publishing the report after
     /// every pass must not allocate in steady state.
     fn clone_from(&mut self, source: &Self) {
-        self.delivered = source.delivered;
+        self.sealed = source.sealed;
         self.folded = source.folded;
         self.not_numeric = source.not_numeric;
         self.batches = source.batches;
@@ -243,7 +283,7 @@ impl Stats {
         let report = parts.report;
         let mut stats = Stats {
             published: parts.retired.published,
-            delivered: report.delivered,
+            sealed: report.sealed,
             folded: report.folded,
             batches: report.batches,
             subscriber_panics: report.panics,
@@ -256,6 +296,8 @@ impl Stats {
             ..Stats::default()
         };
         stats.subscriber_panics += parts.subscribers.iter().map(|s| s.panics).sum::<u64>();
+        stats.lost_to_lag = parts.subscribers.iter().map(|s| s.lag_dropped_events).sum();
+        stats.discarded = parts.subscribers.iter().map(|s| s.discarded_events).sum();
         stats.subscribers = parts.subscribers;
         stats.dropped.not_numeric = report.not_numeric;
         parts.unlaned.add_to(&mut stats.dropped);

@@ -37,7 +37,7 @@ fn five_deltas_in_one_window_become_one_update_with_the_final_state() {
     assert_eq!(log[0].events[0].2, Value::from("Hello, world"));
     assert_eq!(log[0].folded, 4);
     let stats = engine.stats();
-    assert_eq!((stats.delivered, stats.folded), (1, 4));
+    assert_eq!((stats.sealed, stats.folded), (1, 4));
     assert!(stats.is_conserved());
 }
 
@@ -168,7 +168,7 @@ fn an_urgent_latest_event_supersedes_its_pending_survivor_and_comes_last() {
     assert_eq!(log[0].folded, 2, "a2 replaced a1; a-final superseded a2");
     drop(log);
     let stats = engine.stats();
-    assert_eq!((stats.delivered, stats.folded), (3, 2));
+    assert_eq!((stats.sealed, stats.folded), (3, 2));
     assert!(stats.is_conserved());
 }
 
@@ -567,5 +567,5 @@ fn urgent_events_wait_on_a_full_ring_and_time_out_separately() {
     releaser.join().unwrap();
     engine.flush().unwrap();
     // 0 to 4 and the urgent 7.
-    assert_eq!(engine.stats().delivered, 6);
+    assert_eq!(engine.stats().sealed, 6);
 }

@@ -80,7 +80,7 @@ fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() 
     );
     assert_eq!(accepted + rejected, PRODUCERS * EVENTS);
     assert_eq!(stats.published, accepted);
-    assert_eq!(stats.delivered, accepted, "{stats:#?}");
+    assert_eq!(stats.sealed, accepted, "{stats:#?}");
     assert_eq!(stats.dropped.full, rejected);
     assert_eq!(stats.pending, 0);
     assert!(stats.is_conserved());
@@ -89,12 +89,12 @@ fn many_producers_random_prefixes_interleaved_flushes_conserve_and_keep_order() 
         0,
         "per-producer per-prefix order"
     );
-    let per_prefix: u64 = stats.prefixes.values().map(|p| p.delivered).sum();
+    let per_prefix: u64 = stats.prefixes.values().map(|p| p.sealed).sum();
     assert_eq!(per_prefix, accepted);
     let per_prefix_drops: u64 = stats.prefixes.values().map(|p| p.dropped).sum();
     assert_eq!(per_prefix_drops, rejected);
     for (prefix, p) in &stats.prefixes {
-        assert_eq!(p.received, p.delivered + p.folded, "{prefix}: {p:?}");
+        assert_eq!(p.received, p.sealed + p.folded, "{prefix}: {p:?}");
     }
 }
 
@@ -115,7 +115,7 @@ fn prefix_stats_count_events_in_open_windows() {
         .get("open:window")
         .is_some_and(|s| s.received == 5)));
     let stats = engine.stats();
-    assert_eq!(stats.prefixes["open:window"].delivered, 0);
+    assert_eq!(stats.prefixes["open:window"].sealed, 0);
     assert_eq!(stats.pending, 5);
     assert!(stats.is_conserved());
     engine.flush().unwrap();
@@ -124,7 +124,7 @@ fn prefix_stats_count_events_in_open_windows() {
         stats.prefixes["open:window"].received, 5,
         "not counted twice"
     );
-    assert_eq!(stats.prefixes["open:window"].delivered, 5);
+    assert_eq!(stats.prefixes["open:window"].sealed, 5);
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn a_panicking_subscriber_is_counted_and_others_still_deliver() {
     assert_eq!(good.load(Ordering::SeqCst), 10);
     let stats = engine.stats();
     assert_eq!(stats.subscriber_panics, 5);
-    assert_eq!(stats.delivered, 10);
+    assert_eq!(stats.sealed, 10);
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn flush_and_shutdown_from_inside_a_subscriber_do_not_hang() {
     let results = results.lock().unwrap().clone();
     assert_eq!(results[0], "Err(FlushFromSubscriber)");
     assert_eq!(results[1], "shutdown ok: true");
-    assert_eq!(stats.delivered, 2);
+    assert_eq!(stats.sealed, 2);
 }
 
 #[test]
@@ -293,9 +293,9 @@ fn shutdown_twice_then_publishing_returns_the_payload() {
     let mut p = engine.producer().unwrap();
     p.publish("data:users:created", Value::from(1)).unwrap();
     let first = engine.shutdown().unwrap();
-    assert_eq!(first.delivered, 1);
+    assert_eq!(first.sealed, 1);
     let second = engine.shutdown().unwrap();
-    assert_eq!(second.delivered, 1);
+    assert_eq!(second.sealed, 1);
     assert_eq!(
         p.publish("data:users:created", Value::from("late")),
         Err(PublishError::ShutDown(Value::from("late")))
@@ -410,7 +410,7 @@ fn full_ring_block_waits_for_space_then_times_out() {
     engine.flush().unwrap();
     let stats = engine.stats();
     assert_eq!(stats.dropped.full, 1);
-    assert_eq!(stats.delivered, 5 + 2, "and the two jam events");
+    assert_eq!(stats.sealed, 5 + 2, "and the two jam events");
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn block_policy_succeeds_when_the_flusher_frees_space() {
     p.publish("a:b", 3u64).unwrap(); // waits until the flusher drains
     releaser.join().unwrap();
     engine.flush().unwrap();
-    assert_eq!(engine.stats().delivered, 4 + 2, "and the two jam events");
+    assert_eq!(engine.stats().sealed, 4 + 2, "and the two jam events");
     assert_eq!(engine.stats().dropped.full, 0);
 }
 
@@ -548,7 +548,7 @@ fn shutdown_timeout_reports_pending_instead_of_hanging() {
     match engine.shutdown_timeout(Duration::from_millis(50)) {
         Err(Error::Timeout(stats)) => {
             assert_eq!(stats.pending, 0);
-            assert_eq!(stats.delivered, 4);
+            assert_eq!(stats.sealed, 4);
             assert!(stats.is_conserved());
             let sub = &stats.subscribers[0];
             assert_eq!((sub.in_flight, sub.queued), (1, 3), "{sub:?}");
@@ -562,7 +562,7 @@ fn shutdown_timeout_reports_pending_instead_of_hanging() {
     ));
     release.send(()).unwrap();
     let stats = engine.shutdown().unwrap();
-    assert_eq!(stats.delivered, 4);
+    assert_eq!(stats.sealed, 4);
     assert_eq!(stats.pending, 0);
 }
 
@@ -654,7 +654,7 @@ fn pinned_flusher_runs() {
     };
     engine.publish("a:b", 1u64).unwrap();
     engine.flush().unwrap();
-    assert_eq!(engine.stats().delivered, 1);
+    assert_eq!(engine.stats().sealed, 1);
 }
 
 #[test]
@@ -702,7 +702,7 @@ fn publish_many_takes_what_fits_with_one_store() {
     );
     release.send(()).unwrap();
     engine.flush().unwrap();
-    assert_eq!(engine.stats().delivered, 9 + 2, "and the two jam events");
+    assert_eq!(engine.stats().sealed, 9 + 2, "and the two jam events");
 }
 
 #[test]
@@ -782,7 +782,7 @@ fn precise_stamps_and_wide_sub_keys_cross_the_ring_intact() {
     }
     let stats = engine.stats();
     assert_eq!(stats.published, 2000, "extension slots are not events");
-    assert_eq!(stats.delivered, 2000);
+    assert_eq!(stats.sealed, 2000);
     assert_eq!(stats.pending, 0);
     assert!(stats.is_conserved());
 }

@@ -100,9 +100,9 @@ fn flush_and_shutdown_timeouts_of_duration_max_wait_without_limit() {
     let engine = Engine::<u64>::builder().build().unwrap();
     engine.publish("data:a:b", 1u64).unwrap();
     engine.flush_timeout(Duration::MAX).unwrap();
-    assert_eq!(engine.stats().delivered, 1);
+    assert_eq!(engine.stats().sealed, 1);
     let stats = engine.shutdown_timeout(Duration::MAX).unwrap();
-    assert_eq!(stats.delivered, 1);
+    assert_eq!(stats.sealed, 1);
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn a_dead_flusher_is_reported_to_every_later_call() {
     };
     assert!(stats.flusher_died);
     assert_eq!(stats.published, 1);
-    assert_eq!(stats.delivered, 0);
+    assert_eq!(stats.sealed, 0);
     assert_eq!(stats.pending, 1, "the event it died on is pending, forever");
     // Every later publish says so, with its payload back.
     assert!(wait_until(LONG, || producer.is_closed()));
@@ -654,7 +654,7 @@ fn producer_churn_keeps_registered_lanes_bounded() {
     engine.flush_timeout(LONG).unwrap();
     let stats = engine.shutdown_timeout(LONG).unwrap();
     assert_eq!(stats.published, CYCLES);
-    assert_eq!(stats.delivered, CYCLES);
+    assert_eq!(stats.sealed, CYCLES);
     assert_eq!(seen.load(Ordering::Relaxed), CYCLES);
     assert_eq!(stats.producers, 0, "every dropped producer retired");
     assert!(stats.is_conserved(), "{stats:?}");

@@ -72,7 +72,7 @@ fn idle_threads_keep_no_rings_of_a_dropped_engine() {
     // Every thread has its producer (and ring) now.
     let with_rings = LIVE.load(Ordering::Relaxed) - before;
     let stats = engine.shutdown().unwrap();
-    assert_eq!(stats.delivered, THREADS as u64);
+    assert_eq!(stats.sealed, THREADS as u64);
     drop(engine);
     let after = LIVE.load(Ordering::Relaxed) - before;
     release.wait();

@@ -41,7 +41,7 @@ fn dropped_producer_ring_is_drained_completely_then_unregistered() {
         let stats = engine.stats();
         assert_eq!(stats.producers, 0, "drained lane not unregistered");
         assert_eq!(stats.published, 2);
-        assert_eq!(stats.delivered, 2);
+        assert_eq!(stats.sealed, 2);
         assert_eq!(stats.pending, 0);
         engine.shutdown().unwrap();
         // Closed by the shutdown: anything still queued is a duplicate.

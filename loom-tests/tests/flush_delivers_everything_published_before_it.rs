@@ -108,7 +108,7 @@ fn two_concurrent_flushes_each_queue_what_preceded_them() {
         publish_flush_and_check(&engine, &mut mine, &rx_a, key_a, 1);
         let (other, rx_b) = flusher2.join().unwrap();
         let stats = engine.shutdown().unwrap();
-        assert_eq!(stats.delivered, 2);
+        assert_eq!(stats.sealed, 2);
         // Closed by the shutdown: anything still queued is a duplicate.
         assert!(rx_a.recv().is_none(), "event 1 delivered twice");
         assert!(rx_b.recv().is_none(), "event 2 delivered twice");

@@ -67,7 +67,7 @@ fn producer_crossing_high_water_always_wakes_a_sleeping_flusher() {
         HIGH_WATER_WAKEUPS.fetch_add(woken, std::sync::atomic::Ordering::Relaxed);
         drop(producer);
         let stats = engine.shutdown().unwrap();
-        assert_eq!(stats.delivered, 2);
+        assert_eq!(stats.sealed, 2);
         assert_eq!(stats.batches, 1, "one batch of two events");
     });
     // The model is only worth something if the PARKED path was explored.

@@ -47,7 +47,7 @@ fn publish_racing_shutdown_is_delivered_or_handed_back() {
             accepted,
             "duplicated an event"
         );
-        assert_eq!(stats.delivered, accepted as u64);
+        assert_eq!(stats.sealed, accepted as u64);
         let after = engine.stats();
         assert_eq!(after.published, accepted as u64);
         assert_eq!(after.dropped.shut_down, 2 - accepted as u64);

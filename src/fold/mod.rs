@@ -410,9 +410,9 @@ impl<T> Folder<T> {
                 self.report.batches += 1;
                 stats.batches += 1;
             }
-            self.report.delivered += delivered;
+            self.report.sealed += delivered;
             self.report.folded += sealed.folded;
-            stats.delivered += delivered;
+            stats.sealed += delivered;
             stats.folded += sealed.folded;
             // Empty already when `on_sealed` took the buffers; cleared in
             // case it did not.

@@ -322,7 +322,7 @@ fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
     let mut report = Default::default();
     rig.folder.publish_report(&mut report);
     assert_eq!(report.folded, 3);
-    assert_eq!(report.delivered, 3 + 2 + 2);
+    assert_eq!(report.sealed, 3 + 2 + 2);
 }
 
 #[test]
@@ -360,7 +360,7 @@ fn latest_survivors_are_chosen_by_publish_stamp_and_guard_against_stragglers() {
     assert_eq!(seen[0].events, vec![(d.to_owned(), 7, 6)]);
     let mut report = Default::default();
     rig.folder.publish_report(&mut report);
-    assert_eq!((report.delivered, report.folded), (3, 3));
+    assert_eq!((report.sealed, report.folded), (3, 3));
     // Equal stamps: the later arrival (same ring, so publish order) wins.
     rig.take_stamped(d, 9, 50, 7);
     rig.take_stamped(d, 9, 50, 8);

@@ -48,7 +48,7 @@ mod full;
 /// .join()
 /// .unwrap();
 /// engine.flush()?;
-/// assert_eq!(engine.stats().delivered, 1000);
+/// assert_eq!(engine.stats().sealed, 1000);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Producer<T: Send + 'static> {
@@ -134,7 +134,7 @@ impl<T: Send + 'static> Producer<T> {
     /// let mut producer = engine.producer()?;
     /// producer.publish_key(key, 7u64)?; // a u64 into an Engine<Value>
     /// producer.publish_key(key, Value::from("row"))?;
-    /// assert_eq!(engine.shutdown()?.delivered, 2);
+    /// assert_eq!(engine.shutdown()?.sealed, 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[inline]
