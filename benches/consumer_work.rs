@@ -49,7 +49,8 @@
 //! 0, producer `j` on core `(j + 1) % cores`; `RINGFOLD_BENCH_PIN=0` turns
 //! it off). Runs only under `cargo bench` (the `--bench` flag); `cargo
 //! test --benches` just checks that it builds. `RINGFOLD_BENCH_QUICK=1`
-//! shrinks the event counts.
+//! shrinks the event counts; `RINGFOLD_BENCH_FILTER=<text>` runs only the
+//! contenders whose label contains the text.
 
 use std::fs::File;
 use std::hint::black_box;
@@ -312,6 +313,8 @@ struct Outcome {
     path: PathBuf,
     tally: Arc<Tally>,
     losses: Vec<(&'static str, u64)>,
+    /// What to show beside a loss (ringfold: its subscriber's counters).
+    detail: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -351,6 +354,23 @@ fn run_ringfold(p: usize, per: u64, work: &Work, lag: Option<LagPolicy>) -> Outc
     let stats = engine.stats();
     engine.shutdown().unwrap();
     let lagged: u64 = stats.subscribers.iter().map(|s| s.lag_dropped_events).sum();
+    let detail = stats
+        .subscribers
+        .iter()
+        .map(|s| {
+            format!(
+                "subscriber {:?}: sealed {} batches, delivered {} batches / {} events, \
+                 lag-dropped {} batches / {} events",
+                s.name,
+                s.sealed,
+                s.delivered_batches,
+                s.delivered_events,
+                s.lag_dropped_batches,
+                s.lag_dropped_events
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let conserved = stats.is_conserved() && stats.subscribers.iter().all(|s| s.is_conserved());
     Outcome {
         measured,
@@ -366,6 +386,7 @@ fn run_ringfold(p: usize, per: u64, work: &Work, lag: Option<LagPolicy>) -> Outc
                 (per * p as u64).saturating_sub(stats.published),
             ),
         ],
+        detail,
     }
 }
 
@@ -413,6 +434,7 @@ fn run_parking_lot(p: usize, per: u64, work: &Work) -> Outcome {
         path: work.path.clone(),
         tally,
         losses: Vec::new(),
+        detail: String::new(),
     }
 }
 
@@ -431,6 +453,7 @@ fn run_crossbeam(p: usize, per: u64, work: &Work) -> Outcome {
         path: work.path.clone(),
         tally,
         losses: Vec::new(),
+        detail: String::new(),
     }
 }
 
@@ -449,6 +472,7 @@ fn run_tokio(p: usize, per: u64, work: &Work) -> Outcome {
         path: work.path.clone(),
         tally,
         losses: Vec::new(),
+        detail: String::new(),
     }
 }
 
@@ -467,6 +491,7 @@ fn run_disruptor(p: usize, per: u64, work: &Work) -> Outcome {
         path: work.path.clone(),
         tally,
         losses: Vec::new(),
+        detail: String::new(),
     }
 }
 
@@ -556,6 +581,9 @@ fn check(scenario: &str, label: &'static str, p: usize, per: u64, out: Outcome) 
         }
     }
     let _ = std::fs::remove_file(&out.path);
+    if !problems.is_empty() && !out.detail.is_empty() {
+        problems.push(out.detail.clone());
+    }
     let lost = problems.join("; ");
     if !lost.is_empty() {
         println!("!! {scenario}: {label}, {p} producer(s): {lost}");
@@ -673,6 +701,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("create temp dir");
     let (floor50, floor999) = timer_floor();
     let rounds_per_ns = spin_rounds_per_ns();
+    let filter = std::env::var("RINGFOLD_BENCH_FILTER").ok();
     println!(
         "\n# Publish latency while the consumer does real work per batch\n\n\
          {total} events per row split over P producers, 64 prefixes (`data:t<i>:created`, u64), \
@@ -704,6 +733,9 @@ fn main() {
         for p in [1usize, 2, 4] {
             let per = total / p as u64;
             for (label, stem, run) in CONTENDERS {
+                if !filter.as_deref().is_none_or(|f| label.contains(f)) {
+                    continue;
+                }
                 let work = Work {
                     path: dir.join(format!("{stem}-p{p}.jsonl")),
                     extra,
