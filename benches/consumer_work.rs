@@ -317,6 +317,20 @@ struct Outcome {
     detail: String,
 }
 
+impl Outcome {
+    /// A contender with no loss counters of its own: the output file is
+    /// the whole check.
+    fn counted_by_file(measured: Measured, work: &Work, tally: Arc<Tally>) -> Self {
+        Outcome {
+            measured,
+            path: work.path.clone(),
+            tally,
+            losses: Vec::new(),
+            detail: String::new(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Contenders.
 
@@ -429,13 +443,7 @@ fn run_parking_lot(p: usize, per: u64, work: &Work) -> Outcome {
             acc.lock().finish();
         },
     );
-    Outcome {
-        measured,
-        path: work.path.clone(),
-        tally,
-        losses: Vec::new(),
-        detail: String::new(),
-    }
+    Outcome::counted_by_file(measured, work, tally)
 }
 
 fn run_crossbeam(p: usize, per: u64, work: &Work) -> Outcome {
@@ -448,13 +456,7 @@ fn run_crossbeam(p: usize, per: u64, work: &Work) -> Outcome {
         |tx, j, i| tx.send(rec(slot(i, j), i)).unwrap(),
         move |_| channel_consumer(rx, sink, per * p as u64),
     );
-    Outcome {
-        measured,
-        path: work.path.clone(),
-        tally,
-        losses: Vec::new(),
-        detail: String::new(),
-    }
+    Outcome::counted_by_file(measured, work, tally)
 }
 
 fn run_tokio(p: usize, per: u64, work: &Work) -> Outcome {
@@ -467,13 +469,7 @@ fn run_tokio(p: usize, per: u64, work: &Work) -> Outcome {
         |tx, j, i| tokio_send(tx, rec(slot(i, j), i)),
         move |_| channel_consumer(TokioRx::new(rx), sink, per * p as u64),
     );
-    Outcome {
-        measured,
-        path: work.path.clone(),
-        tally,
-        losses: Vec::new(),
-        detail: String::new(),
-    }
+    Outcome::counted_by_file(measured, work, tally)
 }
 
 fn run_disruptor(p: usize, per: u64, work: &Work) -> Outcome {
@@ -486,13 +482,7 @@ fn run_disruptor(p: usize, per: u64, work: &Work) -> Outcome {
         |producer, j, i| disruptor_publish(producer, rec(slot(i, j), i)),
         move |_| poll_consumer(|g, now| poll_mp(&mut poller, g, now), sink, per * p as u64),
     );
-    Outcome {
-        measured,
-        path: work.path.clone(),
-        tally,
-        losses: Vec::new(),
-        detail: String::new(),
-    }
+    Outcome::counted_by_file(measured, work, tally)
 }
 
 type Runner = fn(usize, u64, &Work) -> Outcome;

@@ -41,9 +41,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use dashmap::DashMap;
-use ringfold::{
-    Batch, Engine, EventKey, FullPolicy, LagPolicy, Policy, PublishError, SubscribeOptions,
-};
+use ringfold::{Batch, Engine, EventKey, LagPolicy, Policy, PublishError, SubscribeOptions};
 
 mod common;
 use common::*;

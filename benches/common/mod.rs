@@ -158,39 +158,37 @@ pub trait Emit {
     fn finish(&mut self) {}
 }
 
-/// Per-prefix windows for the transport contenders: the same rule as
-/// `Policy::batch(50 ms, 100)` (emit at 100 events or when the window that
-/// began with the prefix's first pending event has elapsed).
-pub struct Grouper<S: Emit> {
+/// One open group per prefix and the sink they go to: the storage both
+/// grouping designs below share.
+struct Groups<S: Emit> {
     accs: Vec<Vec<Rec>>,
-    deadlines: Vec<Instant>,
     sink: S,
-    pub received: u64,
 }
 
-impl<S: Emit> Grouper<S> {
-    pub fn new(sink: S) -> Self {
-        Grouper {
+impl<S: Emit> Groups<S> {
+    fn new(sink: S) -> Self {
+        Groups {
             accs: (0..PREFIXES)
                 .map(|_| Vec::with_capacity(MAX_COUNT))
                 .collect(),
-            deadlines: vec![Instant::now(); PREFIXES],
             sink,
-            received: 0,
         }
     }
+    /// Adds `r` to its prefix's group, emitting the group when it reaches
+    /// `MAX_COUNT`; says whether the group was empty before.
     #[inline]
-    pub fn take(&mut self, r: Rec, now: Instant) {
-        self.received += 1;
+    fn push(&mut self, r: Rec) -> bool {
         let p = r.prefix as usize;
         let acc = &mut self.accs[p];
-        if acc.is_empty() {
-            self.deadlines[p] = now + WINDOW;
-        }
+        let opened = acc.is_empty();
         acc.push(r);
         if acc.len() >= MAX_COUNT {
             self.emit(p);
         }
+        opened
+    }
+    fn is_open(&self, p: usize) -> bool {
+        !self.accs[p].is_empty()
     }
     fn emit(&mut self, p: usize) {
         let acc = &mut self.accs[p];
@@ -199,19 +197,50 @@ impl<S: Emit> Grouper<S> {
             acc.clear();
         }
     }
+    /// End of stream: emits every open group, then finishes the sink.
+    fn finish(&mut self) {
+        for p in 0..PREFIXES {
+            self.emit(p);
+        }
+        self.sink.finish();
+    }
+}
+
+/// Per-prefix windows for the transport contenders: the same rule as
+/// `Policy::batch(50 ms, 100)` (emit at 100 events or when the window that
+/// began with the prefix's first pending event has elapsed).
+pub struct Grouper<S: Emit> {
+    groups: Groups<S>,
+    deadlines: Vec<Instant>,
+    pub received: u64,
+}
+
+impl<S: Emit> Grouper<S> {
+    pub fn new(sink: S) -> Self {
+        Grouper {
+            groups: Groups::new(sink),
+            deadlines: vec![Instant::now(); PREFIXES],
+            received: 0,
+        }
+    }
+    #[inline]
+    pub fn take(&mut self, r: Rec, now: Instant) {
+        self.received += 1;
+        let p = r.prefix as usize;
+        if self.groups.push(r) {
+            self.deadlines[p] = now + WINDOW;
+        }
+    }
     pub fn emit_due(&mut self, now: Instant) {
         for p in 0..PREFIXES {
-            if !self.accs[p].is_empty() && now >= self.deadlines[p] {
-                self.emit(p);
+            if self.groups.is_open(p) && now >= self.deadlines[p] {
+                self.groups.emit(p);
             }
         }
     }
     /// End of stream: emits every open window, then finishes the sink.
     pub fn finish(&mut self) {
-        for p in 0..PREFIXES {
-            self.emit(p);
-        }
-        self.sink.finish();
+        self.groups.finish();
     }
 }
 
@@ -222,39 +251,24 @@ impl<S: Emit> Grouper<S> {
 /// whose window (counted in ticks since their first pending event) has
 /// elapsed. Emitting (the sink's work) is done under the lock.
 pub struct LockedAcc<S: Emit> {
-    accs: Vec<Vec<Rec>>,
+    groups: Groups<S>,
     opened: Vec<u64>,
     tick: u64,
-    sink: S,
 }
 
 impl<S: Emit> LockedAcc<S> {
     pub fn new(sink: S) -> Self {
         LockedAcc {
-            accs: (0..PREFIXES)
-                .map(|_| Vec::with_capacity(MAX_COUNT))
-                .collect(),
+            groups: Groups::new(sink),
             opened: vec![0; PREFIXES],
             tick: 0,
-            sink,
         }
     }
     #[inline]
     pub fn publish(&mut self, r: Rec) {
         let p = r.prefix as usize;
-        if self.accs[p].is_empty() {
+        if self.groups.push(r) {
             self.opened[p] = self.tick;
-        }
-        self.accs[p].push(r);
-        if self.accs[p].len() >= MAX_COUNT {
-            self.emit(p);
-        }
-    }
-    fn emit(&mut self, p: usize) {
-        let acc = &mut self.accs[p];
-        if !acc.is_empty() {
-            self.sink.emit(p, acc);
-            acc.clear();
         }
     }
     pub fn on_tick(&mut self, last: bool) {
@@ -262,14 +276,13 @@ impl<S: Emit> LockedAcc<S> {
         self.tick += 1;
         for p in 0..PREFIXES {
             if last || self.tick - self.opened[p] >= WINDOW_TICKS {
-                self.emit(p);
+                self.groups.emit(p);
             }
         }
     }
     /// End of stream: emits every open window, then finishes the sink.
     pub fn finish(&mut self) {
-        self.on_tick(true);
-        self.sink.finish();
+        self.groups.finish();
     }
 }
 
