@@ -26,12 +26,10 @@ use ringfold::{
     Batch, Budget, Engine, EventKey, FullPolicy, OnUnsubscribe, Policy, SubscribeOptions,
 };
 
-const PREFIXES: usize = 64;
-const MEM_CHILD: &str = "RINGFOLD_BENCH_MEM_CHILD";
+mod common;
+use common::{pct, quick, PREFIXES};
 
-fn quick() -> bool {
-    std::env::var("RINGFOLD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
-}
+const MEM_CHILD: &str = "RINGFOLD_BENCH_MEM_CHILD";
 
 fn names() -> Vec<String> {
     (0..PREFIXES)
@@ -41,15 +39,6 @@ fn names() -> Vec<String> {
 
 fn keys<T: Send + Sync + 'static>(engine: &Engine<T>) -> Vec<EventKey> {
     names().iter().map(|n| engine.key(n).unwrap()).collect()
-}
-
-/// Nearest-rank percentile of sorted nanoseconds.
-fn pct(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
 }
 
 fn ms(ns: u64) -> String {

@@ -41,46 +41,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use dashmap::DashMap;
-use ringfold::{
-    Batch, Engine, EventKey, FullPolicy, LagPolicy, Policy, PublishError, SubscribeOptions,
-};
+use ringfold::{Batch, Engine, EventKey, LagPolicy, Policy, PublishError, SubscribeOptions};
 
-const PREFIXES: usize = 64;
-const WINDOW: Duration = Duration::from_millis(50);
-const MAX_COUNT: usize = 100;
-const TICK: Duration = Duration::from_millis(5);
-/// Slots per ring / channel capacity (ringfold's default ring capacity).
-const CAPACITY: usize = 4096;
+mod common;
+use common::*;
+
 /// Criterion samples per end-to-end contender.
 const E2E_SAMPLES: usize = 20;
 /// Publishes per timed chunk in the hot-path group: below ringfold's
 /// default high-water mark (1024), so no chunk wakes the flusher.
 const CHUNK: u64 = 1000;
-
-/// The machine's cores, looked up once (empty if `core_affinity` cannot
-/// list them; then nothing is pinned).
-///
-/// `RINGFOLD_BENCH_PIN=0` turns pinning off (to compare with the
-/// scheduler's placement).
-fn cores() -> &'static [core_affinity::CoreId] {
-    static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
-    CORES.get_or_init(|| {
-        if std::env::var("RINGFOLD_BENCH_PIN").is_ok_and(|v| v == "0") {
-            return Vec::new();
-        }
-        core_affinity::get_core_ids().unwrap_or_default()
-    })
-}
-
-/// Pins the calling thread for role `role`: 0 is the consumer, `j + 1`
-/// producer `j`. Round-robin over the cores (see the module docs), so the
-/// roles get distinct cores exactly when there are enough of them.
-fn pin(role: usize) {
-    let c = cores();
-    if !c.is_empty() {
-        core_affinity::set_for_current(c[role % c.len()]);
-    }
-}
 
 /// Runs `f` on a new thread pinned to role 1 (a producer core) and returns
 /// its result: the hot-path group's producers run on their own core, away
@@ -94,52 +64,6 @@ fn on_producer_core<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .join()
         .unwrap()
     })
-}
-
-/// The role-0 core for ringfold's flusher (`EngineBuilder::pin_flusher`)
-/// and its subscriber's delivery thread (`SubscribeOptions::pin_to_core`).
-fn consumer_core() -> Option<usize> {
-    (!cores().is_empty()).then_some(0)
-}
-
-fn quick() -> bool {
-    std::env::var("RINGFOLD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Event names and their prefixes, leaked once so every design can hold
-/// `&'static str`s.
-struct Names {
-    names: Vec<&'static str>,
-    prefixes: Vec<&'static str>,
-}
-
-fn names() -> &'static Names {
-    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        let names: Vec<&'static str> = (0..PREFIXES)
-            .map(|i| &*Box::leak(format!("data:t{i}:created").into_boxed_str()))
-            .collect();
-        let prefixes = names.iter().map(|n| &n[..n.rfind(':').unwrap()]).collect();
-        Names { names, prefixes }
-    })
-}
-
-/// What the contenders' transports carry: the same ids and payload a
-/// ringfold record carries (interned name and prefix, `u64`).
-#[derive(Clone, Copy)]
-#[allow(dead_code)] // `name` is carried, as ringfold carries it, not read
-struct Rec {
-    name: u32,
-    prefix: u32,
-    payload: u64,
-}
-
-fn rec(i: usize, payload: u64) -> Rec {
-    Rec {
-        name: i as u32,
-        prefix: i as u32,
-        payload,
-    }
 }
 
 /// The subscriber's work: count delivered events per prefix.
@@ -157,59 +81,11 @@ impl Counts {
     }
 }
 
-/// Per-prefix windows for the transport contenders: the same rule as
-/// `Policy::batch(50 ms, 100)` (emit at 100 events or when the window that
-/// began with the prefix's first pending event has elapsed).
-struct Grouper {
-    accs: Vec<Vec<Rec>>,
-    deadlines: Vec<Instant>,
-    counts: Arc<Counts>,
-    received: u64,
-}
-
-impl Grouper {
-    fn new(counts: Arc<Counts>) -> Self {
-        Grouper {
-            accs: (0..PREFIXES)
-                .map(|_| Vec::with_capacity(MAX_COUNT))
-                .collect(),
-            deadlines: vec![Instant::now(); PREFIXES],
-            counts,
-            received: 0,
-        }
-    }
-    #[inline]
-    fn take(&mut self, r: Rec, now: Instant) {
-        self.received += 1;
-        let p = r.prefix as usize;
-        let acc = &mut self.accs[p];
-        if acc.is_empty() {
-            self.deadlines[p] = now + WINDOW;
-        }
-        acc.push(r);
-        if acc.len() >= MAX_COUNT {
-            self.emit(p);
-        }
-    }
-    fn emit(&mut self, p: usize) {
-        let acc = &mut self.accs[p];
-        if !acc.is_empty() {
-            black_box(&acc[..]);
-            self.counts.add(p, acc.len());
-            acc.clear();
-        }
-    }
-    fn emit_due(&mut self, now: Instant) {
-        for p in 0..PREFIXES {
-            if !self.accs[p].is_empty() && now >= self.deadlines[p] {
-                self.emit(p);
-            }
-        }
-    }
-    fn emit_all(&mut self) {
-        for p in 0..PREFIXES {
-            self.emit(p);
-        }
+/// Emitting a grouped batch is counting it.
+impl Emit for Arc<Counts> {
+    fn emit(&mut self, prefix: usize, events: &[Rec]) {
+        black_box(events);
+        self.add(prefix, events.len());
     }
 }
 
@@ -648,42 +524,21 @@ impl NaiveMap {
 // ---------------------------------------------------------------------------
 // Workloads 2 and 3: end-to-end throughput.
 
-/// Which event producer `j` publishes `i`-th: spread over the 64 prefixes.
-#[inline]
-fn slot(i: u64, j: usize) -> usize {
-    (i as usize + j) % PREFIXES
-}
-
 fn run_ringfold(p: usize, total: u64) -> Duration {
-    let n = names();
     let counts = Counts::new();
     let sink = counts.clone();
     // Nothing dropped, as for every contender: the counting subscriber
     // back-pressures the flusher instead of losing its oldest batches (the
     // default `DropOldest` lag policy) when its thread falls behind, so the
-    // time includes delivering every batch. Its delivery thread shares the
-    // consumer core with the flusher, as every contender's consumer has
-    // that core alone: left unpinned, the scheduler may wake it on a
-    // producer's core.
-    let mut options = SubscribeOptions::new("count").lag(LagPolicy::Block {
+    // time includes delivering every batch.
+    let options = SubscribeOptions::new("count").lag(LagPolicy::Block {
         timeout: Duration::MAX,
     });
-    if let Some(core) = consumer_core() {
-        options = options.pin_to_core(core);
-    }
-    let mut builder = Engine::<u64>::builder()
-        .default_policy(Policy::batch(WINDOW, MAX_COUNT))
-        .on_full(FullPolicy::Block(Duration::from_secs(5)))
-        .subscriber_with("*", options, move |b: &Batch<u64>| {
-            if let Some(e) = b.events().first() {
-                sink.add(e.key().prefix_id() as usize, b.len());
-            }
-        });
-    if let Some(core) = consumer_core() {
-        builder = builder.pin_flusher(core);
-    }
-    let engine = builder.build().unwrap();
-    let keys: Vec<EventKey> = n.names.iter().map(|s| engine.key(s).unwrap()).collect();
+    let (engine, keys) = ringfold_engine(options, move |b: &Batch<u64>| {
+        if let Some(e) = b.events().first() {
+            sink.add(e.key().prefix_id() as usize, b.len());
+        }
+    });
     assert!(keys.iter().all(|k| (k.prefix_id() as usize) < PREFIXES));
     let producers: Vec<_> = (0..p).map(|_| engine.producer().unwrap()).collect();
     let per = total / p as u64;
@@ -722,73 +577,6 @@ fn run_ringfold(p: usize, total: u64) -> Duration {
     assert_eq!(counts.total(), per * p as u64);
     engine.shutdown().unwrap();
     elapsed
-}
-
-/// The polling consumer shared by the transports without a blocking
-/// receive (rtrb, disruptor's `EventPoller`, `ArrayQueue`): `poll` hands
-/// every event available now to the grouper and says how many; on an empty
-/// poll the consumer yields its core (on 2 cores a spinning consumer would
-/// starve the producers).
-fn poll_consumer(
-    mut poll: impl FnMut(&mut Grouper, Instant) -> usize,
-    counts: Arc<Counts>,
-    expected: u64,
-) {
-    pin(0);
-    let mut grouper = Grouper::new(counts);
-    while grouper.received < expected {
-        let now = Instant::now();
-        let got = poll(&mut grouper, now);
-        grouper.emit_due(now);
-        if got == 0 {
-            thread::yield_now();
-        }
-    }
-    grouper.emit_all();
-}
-
-/// Runs `p` producer threads (producer `j` calls `produce(j, per)`, pinned
-/// to role `j + 1`) beside `consume` (which pins itself), timed from the
-/// common start until both sides are done.
-fn run_threads<P>(
-    p: usize,
-    produce: impl Fn(usize, u64, P) + Sync,
-    handles_for: Vec<P>,
-    consume: impl FnOnce() + Send,
-    total: u64,
-) -> Duration
-where
-    P: Send,
-{
-    assert_eq!(handles_for.len(), p);
-    let per = total / p as u64;
-    let barrier = Barrier::new(p + 2);
-    thread::scope(|s| {
-        let barrier = &barrier;
-        let produce = &produce;
-        let consumer = s.spawn(move || {
-            barrier.wait();
-            consume();
-        });
-        let handles: Vec<_> = handles_for
-            .into_iter()
-            .enumerate()
-            .map(|(j, h)| {
-                s.spawn(move || {
-                    pin(j + 1);
-                    barrier.wait();
-                    produce(j, per, h);
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        consumer.join().unwrap();
-        t0.elapsed()
-    })
 }
 
 fn run_rtrb(p: usize, total: u64) -> Duration {
@@ -833,15 +621,6 @@ fn run_rtrb(p: usize, total: u64) -> Duration {
     );
     assert_eq!(counts.total(), expected);
     elapsed
-}
-
-/// disruptor-rs's producers spin inside `publish` on a full ring; on 2
-/// shared cores that spin would starve the consumer, so they use
-/// `try_publish` and yield on a full ring, as the rtrb producers do.
-fn disruptor_publish(producer: &mut impl disruptor::Producer<Rec>, r: Rec) {
-    while producer.try_publish(|e| *e = r).is_err() {
-        thread::yield_now();
-    }
 }
 
 /// disruptor-rs, single-producer rings: one ring (4096 slots) per producer,
@@ -899,15 +678,7 @@ fn run_disruptor_sp(p: usize, total: u64) -> Duration {
 fn run_disruptor_mp(p: usize, total: u64) -> Duration {
     let counts = Counts::new();
     let expected = total / p as u64 * p as u64;
-    let (mut poller, builder) = disruptor::build_multi_producer(
-        CAPACITY,
-        || rec(0, 0),
-        disruptor::BusySpinWithSpinLoopHint,
-    )
-    .new_event_poller();
-    let first = builder.build();
-    let producers: Vec<_> = (0..p).map(|_| first.clone()).collect();
-    drop(first);
+    let (mut poller, producers) = disruptor_mp(p);
     let sink = counts.clone();
     let elapsed = run_threads(
         p,
@@ -917,22 +688,7 @@ fn run_disruptor_mp(p: usize, total: u64) -> Duration {
             }
         },
         producers,
-        move || {
-            poll_consumer(
-                |g, now| {
-                    let mut got = 0;
-                    if let Ok(mut events) = poller.poll() {
-                        for r in &mut events {
-                            g.take(*r, now);
-                            got += 1;
-                        }
-                    }
-                    got
-                },
-                sink,
-                expected,
-            )
-        },
+        move || poll_consumer(|g, now| poll_mp(&mut poller, g, now), sink, expected),
         total,
     );
     assert_eq!(counts.total(), expected);
@@ -985,73 +741,6 @@ fn run_array_queue(p: usize, total: u64) -> Duration {
     elapsed
 }
 
-/// A channel's receiving end, as the consumer loop uses it.
-trait Recv {
-    /// Waits up to `t` for one event.
-    fn recv_timeout(&mut self, t: Duration) -> Option<Rec>;
-    /// Takes one event if there is one.
-    fn try_recv(&mut self) -> Option<Rec>;
-}
-
-impl Recv for crossbeam_channel::Receiver<Rec> {
-    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
-        crossbeam_channel::Receiver::recv_timeout(self, t).ok()
-    }
-    fn try_recv(&mut self) -> Option<Rec> {
-        crossbeam_channel::Receiver::try_recv(self).ok()
-    }
-}
-
-impl Recv for std::sync::mpsc::Receiver<Rec> {
-    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
-        std::sync::mpsc::Receiver::recv_timeout(self, t).ok()
-    }
-    fn try_recv(&mut self) -> Option<Rec> {
-        std::sync::mpsc::Receiver::try_recv(self).ok()
-    }
-}
-
-/// tokio's receiver outside async code: the timed wait runs on a
-/// current-thread runtime owned by the consumer thread.
-struct TokioRx {
-    rt: tokio::runtime::Runtime,
-    rx: tokio::sync::mpsc::Receiver<Rec>,
-}
-
-impl Recv for TokioRx {
-    fn recv_timeout(&mut self, t: Duration) -> Option<Rec> {
-        let rx = &mut self.rx;
-        // The timer must be made inside the runtime's context.
-        self.rt
-            .block_on(async { tokio::time::timeout(t, rx.recv()).await.ok().flatten() })
-    }
-    fn try_recv(&mut self) -> Option<Rec> {
-        self.rx.try_recv().ok()
-    }
-}
-
-/// Consumer loop shared by the channel contenders: block up to a tick for
-/// the first event, then take what is there (up to a ring's worth).
-fn channel_consumer(mut rx: impl Recv, counts: Arc<Counts>, expected: u64) {
-    pin(0);
-    let mut grouper = Grouper::new(counts);
-    while grouper.received < expected {
-        let first = rx.recv_timeout(TICK);
-        let now = Instant::now();
-        if let Some(r) = first {
-            grouper.take(r, now);
-            for _ in 0..CAPACITY {
-                match rx.try_recv() {
-                    Some(r) => grouper.take(r, now),
-                    None => break,
-                }
-            }
-        }
-        grouper.emit_due(now);
-    }
-    grouper.emit_all();
-}
-
 /// One bounded MPSC channel, producers sending, one consumer grouping per
 /// prefix: the same harness for crossbeam-channel and std's sync_channel,
 /// which differ only in how the channel is made.
@@ -1099,23 +788,11 @@ fn run_tokio(p: usize, total: u64) -> Duration {
         p,
         |j, per, tx: tokio::sync::mpsc::Sender<Rec>| {
             for i in 0..per {
-                match tx.try_send(rec(slot(i, j), i)) {
-                    Ok(()) => {}
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(r)) => {
-                        tx.blocking_send(r).unwrap()
-                    }
-                    Err(e) => panic!("send failed: {e}"),
-                }
+                tokio_send(&tx, rec(slot(i, j), i));
             }
         },
         (0..p).map(|_| tx.clone()).collect(),
-        move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
-            channel_consumer(TokioRx { rt, rx }, sink, expected)
-        },
+        move || channel_consumer(TokioRx::new(rx), sink, expected),
         total,
     );
     drop(tx);
@@ -1195,60 +872,6 @@ fn run_mutex_map(p: usize, total: u64) -> Duration {
     let elapsed = run_ticker(p, total, &|i, j| map.publish(slot(i, j), i), &mut drain);
     assert_eq!(counts.total(), total / p as u64 * p as u64);
     elapsed
-}
-
-/// The accumulator a careful user would write with a lock: one
-/// `parking_lot::Mutex` over per-prefix `Vec`s indexed by integer prefix id
-/// (no hashing, no strings). The batch rule is the same as everyone's: a
-/// producer that fills a prefix to 100 emits it; the ticker emits prefixes
-/// whose window (counted in ticks since their first pending event) has
-/// elapsed. Emitting is counting, so it is done under the lock.
-struct LockedAcc {
-    accs: Vec<Vec<Rec>>,
-    opened: Vec<u64>,
-    tick: u64,
-    counts: Arc<Counts>,
-}
-
-impl LockedAcc {
-    fn new(counts: Arc<Counts>) -> Self {
-        LockedAcc {
-            accs: (0..PREFIXES)
-                .map(|_| Vec::with_capacity(MAX_COUNT))
-                .collect(),
-            opened: vec![0; PREFIXES],
-            tick: 0,
-            counts,
-        }
-    }
-    #[inline]
-    fn publish(&mut self, r: Rec) {
-        let p = r.prefix as usize;
-        if self.accs[p].is_empty() {
-            self.opened[p] = self.tick;
-        }
-        self.accs[p].push(r);
-        if self.accs[p].len() >= MAX_COUNT {
-            self.emit(p);
-        }
-    }
-    fn emit(&mut self, p: usize) {
-        let acc = &mut self.accs[p];
-        if !acc.is_empty() {
-            black_box(&acc[..]);
-            self.counts.add(p, acc.len());
-            acc.clear();
-        }
-    }
-    fn on_tick(&mut self, last: bool) {
-        const WINDOW_TICKS: u64 = (WINDOW.as_millis() / TICK.as_millis()) as u64;
-        self.tick += 1;
-        for p in 0..PREFIXES {
-            if last || self.tick - self.opened[p] >= WINDOW_TICKS {
-                self.emit(p);
-            }
-        }
-    }
 }
 
 fn run_parking_lot(p: usize, total: u64) -> Duration {
