@@ -1,0 +1,2 @@
+//! Placeholder: filled in once the layer, sink and tests are done.
+fn main() {}
