@@ -347,7 +347,7 @@ impl JsonLinesFileBuilder {
             last_sync: Instant::now(),
             unsynced: false,
             unreported_error_lines: 0,
-            partial_line: false,
+            failed_at: None,
             next_seq: AHashMap::new(),
         })
     }
@@ -454,8 +454,10 @@ pub struct JsonLinesFile<T> {
     unsynced: bool,
     /// Lines lost to failed writes and not yet reported in band.
     unreported_error_lines: u64,
-    /// A failed write may have left a partial line: start the next with `\n`.
-    partial_line: bool,
+    /// After a failed write: the file's size before it. If the reopened file
+    /// is larger, the write left part of a line: the next write starts with
+    /// `\n` to end it.
+    failed_at: Option<u64>,
     /// Per prefix, the sequence number the next batch should have.
     next_seq: AHashMap<Box<str>, u64>,
 }
@@ -590,14 +592,17 @@ impl<T> JsonLinesFile<T> {
                         break;
                     }
                 }
-            }
-            if self.partial_line {
-                // An earlier failed write may have left half a line.
-                if self.write_chunk(b"\n").is_err() {
-                    self.lose(rest);
-                    break;
+                if self
+                    .failed_at
+                    .take()
+                    .is_some_and(|before| self.size > before)
+                {
+                    // The failed write left part of a line: end it.
+                    if self.write_chunk(b"\n").is_err() {
+                        self.lose(rest);
+                        break;
+                    }
                 }
-                self.partial_line = false;
             }
             let room = self.max_file_bytes.saturating_sub(self.size);
             let chunk = if rest.len() as u64 <= room {
@@ -659,7 +664,7 @@ impl<T> JsonLinesFile<T> {
             }
             Err(source) => {
                 self.file = None;
-                self.partial_line = true;
+                self.failed_at = Some(self.size);
                 let e = SinkError::Write {
                     path: self.path.clone(),
                     source,
