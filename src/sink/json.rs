@@ -55,14 +55,26 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends an unsigned integer.
-pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{v}");
+pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Appends a signed integer.
 pub fn write_i64(out: &mut Vec<u8>, v: i64) {
-    let _ = write!(out, "{v}");
+    if v < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, v.unsigned_abs());
 }
 
 /// Appends a float: finite values as JSON numbers (`1.0`, `2.5e-8`), NaN
@@ -108,7 +120,8 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// Appends `t` as a quoted RFC 3339 UTC timestamp with nanoseconds
-/// (`"2026-12-07T00:54:48.123456789Z"`); a time before 1970 as the epoch.
+/// (`"2026-12-07T00:54:48.123456789Z"`); a time before 1970 as the epoch,
+/// a year past 9999 as 9999.
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
@@ -122,14 +135,22 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let sod = secs % 86_400;
-    let _ = write!(
-        out,
-        "\"{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z\"",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        d.subsec_nanos()
-    );
+    // Digits by hand: this runs once per line, and `write!` costs more.
+    let mut b = *b"\"0000-00-00T00:00:00.000000000Z\"";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(1, 4, y.clamp(0, 9999) as u64);
+    put(6, 2, u64::from(m));
+    put(9, 2, u64::from(day));
+    put(12, 2, sod / 3600);
+    put(15, 2, sod / 60 % 60);
+    put(18, 2, sod % 60);
+    put(21, 9, u64::from(d.subsec_nanos()));
+    out.extend_from_slice(&b);
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -160,6 +181,19 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.bytes().all(|b| b >= 0x20), "{text}");
         assert!(text.contains("\\u0000") && text.contains("\\n") && text.contains("\\u001f"));
+    }
+
+    #[test]
+    fn integers() {
+        let mut out = Vec::new();
+        for v in [0i64, 7, -7, i64::MIN, i64::MAX] {
+            out.clear();
+            write_i64(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+        out.clear();
+        write_u64(&mut out, u64::MAX);
+        assert_eq!(out, u64::MAX.to_string().as_bytes());
     }
 
     #[test]

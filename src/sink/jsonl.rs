@@ -271,7 +271,8 @@ impl JsonLinesFileBuilder {
     }
 
     /// The line buffer's starting capacity (default 4 KiB). It grows to
-    /// the largest batch met and shrinks back when it passed 1 MiB.
+    /// the largest batch met, and shrinks back once it is over 1 MiB and
+    /// over 4 times what a batch needs.
     #[must_use]
     pub fn initial_buffer(mut self, bytes: usize) -> Self {
         self.initial_buffer = bytes;
@@ -631,10 +632,13 @@ impl<T> JsonLinesFile<T> {
                 self.rotate();
             }
         }
+        let used = buf.len();
         self.buf = buf;
         self.buf.clear();
-        if self.buf.capacity() > 1 << 20 {
-            self.buf.shrink_to(self.initial_buffer.max(64 << 10));
+        // Give back a burst's memory once batches are much smaller again;
+        // steady large batches keep their buffer.
+        if self.buf.capacity() > (1 << 20).max(4 * used) {
+            self.buf.shrink_to(self.initial_buffer.max(4 * used));
         }
     }
 

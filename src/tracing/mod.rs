@@ -355,7 +355,8 @@ impl crate::sink::JsonLine for LogRecord {
 
 /// Counters of a [`RingfoldLayer`]: only the unusual, so the hot path
 /// touches no shared counter. Lines published are in the engine's
-/// `Stats::published`.
+/// `Stats::published`, lines refused by a full ring in its
+/// `Stats::dropped.full` (and in band, `Batch::dropped`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerStats {
     /// Callsites given a name.
@@ -365,9 +366,6 @@ pub struct LayerStats {
     pub unnamed_callsites: u64,
     /// Lines lost because not even the fallback name could be interned.
     pub unnamed_lost: u64,
-    /// Lines refused by a full ring (`PublishError::Full`; the engine
-    /// counts them too, per prefix, and `Batch::dropped` shows them).
-    pub full: u64,
     /// Lines logged after the engine shut down.
     pub after_shutdown: u64,
     /// Lines refused for another reason (a dead flusher).
@@ -382,7 +380,6 @@ struct LayerCounters {
     callsites: AtomicU64,
     unnamed_callsites: AtomicU64,
     unnamed_lost: AtomicU64,
-    full: AtomicU64,
     after_shutdown: AtomicU64,
     other_errors: AtomicU64,
     truncated: AtomicU64,
@@ -401,7 +398,6 @@ impl LayerCountersHandle {
             callsites: c.callsites.load(Relaxed),
             unnamed_callsites: c.unnamed_callsites.load(Relaxed),
             unnamed_lost: c.unnamed_lost.load(Relaxed),
-            full: c.full.load(Relaxed),
             after_shutdown: c.after_shutdown.load(Relaxed),
             other_errors: c.other_errors.load(Relaxed),
             truncated: c.truncated.load(Relaxed),
@@ -478,7 +474,7 @@ impl RingfoldLayer {
     /// });
     /// let stats = engine.shutdown()?;
     /// assert_eq!(stats.delivered, 1);
-    /// assert_eq!(counters.snapshot().full, 0);
+    /// assert_eq!(counters.snapshot().after_shutdown, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(engine: &Engine<LogRecord>) -> Self {
@@ -599,10 +595,10 @@ where
             timestamp: SystemTime::now(),
         };
         match self.engine.publish_key(key, record) {
-            Ok(()) => {}
-            Err(PublishError::Full(_)) => {
-                self.counters.full.fetch_add(1, Relaxed);
-            }
+            // A full ring is the engine's drop: counted there per prefix
+            // (`Stats::dropped.full`, `Batch::dropped`), not here, so the
+            // hot path writes no shared counter.
+            Ok(()) | Err(PublishError::Full(_)) => {}
             Err(PublishError::ShutDown(_)) => {
                 self.counters.after_shutdown.fetch_add(1, Relaxed);
             }
