@@ -200,7 +200,7 @@ fn seqs(lines: &[Json]) -> Vec<u64> {
 fn rotation_keeps_n_files_and_loses_no_line_at_the_boundary() {
     const MAX: u64 = 8 << 10;
     const N: u64 = 3_000;
-    for keep in [100usize, 3] {
+    for keep in [100usize, 3, 1] {
         let dir = TempDir::new("rotation");
         let path = dir.path("rot.jsonl");
         let engine = Engine::<LogRecord>::builder()
