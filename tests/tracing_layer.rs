@@ -650,3 +650,38 @@ fn a_lagging_sink_loses_only_counted_batches_and_says_so_in_the_file() {
     // lagging queues merge batches instead (issue 19) it may lose none, and
     // the accounting above holds either way.
 }
+
+#[test]
+fn a_rotation_that_cannot_rename_keeps_writing_to_the_current_file() {
+    let dir = TempDir::new("norotate");
+    let path = dir.path("r.jsonl");
+    // `r.jsonl.1` is a non-empty directory: neither removed nor replaced.
+    fs::create_dir(dir.path("r.jsonl.1")).unwrap();
+    fs::write(dir.path("r.jsonl.1/keep"), b"x").unwrap();
+    let engine = Engine::<LogRecord>::builder()
+        .policy("log:*", Policy::batch(Duration::from_millis(2), 50))
+        .on_full(FullPolicy::Block(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let sink = JsonLinesFile::builder(&path)
+        .max_file_bytes(2048)
+        .keep_files(2)
+        .build::<LogRecord>()
+        .unwrap();
+    let counters = sink.counters();
+    let _sub = engine
+        .subscribe_with("log:*", SubscribeOptions::new("file"), sink)
+        .unwrap();
+    let dispatch = dispatch(&engine, &Arc::new(AtomicU64::new(0)));
+    log_numbered(&dispatch, 500);
+    engine.shutdown().unwrap();
+    let stats = counters.snapshot();
+    assert!(stats.rotate_errors > 0, "{stats:?}");
+    assert_eq!(stats.lines_lost_to_errors, 0);
+    assert!(matches!(
+        counters.take_last_error(),
+        Some(SinkError::Rotate { .. })
+    ));
+    // Nothing lost: every line is in the current file, in order.
+    assert_eq!(seqs(&read_lines(&path)), (0..500).collect::<Vec<_>>());
+}

@@ -580,6 +580,9 @@ impl<T> JsonLinesFile<T> {
     fn write_out(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let mut rest = &buf[..];
+        // A rotation that could not make room (its renames or its reopen
+        // failed) must not loop: after one, the next line goes out anyway.
+        let mut rotated_in_vain = false;
         while !rest.is_empty() {
             if self.file.is_none() {
                 match open(&self.path) {
@@ -614,7 +617,7 @@ impl<T> JsonLinesFile<T> {
                     Some(i) => i + 1,
                     // Not even one line fits: a fresh file takes the first
                     // line whole; a used one is rotated first.
-                    None if self.size == 0 => rest
+                    None if self.size == 0 || rotated_in_vain => rest
                         .iter()
                         .position(|&b| b == b'\n')
                         .map_or(rest.len(), |i| i + 1),
@@ -627,6 +630,9 @@ impl<T> JsonLinesFile<T> {
                     break;
                 }
                 rest = &rest[chunk..];
+                rotated_in_vain = false;
+            } else {
+                rotated_in_vain = true;
             }
             if !rest.is_empty() {
                 self.rotate();
