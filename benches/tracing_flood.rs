@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --features tracing --bench tracing_flood
 //! RINGFOLD_BENCH_QUICK=1 cargo bench --features tracing --bench tracing_flood   # 100 k lines
+//! RINGFOLD_FLOOD_ONLY=ringfold,appender-lossy cargo bench --features tracing --bench tracing_flood
 //! ```
 //!
 //! Runs only under `cargo bench` (the `--bench` flag); `cargo test
@@ -384,11 +385,26 @@ fn main() {
         "| contender | accepted M lines/s (logging) | M lines/s end to end | lines in file | MiB written | write calls | lost | lost, counted by API | lost, said in file | lost silently | info! p99 ns | info! p50 ns |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    ringfold(&dir, per_thread, Mode::Lossy).print();
-    ringfold(&dir, per_thread, Mode::Block).print();
-    ringfold(&dir, per_thread, Mode::Aggregate).print();
-    appender(&dir, per_thread, true).print();
-    appender(&dir, per_thread, false).print();
-    fmt_file(&dir, per_thread).print();
+    // RINGFOLD_FLOOD_ONLY=ringfold,appender-lossy runs only those.
+    let only = std::env::var("RINGFOLD_FLOOD_ONLY").unwrap_or_default();
+    let want = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    if want("ringfold") {
+        ringfold(&dir, per_thread, Mode::Lossy).print();
+    }
+    if want("ringfold-block") {
+        ringfold(&dir, per_thread, Mode::Block).print();
+    }
+    if want("ringfold-agg") {
+        ringfold(&dir, per_thread, Mode::Aggregate).print();
+    }
+    if want("appender-lossy") {
+        appender(&dir, per_thread, true).print();
+    }
+    if want("appender-block") {
+        appender(&dir, per_thread, false).print();
+    }
+    if want("fmt-file") {
+        fmt_file(&dir, per_thread).print();
+    }
     let _ = fs::remove_dir_all(&dir);
 }
