@@ -40,9 +40,13 @@ mod producer;
 mod record;
 mod ring;
 mod shared;
+#[cfg(feature = "jsonl")]
+pub mod sink;
 mod state;
 mod stats;
 mod sync;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod value;
 
 pub use builder::EngineBuilder;

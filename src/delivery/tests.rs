@@ -1111,7 +1111,10 @@ fn merged_latest_windows_let_go_of_superseded_windows() {
     );
     // The head window, the survivor's window and the merge's own buffers:
     // the same after 1000 windows as after 10.
-    assert_eq!(s.queued_bytes, after_ten, "memory grew with the windows missed");
+    assert_eq!(
+        s.queued_bytes, after_ten,
+        "memory grew with the windows missed"
+    );
     let b = q.try_pop(Hand::Out).unwrap();
     assert_eq!(
         (payloads(&b), b.merged()),
