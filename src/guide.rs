@@ -46,6 +46,12 @@ pub mod tower {
 pub mod benchmarks {
     #![doc = include_str!("guide/links.md")]
     #![doc = include_str!("../docs/benchmarks.md")]
+
+    /// Publish latency while the consumer does real work.
+    pub mod consumer_work {
+        #![doc = include_str!("guide/links.md")]
+        #![doc = include_str!("../docs/benchmarks-consumer-work.md")]
+    }
 }
 
 pub mod verification {
@@ -70,7 +76,11 @@ pub mod metrics {
 
 pub mod tracing {
     #![doc = include_str!("guide/links.md")]
-    #![doc = include_str!("../docs/tracing.md")]
+    #![cfg_attr(feature = "tracing", doc = include_str!("../docs/tracing.md"))]
+    #![cfg_attr(
+        not(feature = "tracing"),
+        doc = "Logs through `tracing` into ringfold and a JSON-lines file: build with the cargo feature `tracing` (docs/tracing.md)."
+    )]
 }
 
 pub mod ws {

@@ -98,7 +98,10 @@ impl SubscribeOptions {
     /// for i in 0..100u64 {
     ///     engine.publish("data:users:created", i)?; // 10 windows of 10
     /// }
-    /// engine.flush()?;
+    /// // (Not `flush()`: it would wait for this receiver to be read.)
+    /// while engine.stats().subscribers[0].sealed < 10 {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
     /// // The first window was queued; the nine after it merged into it.
     /// let all = rx.try_recv()?;
     /// assert_eq!((all.len(), all.merged(), all.seq(), all.last_seq()), (100, 10, 0, 9));

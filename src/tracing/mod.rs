@@ -473,7 +473,7 @@ impl RingfoldLayer {
     ///     tracing::info!(target: "my_app::db", "connected");
     /// });
     /// let stats = engine.shutdown()?;
-    /// assert_eq!(stats.delivered, 1);
+    /// assert_eq!(stats.sealed, 1);
     /// assert_eq!(counters.snapshot().after_shutdown, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
