@@ -272,6 +272,15 @@ impl DeliveryQueue {
             .map(|b| (b.seq(), b.lagged()))
     }
 
+    /// A receiver's blocking pop of a possibly merged batch: `(seq,
+    /// last_seq, lagged)`, or `None` once closed and drained.
+    pub fn recv_merged(&self) -> Option<(u64, u64, u64)> {
+        self.0
+            .pop(Hand::Out, None)
+            .ok()
+            .map(|b| (b.seq(), b.last_seq(), b.lagged()))
+    }
+
     /// A delivery thread's pop of a possibly merged batch: `(seq,
     /// last_seq, lagged)`; finish it with
     /// [`finish_windows`](Self::finish_windows)`(last_seq - seq + 1)`.
@@ -305,6 +314,11 @@ impl DeliveryQueue {
     /// `Queue::wait_done` with no deadline.
     pub fn wait_done(&self, target: u64) -> bool {
         self.0.wait_done(target, None)
+    }
+
+    /// Windows merged into a queued batch so far.
+    pub fn merged(&self) -> u64 {
+        self.0.stats().merged_batches
     }
 
     /// `(sealed, delivered, lag_dropped, discarded, queued, in_flight)`

@@ -252,7 +252,7 @@ impl<T> Batch<T> {
         let merge = match &mut self.merge {
             Some(m) => m,
             slot => {
-                let mut m = spares.take();
+                let mut m = Spares::take(spares);
                 if let Some(inner) = Arc::get_mut(&mut m) {
                     inner.start(&self.sealed);
                 }

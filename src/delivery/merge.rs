@@ -56,7 +56,14 @@ impl<T> Spares<T> {
 
     pub(crate) fn new() -> Self {
         let mut parked = Vec::with_capacity(Self::KEEP);
-        parked.extend((0..Self::PROVISION).map(|_| {
+        // Under loom the models merge a handful of windows: provisioned
+        // merges would only add modelled objects.
+        let provision = if cfg!(ringfold_loom) {
+            0
+        } else {
+            Self::PROVISION
+        };
+        parked.extend((0..provision).map(|_| {
             let mut m = Merge::new();
             m.segments.reserve(INITIAL_WINDOWS);
             m.scratch.reserve(INITIAL_WINDOWS);
@@ -68,12 +75,14 @@ impl<T> Spares<T> {
     }
 
     /// A cleared merge to start from (allocated only if none is parked).
-    pub(crate) fn take(self: &Arc<Self>) -> Arc<Merge<T>> {
-        let mut merge = lock(&self.parked)
+    /// (An associated function, not a method on `self: &Arc<Self>`: loom's
+    /// `Arc` cannot be a receiver.)
+    pub(crate) fn take(spares: &Arc<Self>) -> Arc<Merge<T>> {
+        let mut merge = lock(&spares.parked)
             .pop()
             .unwrap_or_else(|| Arc::new(Merge::new()));
         if let Some(m) = Arc::get_mut(&mut merge) {
-            m.home = Some(self.clone());
+            m.home = Some(spares.clone());
         }
         merge
     }
