@@ -9,6 +9,10 @@ use super::numeric;
 use crate::event::{drop_caught, Aggregate, BatchReason, Event, InternedStr};
 use crate::value::Sampler;
 
+/// `latest`: the survivor index of an urgent event, which waits in its
+/// hold's tail (`fold::Hold`) rather than in `Acc::events`.
+pub(super) const IN_TAIL: usize = usize::MAX;
+
 /// How a name's events are folded into its prefix's window.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fold {
@@ -51,6 +55,9 @@ pub(super) struct Acc<T> {
     pub(super) dropped_since: u64,
     /// Listed in `Folder::pending`.
     pub(super) queued: bool,
+    /// An urgent event closed the window, which waits in `Folder::holds`
+    /// for one more sweep before it is sealed.
+    pub(super) held: bool,
 }
 
 impl<T> Acc<T> {
@@ -71,6 +78,7 @@ impl<T> Acc<T> {
             folded: 0,
             dropped_since: 0,
             queued: false,
+            held: false,
         }
     }
 
@@ -174,7 +182,10 @@ impl<T> Acc<T> {
             drop_panics,
             |acc, key, event, drop_panics| match acc.latest.get_mut(&key) {
                 Some((i, stamp)) => {
-                    let gone = if event.nanos >= *stamp {
+                    // A survivor in the urgent tail (`IN_TAIL`) is never
+                    // replaced here: a newer event of its key is deferred to
+                    // the next window (`latest_defers`).
+                    let gone = if event.nanos >= *stamp && *i != IN_TAIL {
                         *stamp = event.nanos;
                         std::mem::replace(&mut acc.events[*i], event)
                     } else {
@@ -191,20 +202,22 @@ impl<T> Acc<T> {
         );
     }
 
-    /// `latest`, for an urgent event (the window is sealed right after):
-    /// the event is never folded into a survivor's slot, because the batch
-    /// must end with it while the other survivors keep their order of
-    /// first appearance. A pending survivor of the same (name, sub-key) is
+    /// `latest`, for an urgent event (its window is sealed after one more
+    /// sweep, see `fold::Hold`): the event goes to `tail` (the urgent events
+    /// that end the batch), never into a survivor's slot, because the batch
+    /// must end with it while the other survivors keep their order of first
+    /// appearance. A pending survivor of the same (name, sub-key) is
     /// superseded instead: removed from the window and counted as folded.
     /// An urgent event older (by publish stamp) than that survivor or than
     /// a delivered one is stale like any other and folded away; the window
-    /// still closes at once.
+    /// still closes.
     pub(super) fn fold_latest_urgent(
         &mut self,
         name_id: u32,
         event: Event<T>,
         sweep: u64,
         drop_panics: &mut u64,
+        tail: &mut Vec<Event<T>>,
     ) {
         self.admit_latest(
             name_id,
@@ -218,16 +231,45 @@ impl<T> Acc<T> {
                         *drop_panics += u64::from(drop_caught(event));
                         return;
                     }
-                    // O(survivors), once per urgent event. Indices above
-                    // `i` in `latest` go stale, which is harmless: the
-                    // window is sealed before anything else is folded in,
-                    // and sealing uses only the stamps.
-                    *drop_panics += u64::from(drop_caught(acc.events.remove(i)));
+                    let superseded = if i == IN_TAIL {
+                        // An earlier urgent event of the key (the caller
+                        // defers newer ones of other lanes, so this one is
+                        // from the same ring, i.e. later): it leaves the
+                        // tail.
+                        let at = tail.iter().rposition(|e| {
+                            e.meta.get().key.name_id() == name_id && e.sub_key == key.1
+                        });
+                        at.map(|at| tail.remove(at))
+                    } else {
+                        // O(survivors), once per urgent event: the window
+                        // stays open for one more sweep (stragglers of
+                        // other rings), so the indices after `i` must stay
+                        // right.
+                        for (at, _) in acc.latest.values_mut() {
+                            if *at != IN_TAIL && *at > i {
+                                *at -= 1;
+                            }
+                        }
+                        Some(acc.events.remove(i))
+                    };
+                    if let Some(gone) = superseded {
+                        *drop_panics += u64::from(drop_caught(gone));
+                    }
                 }
-                acc.latest.insert(key, (acc.events.len(), event.nanos));
-                acc.events.push(event);
+                acc.latest.insert(key, (IN_TAIL, event.nanos));
+                tail.push(event);
             },
         );
+    }
+
+    /// `latest`, while the window is held by an urgent event: whether an
+    /// event of (`name_id`, `sub_key`) stamped `nanos` belongs after the
+    /// urgent event of the same key rather than before it (it is not older
+    /// than that event), i.e. in the next window.
+    pub(super) fn latest_defers(&self, name_id: u32, sub_key: u64, nanos: u64) -> bool {
+        self.latest
+            .get(&(name_id, sub_key))
+            .is_some_and(|&(i, stamp)| i == IN_TAIL && nanos >= stamp)
     }
 
     /// `aggregate`: folds the event's numeric reading into its name's
