@@ -480,6 +480,9 @@ impl<T: Send + Sync + 'static> Flusher<T> {
     /// everyone waiting.
     fn finish(&mut self) {
         self.shared.subscribers.close_all();
+        // The payloads only the pool still holds are dropped now, so that
+        // panicking `Drop`s among them are counted in the final report.
+        self.sealer.pool.clear();
         self.folder.mark_dirty();
         self.publish_report();
         for slot in self.lanes.drain(..) {
