@@ -38,6 +38,12 @@ use crate::value::Sampler;
 use route::Route;
 use window::{Acc, Fold, Sealed};
 
+/// Most emptied windows and buffers the fold keeps for reuse: windows in
+/// flight at once are far fewer in steady state (one per active prefix per
+/// pass), while a flush of a million prefixes would otherwise leave a
+/// million emptied buffers behind.
+const SPARE: usize = 1024;
+
 /// A window just closed, as `Folder::deliver` hands it over for sealing.
 pub(crate) struct Closed<'a, T> {
     pub(crate) prefix_id: u32,
@@ -84,8 +90,13 @@ pub(crate) struct Folder<T> {
     sealed_times: Vec<(Instant, Instant)>,
     /// By prefix id: when its open window took its first event.
     opened: Vec<Instant>,
-    /// Emptied buffers for the next windows.
+    /// Emptied sealed windows, for reuse (at most `SPARE`).
     spare: Vec<Sealed<T>>,
+    /// Emptied event and aggregate buffers, for the next windows to open
+    /// (at most `SPARE` each): a closed window holds none, so an idle
+    /// prefix costs no buffer (see `emit`).
+    buffers: Vec<Vec<Event<T>>>,
+    agg_buffers: Vec<Vec<Aggregate>>,
     /// Counters of closed windows; `publish_report` adds the open ones.
     report: Report,
     sampler: Option<Sampler<T>>,
@@ -183,6 +194,8 @@ impl<T> Folder<T> {
             sealed_times: Vec::new(),
             opened: Vec::new(),
             spare: Vec::new(),
+            buffers: Vec::new(),
+            agg_buffers: Vec::new(),
             report: Report::default(),
             sampler,
             epoch,
@@ -447,6 +460,7 @@ impl<T> Folder<T> {
                 self.now,
                 &mut self.opened[pid],
                 &mut self.pending,
+                &mut self.buffers,
             );
         }
         acc.taken += 1;
@@ -538,6 +552,9 @@ impl<T> Folder<T> {
                 acc.queued = true;
                 self.pending.push(pid as u32);
             }
+            if acc.events.capacity() == 0 {
+                acc.events = self.buffers.pop().unwrap_or_default();
+            }
         } else if route.interval < acc.interval || route.max_count < acc.max_count {
             // Only when a prefix mixes policies. The deadline is the minimum
             // of `now + interval` over the window's events; `now` never
@@ -575,6 +592,9 @@ impl<T> Folder<T> {
                 acc.fold_latest(event.name_id, folded, self.sweep, &mut self.drop_panics)
             }
             (Fold::Aggregate, _) => {
+                if acc.aggregates.capacity() == 0 {
+                    acc.aggregates = self.agg_buffers.pop().unwrap_or_default();
+                }
                 if !acc.fold_aggregate(self.sampler, folded, &mut self.drop_panics) {
                     self.report.not_numeric += 1;
                     self.report.prefixes[pid].dropped += 1;
@@ -600,9 +620,18 @@ impl<T> Folder<T> {
         if acc.taken == 0 || acc.held {
             return;
         }
+        // The window's buffers go with it; the spare's emptied ones wait
+        // for the next window to open (see `buffers`).
         let mut spare = self.spare.pop().unwrap_or_default();
-        std::mem::swap(&mut spare.events, &mut acc.events);
-        std::mem::swap(&mut spare.aggregates, &mut acc.aggregates);
+        let events = std::mem::replace(&mut spare.events, std::mem::take(&mut acc.events));
+        let aggregates =
+            std::mem::replace(&mut spare.aggregates, std::mem::take(&mut acc.aggregates));
+        if events.capacity() > 0 && self.buffers.len() < SPARE {
+            self.buffers.push(events);
+        }
+        if aggregates.capacity() > 0 && self.agg_buffers.len() < SPARE {
+            self.agg_buffers.push(aggregates);
+        }
         spare.pid = pid;
         spare.reason = reason;
         spare.folded = acc.folded;
@@ -655,7 +684,15 @@ impl<T> Folder<T> {
             // case it did not.
             sealed.events.clear();
             sealed.aggregates.clear();
-            self.spare.push(sealed);
+            if self.spare.len() < SPARE {
+                self.spare.push(sealed);
+            }
+        }
+        // A flush of many prefixes seals a window each at once: the lists
+        // do not keep that size.
+        if self.sealed.capacity() > SPARE {
+            self.sealed.shrink_to(SPARE);
+            self.sealed_times.shrink_to(SPARE);
         }
         self.dirty = true;
     }
@@ -751,7 +788,11 @@ fn open_window<T>(
     now: Instant,
     opened: &mut Instant,
     pending: &mut Vec<u32>,
+    buffers: &mut Vec<Vec<Event<T>>>,
 ) {
+    if acc.events.capacity() == 0 {
+        acc.events = buffers.pop().unwrap_or_default();
+    }
     *opened = now;
     acc.deadline = now + route.interval;
     acc.interval = route.interval;
