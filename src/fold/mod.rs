@@ -60,16 +60,14 @@ pub(crate) struct Closed<'a, T> {
     pub(crate) aggregates: &'a mut Vec<Aggregate>,
 }
 
-/// The window shapes (interval, count) of a prefix's names.
-#[derive(Clone, Copy)]
-enum Shape {
-    /// No name of the prefix routed yet.
-    Unseen,
-    /// Every name routed so far has this interval and count.
-    Uniform(std::time::Duration, usize),
-    /// Names with different windows.
-    Mixed,
-}
+/// The window shapes (interval, count) of a prefix's names, in 4 bytes
+/// (one per prefix ever seen): `UNSEEN` (no name of the prefix routed
+/// yet), `MIXED` (names with different windows), or else the id of the
+/// prefix's first routed name, whose interval and count every name routed
+/// so far shares.
+type Shape = u32;
+const UNSEEN: Shape = u32::MAX;
+const MIXED: Shape = u32::MAX - 1;
 
 /// Accumulators, routes and counters: everything a sweep folds into.
 pub(crate) struct Folder<T> {
@@ -379,19 +377,22 @@ impl<T> Folder<T> {
         let route = self.routes[id];
         let pid = route.prefix as usize;
         if self.shapes.len() <= pid {
-            self.shapes.resize(pid + 1, Shape::Unseen);
+            self.shapes.resize(pid + 1, UNSEEN);
         }
         let shape = (route.interval, route.max_count);
         match self.shapes[pid] {
-            Shape::Unseen => self.shapes[pid] = Shape::Uniform(shape.0, shape.1),
-            Shape::Uniform(i, m) if (i, m) == shape => {}
-            Shape::Uniform(..) => {
-                self.shapes[pid] = Shape::Mixed;
-                for r in self.routes.iter_mut().filter(|r| r.prefix == route.prefix) {
-                    r.simple = false;
+            // Ids stay below 2^30 (`record::MAX_NAMES`): never `MIXED`.
+            UNSEEN => self.shapes[pid] = id as Shape,
+            MIXED => self.routes[id].simple = false,
+            first => {
+                let first = &self.routes[first as usize];
+                if (first.interval, first.max_count) != shape {
+                    self.shapes[pid] = MIXED;
+                    for r in self.routes.iter_mut().filter(|r| r.prefix == route.prefix) {
+                        r.simple = false;
+                    }
                 }
             }
-            Shape::Mixed => self.routes[id].simple = false,
         }
     }
 
