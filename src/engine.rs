@@ -13,12 +13,13 @@ use crate::policy::Pattern;
 use crate::producer::Producer;
 use crate::shared::Shared;
 use crate::stats::Stats;
-use crate::sync::{lock, Arc, JoinHandle, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, JoinHandle, Mutex, Ordering};
 
 /// How long dropping the last handle waits for the final drain and its
 /// delivery before it leaves the rest to finish in the background (and
 /// says so on stderr): a `Drop` must not block without bound behind a
-/// stuck subscriber. Call [`Engine::shutdown_timeout`] to choose.
+/// stuck subscriber. Call [`Engine::shutdown_timeout`] to choose: once a
+/// bounded shutdown has timed out, the drop does not wait again.
 pub const DROP_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Owns the flusher thread and the build-time subscriptions; dropping the
@@ -31,6 +32,9 @@ struct Handle<T: Send + Sync + 'static> {
     /// The producers behind `Engine::publish*`, one per thread, dropped
     /// with the last handle (after the shutdown in `Drop`).
     locals: local::Locals<T>,
+    /// A bounded shutdown (`shutdown_timeout`) ran out: the caller chose
+    /// its bound, so dropping the last handle does not wait again.
+    timed_out: AtomicBool,
 }
 
 impl<T: Send + Sync + 'static> Handle<T> {
@@ -45,6 +49,16 @@ impl<T: Send + Sync + 'static> Handle<T> {
     }
 
     fn shutdown(&self, deadline: Option<Instant>) -> Result<Stats, Error> {
+        let result = self.shutdown_until(deadline);
+        if let Err(Error::Timeout(_)) = &result {
+            // Relaxed: read by `Drop`, which runs after this call (same
+            // thread, or ordered by the `Arc` count of the last handle).
+            self.timed_out.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn shutdown_until(&self, deadline: Option<Instant>) -> Result<Stats, Error> {
         let shared = &self.shared;
         let was_open = self.begin_shutdown();
         if shared.state.on_flusher_thread() {
@@ -91,9 +105,14 @@ impl<T: Send + Sync + 'static> Drop for Handle<T> {
         // Bounded (see `DROP_SHUTDOWN_WAIT`): whatever is still running
         // after it (a flusher blocked on a payload `Drop`, a subscriber
         // stuck in its callback) finishes on its own thread, detached.
-        if let Err(Error::Timeout(stats)) =
-            self.shutdown(control::deadline_after(DROP_SHUTDOWN_WAIT))
-        {
+        // After a bounded shutdown that timed out, not at all: the caller
+        // already waited as long as it chose to.
+        let wait = if self.timed_out.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            DROP_SHUTDOWN_WAIT
+        };
+        if let Err(Error::Timeout(stats)) = self.shutdown(control::deadline_after(wait)) {
             let stuck: Vec<String> = stats
                 .subscribers
                 .iter()
@@ -109,7 +128,7 @@ impl<T: Send + Sync + 'static> Drop for Handle<T> {
                 "ringfold: engine {} dropped; after {:?} {} events were still pending and \
                  these subscribers still busy: [{}]; left to finish in the background",
                 self.shared.id,
-                DROP_SHUTDOWN_WAIT,
+                wait,
                 stats.pending,
                 stuck.join(", ")
             );
@@ -210,6 +229,7 @@ impl<T: Send + Sync + 'static> Engine<T> {
                 join: Mutex::new(Some(join)),
                 subscriptions: Mutex::new(subscriptions),
                 locals: local::Locals::new(),
+                timed_out: AtomicBool::new(false),
             }),
         }
     }

@@ -212,6 +212,11 @@ impl fmt::Display for BatchReason {
     }
 }
 
+/// `Aggregate::float_sum` holds the float sum times `2^-FLOAT_SUM_SHIFT`.
+pub(crate) const FLOAT_SUM_SHIFT: i32 = 64;
+/// `2^FLOAT_SUM_SHIFT`: scales `Aggregate::float_sum` back.
+const FLOAT_SUM_SCALE: f64 = (1u128 << FLOAT_SUM_SHIFT) as f64;
+
 /// Numeric summary of one event name within a window (`Policy::aggregate`).
 ///
 /// `Clone` (not `Copy`) and `'static`: it owns its name, so a subscriber may
@@ -246,7 +251,12 @@ pub struct Aggregate {
     /// Exact sum of the integer readings.
     pub(crate) int_sum: i128,
     /// Sum of the float readings (and of integer partial sums that would
-    /// have overflowed `int_sum`).
+    /// have overflowed `int_sum`), scaled by `2^-FLOAT_SUM_SHIFT`
+    /// (`fold::numeric::scaled`): exact scaling by a power of two that
+    /// keeps the sum of up to 2^64 readings of `f64::MAX` finite, so the
+    /// mean never overflows (`sum()` scales back, and is infinite only when
+    /// the true sum is beyond `f64`). Merging aggregates adds these as
+    /// they are.
     pub(crate) float_sum: f64,
     /// Every reading was an integer and `int_sum` is their exact sum.
     pub(crate) exact: bool,
@@ -299,7 +309,7 @@ impl Aggregate {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn sum(&self) -> f64 {
-        self.int_sum as f64 + self.float_sum
+        self.int_sum as f64 + self.float_sum * FLOAT_SUM_SCALE
     }
     /// The exact sum, when every reading of the window was an integer
     /// (`Sample::sample` gave `Number::Int`); `None` once a float reading
@@ -315,9 +325,36 @@ impl Aggregate {
     pub fn max(&self) -> f64 {
         self.max
     }
-    /// Arithmetic mean.
+    /// Arithmetic mean. Computed without overflow: the mean of readings
+    /// near `f64::MAX` is finite even though their sum is not.
+    ///
+    /// ```
+    /// # use ringfold::{Batch, Engine, Policy, Value};
+    /// # use std::sync::{Arc, Mutex};
+    /// # use std::time::Duration;
+    /// let means = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = means.clone();
+    /// let engine = Engine::<Value>::builder()
+    ///     .policy("gpu:*", Policy::aggregate(Duration::from_secs(60), 1000))
+    ///     .sampled()
+    ///     .subscriber(move |b: &Batch<Value>| {
+    ///         for a in b.aggregates() {
+    ///             sink.lock().unwrap().push((a.mean(), a.sum()));
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// engine.publish("gpu:0:x", f64::MAX)?;
+    /// engine.publish("gpu:0:x", f64::MAX)?;
+    /// engine.flush()?;
+    /// assert_eq!(means.lock().unwrap()[0], (f64::MAX, f64::INFINITY));
+    /// # engine.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mean(&self) -> f64 {
-        self.sum() / self.count as f64
+        let n = self.count as f64;
+        // Each part divided first: the scaled float sum over `n`, scaled
+        // back, is at most the largest reading's magnitude.
+        self.int_sum as f64 / n + self.float_sum / n * FLOAT_SUM_SCALE
     }
     /// First reading of the window and when it was stamped.
     pub fn first(&self) -> (f64, Instant) {

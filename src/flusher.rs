@@ -206,6 +206,11 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             self.adopt_lanes(closing);
             self.folder.set_now(Instant::now());
             self.sweep();
+            if self.folder.holding() {
+                // An urgent window waits for one more sweep (see
+                // `fold::Hold`): the catch-up sweep, at once.
+                self.catch_up();
+            }
             self.folder.emit_due();
             self.deliver();
             if closing {
@@ -215,6 +220,11 @@ impl<T: Send + Sync + 'static> Flusher<T> {
                 return;
             }
             if let Some(req) = flush {
+                if self.folder.holding() {
+                    // Taken by the catch-up sweep: one more rather than
+                    // seal it early.
+                    self.catch_up();
+                }
                 let filter = (!req.full).then_some(req.patterns.as_slice());
                 self.folder.emit_all(BatchReason::Flush, filter);
                 self.deliver();
@@ -226,6 +236,17 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             self.publish_report();
             self.sleep();
         }
+    }
+
+    /// One more sweep, for the urgent windows the last one held (see
+    /// `fold::Hold`): they are sealed at its end, so an urgent batch costs
+    /// one extra pass over the rings, not a loop iteration. Windows held by
+    /// urgent events it takes itself wait for the next iteration (the
+    /// flusher does not sleep while any is held).
+    fn catch_up(&mut self) {
+        self.adopt_lanes(false);
+        self.folder.set_now(Instant::now());
+        self.sweep();
     }
 
     fn adopt_lanes(&mut self, force: bool) {
@@ -270,6 +291,9 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             }
             if gone || slot.consumer.maybe_ready() {
                 let folder = &mut self.folder;
+                // The lane's address: which ring an urgent event came from
+                // (see `fold::Hold`).
+                folder.set_source(std::ptr::from_ref::<Lane<T>>(&slot.lane) as usize);
                 let decoder = &mut self.decoder;
                 let interner = &self.shared.interner;
                 let outcome = slot.consumer.drain(|slot| {
@@ -305,6 +329,12 @@ impl<T: Send + Sync + 'static> Flusher<T> {
             } else {
                 i += 1;
             }
+        }
+        if self.folder.holding() {
+            // Urgent windows held since the previous sweep are complete:
+            // sealed now, with their urgent events last.
+            self.folder.end_sweep(false);
+            self.sealer.deliver(&mut self.folder, &self.shared);
         }
         self.retire();
     }
@@ -354,6 +384,10 @@ impl<T: Send + Sync + 'static> Flusher<T> {
 
     /// Announces the park, re-checks for work, parks.
     fn sleep(&mut self) {
+        if self.folder.holding() {
+            // An urgent window waits for the next sweep: no sleep.
+            return;
+        }
         let now = self.folder.now();
         let deadline = self.folder.next_deadline();
         // DEEP (any publish wakes us) when nothing is pending, or when
@@ -446,6 +480,9 @@ impl<T: Send + Sync + 'static> Flusher<T> {
     /// everyone waiting.
     fn finish(&mut self) {
         self.shared.subscribers.close_all();
+        // The payloads only the pool still holds are dropped now, so that
+        // panicking `Drop`s among them are counted in the final report.
+        self.sealer.pool.clear();
         self.folder.mark_dirty();
         self.publish_report();
         for slot in self.lanes.drain(..) {

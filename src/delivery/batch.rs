@@ -161,6 +161,24 @@ pub(crate) fn clear_events<T>(events: &mut Vec<Event<T>>) -> u64 {
     panics
 }
 
+impl<T> Drop for Sealed<T> {
+    /// The payloads are dropped one by one, each `Drop` caught
+    /// ([`clear_events`]): inside the `Vec`'s own drop, a second panicking
+    /// payload (while the first one unwinds) would abort the process. The
+    /// pool drops its batches' payloads itself and counts each panic; a
+    /// batch whose last handle goes elsewhere (a delivery thread, a
+    /// receiver's user) raises one panic after all its payloads are
+    /// dropped, for that holder to catch and count (its payload is the
+    /// number of panicking payloads, a `u64`), unless it is already
+    /// unwinding: then none, rather than an abort.
+    fn drop(&mut self) {
+        let panics = clear_events(&mut self.events);
+        if panics > 0 && !std::thread::panicking() {
+            std::panic::resume_unwind(Box::new(panics));
+        }
+    }
+}
+
 /// One delivered batch: an owned, cheap handle to a sealed window.
 ///
 /// Every subscriber that receives the same window gets a handle to the same
@@ -614,10 +632,39 @@ impl<T> BatchPool<T> {
             inner.set_header(header);
         }
         if self.kept.len() == self.capacity {
-            self.kept.pop_front();
+            if let Some(oldest) = self.kept.pop_front() {
+                self.let_go(oldest);
+            }
         }
         self.kept.push_back(sealed.clone());
         sealed
+    }
+
+    /// Drops the pool's handle to a batch. If it was the last one, the
+    /// payloads are dropped here first, one by one, each `Drop` caught and
+    /// counted: dropping the batch whole would drop its events inside one
+    /// `Vec` drop, where a second panicking payload (while the first one
+    /// unwinds) aborts the process.
+    fn let_go(&mut self, mut sealed: Arc<Sealed<T>>) {
+        if let Some(inner) = Arc::get_mut(&mut sealed) {
+            self.drop_panics += clear_events(&mut inner.events);
+        }
+        // Another holder may let go meanwhile, making this the last handle:
+        // its payloads would drop here, so the drop is caught too.
+        if catch_unwind(AssertUnwindSafe(move || drop(sealed))).is_err() {
+            self.drop_panics += 1;
+        }
+    }
+
+    /// Lets go of every batch the pool keeps (see [`let_go`](Self::let_go)):
+    /// the flusher's last act, so that the payloads the pool alone still
+    /// holds are dropped (and their panics counted) before the final stats.
+    pub(crate) fn clear(&mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        let free = std::mem::take(&mut self.free);
+        for sealed in kept.into_iter().chain(free) {
+            self.let_go(sealed);
+        }
     }
 
     /// Takes back a batch handle the flusher holds (one a queue displaced
@@ -651,11 +698,7 @@ impl<T> BatchPool<T> {
                 return;
             }
         }
-        // Another holder may let go meanwhile, making this the last handle:
-        // its payloads would drop here, so the drop is caught too.
-        if catch_unwind(AssertUnwindSafe(move || drop(sealed))).is_err() {
-            self.drop_panics += 1;
-        }
+        self.let_go(sealed);
     }
 
     /// A cleared batch held by nobody else, and whether it was used before
@@ -711,5 +754,13 @@ impl<T> BatchPool<T> {
     /// Payload drops that panicked while recycling.
     pub(crate) fn drop_panics(&self) -> u64 {
         self.drop_panics
+    }
+}
+
+impl<T> Drop for BatchPool<T> {
+    /// Payloads still in kept batches are dropped one by one (see
+    /// [`BatchPool::let_go`]), never inside a `Vec` drop.
+    fn drop(&mut self) {
+        self.clear();
     }
 }

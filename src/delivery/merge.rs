@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
+use crate::fold::merge_aggregate;
 use crate::intern::EventKey;
 use crate::sync::{lock, Arc, Mutex};
 
@@ -361,31 +362,5 @@ impl<T> Merge<T> {
         // A hash map entry: the key, the position and a control byte.
         let map = self.survivors.capacity() * (std::mem::size_of::<((EventKey, u64), u32)>() + 1);
         (std::mem::size_of::<Self>() + picks + aggs + segs + map) as u64
-    }
-}
-
-/// Merges `from` (a later window's summary of the same name) into `into`,
-/// exactly as if `from`'s readings had been folded into `into`'s window:
-/// the integer sums add exactly (overflowing into the float sum, which
-/// ends exactness, as `fold::numeric` does), first and last by stamp.
-pub(crate) fn merge_aggregate(into: &mut Aggregate, from: &Aggregate) {
-    into.count += from.count;
-    match into.int_sum.checked_add(from.int_sum) {
-        Some(sum) => into.int_sum = sum,
-        None => {
-            into.float_sum += into.int_sum as f64 + from.int_sum as f64;
-            into.int_sum = 0;
-            into.exact = false;
-        }
-    }
-    into.float_sum += from.float_sum;
-    into.exact &= from.exact;
-    into.min = into.min.min(from.min);
-    into.max = into.max.max(from.max);
-    if from.first.1 < into.first.1 {
-        into.first = from.first;
-    }
-    if from.last.1 >= into.last.1 {
-        into.last = from.last;
     }
 }

@@ -749,8 +749,8 @@ impl<T> Queue<T> {
 
     /// Counts a panic outside a callback (a payload `Drop` on the delivery
     /// thread, the subscriber's own `Drop`).
-    pub(crate) fn count_panic(&self) {
-        lock(&self.state).panics += 1;
+    pub(crate) fn count_panics(&self, panics: u64) {
+        lock(&self.state).panics += panics;
     }
 
     /// Closes the queue: the flusher queues nothing more; queued batches

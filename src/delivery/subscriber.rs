@@ -91,13 +91,15 @@ fn run<T>(queue: &Queue<T>, mut subscriber: Box<dyn Subscriber<T>>) {
         // Usually not the last handle (the flusher's pool keeps one), but if
         // it is, the payloads drop here: caught like the callback. (A merged
         // batch's merge goes back to its queue for the next merge.)
-        if catch_unwind(AssertUnwindSafe(move || drop(batch))).is_err() {
-            queue.count_panic();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(batch))) {
+            // A window dropping its payloads raises one panic carrying how
+            // many of their `Drop`s panicked (see `Sealed`'s `Drop`).
+            queue.count_panics(panic.downcast_ref::<u64>().copied().unwrap_or(1));
         }
         queue.finish(windows, events, panicked);
     }
     if catch_unwind(AssertUnwindSafe(move || drop(subscriber))).is_err() {
-        queue.count_panic();
+        queue.count_panics(1);
     }
 }
 

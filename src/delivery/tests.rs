@@ -1163,14 +1163,14 @@ fn aggregates_merge_exactly() {
     };
     let mut a = agg(2, i128::from(u64::MAX), 1.0, 9.0, (9.0, 1), (1.0, 2));
     let b = agg(3, i128::from(u64::MAX), 0.5, 4.0, (4.0, 3), (0.5, 5));
-    super::merge::merge_aggregate(&mut a, &b);
+    crate::fold::merge_aggregate(&mut a, &b);
     assert_eq!(a.count(), 5);
     assert_eq!(a.sum_exact(), Some(2 * i128::from(u64::MAX)));
     assert_eq!((a.min(), a.max()), (0.5, 9.0));
     assert_eq!((a.first().0, a.last().0), (9.0, 0.5));
     // Overflowing the exact sum moves it to the float sum, exactness ends.
     let mut big = agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0));
-    super::merge::merge_aggregate(&mut big, &agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0)));
+    crate::fold::merge_aggregate(&mut big, &agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0)));
     assert_eq!(big.sum_exact(), None);
     assert!(big.sum() > 3.0e38 && big.sum().is_finite());
 }

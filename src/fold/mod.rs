@@ -10,13 +10,19 @@
 //! even under different policies.
 //!
 //! An urgent event closes its prefix's window with the pending events
-//! first, in their documented order, and itself last. Under `latest` it is
+//! first, in their documented order, and itself last. The window is sealed
+//! at the end of the next sweep, not at once (see [`Hold`]): events its
+//! own task published before it from another thread may sit in a ring the
+//! current sweep read before the urgent event's, and they must not come
+//! after it. Under `latest` it is
 //! therefore never folded into a survivor's slot (which would put it in the
 //! middle): a pending survivor of the same (name, sub-key) is superseded,
 //! i.e. removed from the batch and counted as folded, and the urgent event
 //! comes last.
 
 mod numeric;
+
+pub(crate) use numeric::merge as merge_aggregate;
 mod route;
 #[cfg(all(test, not(ringfold_loom)))]
 mod tests;
@@ -34,6 +40,12 @@ use crate::value::Sampler;
 use route::Route;
 use window::{Acc, Fold, Sealed};
 
+/// Most emptied windows and buffers the fold keeps for reuse: windows in
+/// flight at once are far fewer in steady state (one per active prefix per
+/// pass), while a flush of a million prefixes would otherwise leave a
+/// million emptied buffers behind.
+const SPARE: usize = 1024;
+
 /// A window just closed, as `Folder::deliver` hands it over for sealing.
 pub(crate) struct Closed<'a, T> {
     pub(crate) prefix_id: u32,
@@ -50,16 +62,14 @@ pub(crate) struct Closed<'a, T> {
     pub(crate) aggregates: &'a mut Vec<Aggregate>,
 }
 
-/// The window shapes (interval, count) of a prefix's names.
-#[derive(Clone, Copy)]
-enum Shape {
-    /// No name of the prefix routed yet.
-    Unseen,
-    /// Every name routed so far has this interval and count.
-    Uniform(std::time::Duration, usize),
-    /// Names with different windows.
-    Mixed,
-}
+/// The window shapes (interval, count) of a prefix's names, in 4 bytes
+/// (one per prefix ever seen): `UNSEEN` (no name of the prefix routed
+/// yet), `MIXED` (names with different windows), or else the id of the
+/// prefix's first routed name, whose interval and count every name routed
+/// so far shares.
+type Shape = u32;
+const UNSEEN: Shape = u32::MAX;
+const MIXED: Shape = u32::MAX - 1;
 
 /// Accumulators, routes and counters: everything a sweep folds into.
 pub(crate) struct Folder<T> {
@@ -80,8 +90,13 @@ pub(crate) struct Folder<T> {
     sealed_times: Vec<(Instant, Instant)>,
     /// By prefix id: when its open window took its first event.
     opened: Vec<Instant>,
-    /// Emptied buffers for the next windows.
+    /// Emptied sealed windows, for reuse (at most `SPARE`).
     spare: Vec<Sealed<T>>,
+    /// Emptied event and aggregate buffers, for the next windows to open
+    /// (at most `SPARE` each): a closed window holds none, so an idle
+    /// prefix costs no buffer (see `emit`).
+    buffers: Vec<Vec<Event<T>>>,
+    agg_buffers: Vec<Vec<Aggregate>>,
     /// Counters of closed windows; `publish_report` adds the open ones.
     report: Report,
     sampler: Option<Sampler<T>>,
@@ -100,6 +115,68 @@ pub(crate) struct Folder<T> {
     /// (a `latest` value replaced, an aggregated reading's payload): caught
     /// and counted, never a dead flusher.
     drop_panics: u64,
+    /// The ring being drained (`set_source`): a hold keeps the later events
+    /// of its urgent event's own ring out of the held window.
+    source: usize,
+    /// Windows closed by an urgent event, waiting for one more sweep.
+    holds: Vec<Hold<T>>,
+    /// The sweep that took the event being folded: `sweep`, except while
+    /// a hold's deferred events are folded again (see `release`).
+    taken_in: u64,
+    /// Emptied holds, for reuse.
+    spare_holds: Vec<Hold<T>>,
+}
+
+/// A window an urgent event closed, held open until the end of the sweep
+/// after the one that took the urgent event, then sealed with the urgent
+/// event(s) last (`Folder::end_sweep`).
+///
+/// Why: a task that moves between threads (an async task) leaves its
+/// earlier events in other threads' rings. An event that happened before
+/// one a sweep took is visible to the flusher by its next sweep (the
+/// sweep's Acquire load of the urgent event's ring tail orders every later
+/// load of the other rings' tails after it; the same argument as `latest`'s
+/// guard, `window::Acc::guard_survivors`), so by then every event the
+/// urgent event's task published before it is in the window. Sealing at
+/// once let the urgent event overtake them (issue 19).
+///
+/// While held, the window keeps taking events of its prefix from other
+/// rings (they go before the urgent event: published before it, or
+/// concurrently); events from a ring that gave an urgent event to the hold
+/// are published after it and wait in `after` for the next window, as do
+/// `latest` events of an urgent event's key that are not older than it.
+/// The cost: an urgent batch is sealed one flusher pass later (the flusher
+/// does not sleep while a hold is pending), and a held window may exceed
+/// its count bound by what arrives during that pass.
+struct Hold<T> {
+    pid: u32,
+    /// Sealed at the end of this sweep.
+    until: u64,
+    /// The window's count bound before the hold (the hold sets it to 0 so
+    /// that the fast path of `take` calls out, see `Folder::emit_full`).
+    max_count: usize,
+    /// Rings (`Folder::source`) whose later events of this prefix belong
+    /// after the urgent event.
+    sources: Vec<usize>,
+    /// Urgent events (kept or `latest`), in arrival order: they end the
+    /// batch.
+    tail: Vec<Event<T>>,
+    /// Events for the next window, with their ring and the sweep that took
+    /// them, in arrival order.
+    after: Vec<(usize, u64, Decoded<T>)>,
+}
+
+impl<T> Default for Hold<T> {
+    fn default() -> Self {
+        Hold {
+            pid: 0,
+            until: 0,
+            max_count: usize::MAX,
+            sources: Vec::new(),
+            tail: Vec::new(),
+            after: Vec::new(),
+        }
+    }
 }
 
 impl<T> Folder<T> {
@@ -117,6 +194,8 @@ impl<T> Folder<T> {
             sealed_times: Vec::new(),
             opened: Vec::new(),
             spare: Vec::new(),
+            buffers: Vec::new(),
+            agg_buffers: Vec::new(),
             report: Report::default(),
             sampler,
             epoch,
@@ -125,6 +204,10 @@ impl<T> Folder<T> {
             now_nanos: 0,
             drop_panics: 0,
             sweep: 0,
+            source: 0,
+            holds: Vec::new(),
+            spare_holds: Vec::new(),
+            taken_in: 0,
         };
         folder.set_now(now);
         folder
@@ -138,12 +221,126 @@ impl<T> Folder<T> {
     /// next sweep; see `window::Acc::guard_survivors`).
     pub(crate) fn set_now(&mut self, now: Instant) {
         self.sweep += 1;
+        self.taken_in = self.sweep;
         self.now = now;
         self.now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
     }
 
     pub(crate) fn now(&self) -> Instant {
         self.now
+    }
+
+    /// The ring whose events `take` gets next, as an opaque id (the
+    /// flusher uses its lane's address): set before each drain.
+    #[inline]
+    pub(crate) fn set_source(&mut self, source: usize) {
+        self.source = source;
+    }
+
+    /// Some urgent window waits for the end of a sweep (see [`Hold`]): the
+    /// flusher must sweep again rather than sleep.
+    pub(crate) fn holding(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// The end of a sweep: seals the windows held since the previous sweep
+    /// (see [`Hold`]), or every held window if `all` (flush, shutdown: the
+    /// caller swept after the held events arrived).
+    pub(crate) fn end_sweep(&mut self, all: bool) {
+        let mut i = 0;
+        while i < self.holds.len() {
+            if all || self.holds[i].until <= self.sweep {
+                let hold = self.holds.swap_remove(i);
+                self.release(hold);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Seals a held window, the urgent events last, then takes the events
+    /// that waited for the next window (which may start another hold).
+    #[cold]
+    fn release(&mut self, mut hold: Hold<T>) {
+        let pid = hold.pid as usize;
+        let acc = &mut self.accs[pid];
+        acc.held = false;
+        acc.max_count = hold.max_count;
+        acc.events.append(&mut hold.tail);
+        self.emit(pid, BatchReason::Urgent);
+        let source = self.source;
+        for (from, sweep, event) in hold.after.drain(..) {
+            self.source = from;
+            // An urgent event among them waits for the end of the sweep
+            // after the one that took it, as if taken then: often already
+            // over (its hold is then released by the same `end_sweep`).
+            self.taken_in = sweep;
+            if let Some(route) = self.routes.get(event.name_id as usize).copied() {
+                self.take_general(event, route);
+            }
+        }
+        self.source = source;
+        self.taken_in = self.sweep;
+        hold.sources.clear();
+        self.spare_holds.push(hold);
+    }
+
+    /// The index in `holds` of prefix `pid`'s hold, started (the window's
+    /// count bound saved) if there is none, for an urgent event from the
+    /// current source: `until` moves to the end of the next sweep, and the
+    /// source's later events of the prefix will wait for the next window.
+    fn hold(&mut self, pid: usize) -> usize {
+        let at = match self.holds.iter().position(|h| h.pid as usize == pid) {
+            Some(at) => at,
+            None => {
+                let acc = &mut self.accs[pid];
+                let mut hold = self.spare_holds.pop().unwrap_or_default();
+                hold.pid = pid as u32;
+                hold.until = 0;
+                hold.max_count = acc.max_count;
+                acc.max_count = 0;
+                acc.held = true;
+                self.holds.push(hold);
+                self.holds.len() - 1
+            }
+        };
+        let hold = &mut self.holds[at];
+        hold.until = hold.until.max(self.taken_in + 1);
+        if !hold.sources.contains(&self.source) {
+            hold.sources.push(self.source);
+        }
+        at
+    }
+
+    /// A held prefix `pid` takes an event: true (and the event kept for
+    /// the next window) if it belongs after the urgent event (see [`Hold`]).
+    #[cold]
+    fn defer(&mut self, pid: usize, event: Decoded<T>, fold: Fold) -> Option<Decoded<T>> {
+        let source = self.source;
+        let nanos = event.stamp.unwrap_or(self.now_nanos);
+        let Some(hold) = self.holds.iter_mut().find(|h| h.pid as usize == pid) else {
+            return Some(event);
+        };
+        let after = hold.sources.contains(&source)
+            || (fold == Fold::Latest
+                && self.accs[pid].latest_defers(event.name_id, event.sub_key, nanos));
+        if !after {
+            return Some(event);
+        }
+        if !hold.sources.contains(&source) {
+            // Its ring's later events of the prefix follow it.
+            hold.sources.push(source);
+        }
+        // Taken now: keeps its take time (or publish stamp) when folded.
+        hold.after.push((
+            source,
+            self.taken_in,
+            Decoded {
+                stamp: Some(nanos),
+                ..event
+            },
+        ));
+        None
     }
 
     /// Payload `Drop`s that panicked in the fold (see `drop_panics`).
@@ -182,19 +379,22 @@ impl<T> Folder<T> {
         let route = self.routes[id];
         let pid = route.prefix as usize;
         if self.shapes.len() <= pid {
-            self.shapes.resize(pid + 1, Shape::Unseen);
+            self.shapes.resize(pid + 1, UNSEEN);
         }
         let shape = (route.interval, route.max_count);
         match self.shapes[pid] {
-            Shape::Unseen => self.shapes[pid] = Shape::Uniform(shape.0, shape.1),
-            Shape::Uniform(i, m) if (i, m) == shape => {}
-            Shape::Uniform(..) => {
-                self.shapes[pid] = Shape::Mixed;
-                for r in self.routes.iter_mut().filter(|r| r.prefix == route.prefix) {
-                    r.simple = false;
+            // Ids stay below 2^30 (`record::MAX_NAMES`): never `MIXED`.
+            UNSEEN => self.shapes[pid] = id as Shape,
+            MIXED => self.routes[id].simple = false,
+            first => {
+                let first = &self.routes[first as usize];
+                if (first.interval, first.max_count) != shape {
+                    self.shapes[pid] = MIXED;
+                    for r in self.routes.iter_mut().filter(|r| r.prefix == route.prefix) {
+                        r.simple = false;
+                    }
                 }
             }
-            Shape::Mixed => self.routes[id].simple = false,
         }
     }
 
@@ -263,6 +463,7 @@ impl<T> Folder<T> {
                 self.now,
                 &mut self.opened[pid],
                 &mut self.pending,
+                &mut self.buffers,
             );
         }
         acc.taken += 1;
@@ -286,12 +487,48 @@ impl<T> Folder<T> {
         }
     }
 
-    /// Name `id`'s event filled its prefix's window: seal it.
+    /// Name `id`'s event filled its prefix's window: seal it. Also where
+    /// `take`'s fast path lands for every event of a held window (whose
+    /// count bound is 0): the event just pushed moves to the next window
+    /// if it belongs after the urgent event (see [`Hold`]).
     #[inline(never)]
     fn emit_full(&mut self, id: usize) {
         let route = &self.routes[id];
         let (pid, reason) = (route.prefix as usize, route.count_reason);
+        if self.accs[pid].held {
+            return self.fast_path_held(pid, id);
+        }
         self.emit(pid, reason);
+    }
+
+    /// `take`'s fast path pushed an event of name `id` into held window
+    /// `pid`: taken back out and deferred if it belongs after the urgent
+    /// event.
+    #[cold]
+    fn fast_path_held(&mut self, pid: usize, id: usize) {
+        let source = self.source;
+        let Some(hold) = self.holds.iter_mut().find(|h| h.pid as usize == pid) else {
+            return;
+        };
+        if !hold.sources.contains(&source) {
+            return;
+        }
+        let acc = &mut self.accs[pid];
+        let Some(event) = acc.events.pop() else {
+            return;
+        };
+        acc.taken -= 1;
+        hold.after.push((
+            source,
+            self.taken_in,
+            Decoded {
+                name_id: id as u32,
+                urgent: false,
+                sub_key: event.sub_key,
+                stamp: Some(event.nanos),
+                payload: event.payload,
+            },
+        ));
     }
 
     /// Every case of `take`: any policy, urgent events, prefixes whose
@@ -299,6 +536,14 @@ impl<T> Folder<T> {
     #[inline(never)]
     fn take_general(&mut self, event: Decoded<T>, route: Route) {
         let pid = route.prefix as usize;
+        let event = if self.accs[pid].held {
+            match self.defer(pid, event, route.fold) {
+                Some(event) => event,
+                None => return,
+            }
+        } else {
+            event
+        };
         let nanos = event.stamp.unwrap_or(self.now_nanos);
         let acc = &mut self.accs[pid];
         if acc.taken == 0 {
@@ -310,10 +555,14 @@ impl<T> Folder<T> {
                 acc.queued = true;
                 self.pending.push(pid as u32);
             }
+            if acc.events.capacity() == 0 {
+                acc.events = self.buffers.pop().unwrap_or_default();
+            }
         } else if route.interval < acc.interval || route.max_count < acc.max_count {
             // Only when a prefix mixes policies. The deadline is the minimum
             // of `now + interval` over the window's events; `now` never
-            // decreases, so only a shorter interval can lower it.
+            // decreases, so only a shorter interval can lower it. (A held
+            // window's count bound is 0 and its count no longer matters.)
             if route.interval < acc.interval {
                 acc.interval = route.interval;
                 acc.deadline = acc.deadline.min(self.now + route.interval);
@@ -321,32 +570,43 @@ impl<T> Folder<T> {
             acc.max_count = acc.max_count.min(route.max_count);
         }
         acc.taken += 1;
+        // An urgent event starts (or extends) its window's hold; kept and
+        // `latest` urgent events wait in the hold's tail.
         let urgent = route.urgent || event.urgent;
+        let hold = urgent.then(|| self.hold(pid));
+        let acc = &mut self.accs[pid];
         let folded = Event {
             meta: route.meta,
             sub_key: event.sub_key,
             nanos,
             payload: event.payload,
         };
-        match route.fold {
-            Fold::Keep => acc.events.push(folded),
-            Fold::Latest if urgent => {
-                acc.fold_latest_urgent(event.name_id, folded, self.sweep, &mut self.drop_panics)
-            }
-            Fold::Latest => {
+        match (route.fold, hold) {
+            (Fold::Keep, Some(h)) => self.holds[h].tail.push(folded),
+            (Fold::Keep, None) => acc.events.push(folded),
+            (Fold::Latest, Some(h)) => acc.fold_latest_urgent(
+                event.name_id,
+                folded,
+                self.sweep,
+                &mut self.drop_panics,
+                &mut self.holds[h].tail,
+            ),
+            (Fold::Latest, None) => {
                 acc.fold_latest(event.name_id, folded, self.sweep, &mut self.drop_panics)
             }
-            Fold::Aggregate => {
+            (Fold::Aggregate, _) => {
+                if acc.aggregates.capacity() == 0 {
+                    acc.aggregates = self.agg_buffers.pop().unwrap_or_default();
+                }
                 if !acc.fold_aggregate(self.sampler, folded, &mut self.drop_panics) {
                     self.report.not_numeric += 1;
                     self.report.prefixes[pid].dropped += 1;
                 }
             }
         }
-        let full = acc.taken >= acc.max_count;
-        if urgent {
-            self.emit(pid, BatchReason::Urgent);
-        } else if full {
+        // A held window (an urgent one among them) is sealed by
+        // `end_sweep`; `emit` passes it over.
+        if acc.taken >= acc.max_count {
             self.emit(pid, route.count_reason);
         }
     }
@@ -360,12 +620,21 @@ impl<T> Folder<T> {
         let Some(acc) = self.accs.get_mut(pid) else {
             return;
         };
-        if acc.taken == 0 {
+        if acc.taken == 0 || acc.held {
             return;
         }
+        // The window's buffers go with it; the spare's emptied ones wait
+        // for the next window to open (see `buffers`).
         let mut spare = self.spare.pop().unwrap_or_default();
-        std::mem::swap(&mut spare.events, &mut acc.events);
-        std::mem::swap(&mut spare.aggregates, &mut acc.aggregates);
+        let events = std::mem::replace(&mut spare.events, std::mem::take(&mut acc.events));
+        let aggregates =
+            std::mem::replace(&mut spare.aggregates, std::mem::take(&mut acc.aggregates));
+        if events.capacity() > 0 && self.buffers.len() < SPARE {
+            self.buffers.push(events);
+        }
+        if aggregates.capacity() > 0 && self.agg_buffers.len() < SPARE {
+            self.agg_buffers.push(aggregates);
+        }
         spare.pid = pid;
         spare.reason = reason;
         spare.folded = acc.folded;
@@ -418,7 +687,15 @@ impl<T> Folder<T> {
             // case it did not.
             sealed.events.clear();
             sealed.aggregates.clear();
-            self.spare.push(sealed);
+            if self.spare.len() < SPARE {
+                self.spare.push(sealed);
+            }
+        }
+        // A flush of many prefixes seals a window each at once: the lists
+        // do not keep that size.
+        if self.sealed.capacity() > SPARE {
+            self.sealed.shrink_to(SPARE);
+            self.sealed_times.shrink_to(SPARE);
         }
         self.dirty = true;
     }
@@ -439,6 +716,8 @@ impl<T> Folder<T> {
     /// Seals every pending prefix (flush, shutdown), optionally only those
     /// matching one of `filter`'s patterns.
     pub(crate) fn emit_all(&mut self, reason: BatchReason, filter: Option<&[Pattern]>) {
+        // Urgent windows first, whatever the filter: they are due.
+        self.end_sweep(true);
         for i in 0..self.pending.len() {
             let pid = self.pending[i] as usize;
             let selected = filter.is_none_or(|patterns| {
@@ -492,6 +771,12 @@ impl<T> Folder<T> {
             into.accumulated += acc.held();
             into.prefixes[pid as usize].received += acc.taken as u64;
         }
+        // Events a hold keeps for the next window.
+        for hold in &self.holds {
+            let n = hold.after.len() as u64;
+            into.accumulated += n;
+            into.prefixes[hold.pid as usize].received += n;
+        }
     }
 }
 
@@ -506,7 +791,11 @@ fn open_window<T>(
     now: Instant,
     opened: &mut Instant,
     pending: &mut Vec<u32>,
+    buffers: &mut Vec<Vec<Event<T>>>,
 ) {
+    if acc.events.capacity() == 0 {
+        acc.events = buffers.pop().unwrap_or_default();
+    }
     *opened = now;
     acc.deadline = now + route.interval;
     acc.interval = route.interval;

@@ -15,10 +15,15 @@
 //!   the aggregate stops claiming exactness: no panic, no wrap.
 //! * `min`, `max`, `first` and `last` are `f64` (integers beyond 2^53
 //!   rounded).
+//! * The float sum is kept scaled by 2^-64 (`scaled`), so it stays finite
+//!   for any count of finite readings and `mean()` never overflows (the
+//!   mean of `[f64::MAX, f64::MAX]` was infinite). Scaling by a power of
+//!   two is exact; only readings below 2^-958 in magnitude (about 4e-289)
+//!   lose bits, as subnormals, in that sum.
 
 use std::time::Instant;
 
-use crate::event::{Aggregate, InternedStr};
+use crate::event::{Aggregate, InternedStr, FLOAT_SUM_SHIFT};
 use crate::intern::EventKey;
 use crate::value::Number;
 
@@ -61,7 +66,7 @@ pub(super) fn add(agg: &mut Aggregate, n: Number, at: Instant) {
             i as f64
         }
         Number::Float(f) => {
-            agg.float_sum += f;
+            agg.float_sum += scaled(f);
             agg.exact = false;
             f
         }
@@ -71,12 +76,44 @@ pub(super) fn add(agg: &mut Aggregate, n: Number, at: Instant) {
     agg.last = (v, at);
 }
 
+/// `v` as `Aggregate::float_sum` holds it: times 2^-FLOAT_SUM_SHIFT.
+#[inline]
+fn scaled(v: f64) -> f64 {
+    // A power of two, so exact (bar subnormal results); `powi` of 2 is
+    // exact too.
+    v * 2f64.powi(-FLOAT_SUM_SHIFT)
+}
+
 /// The exact integer sum would overflow: fold it into the float sum.
 #[cold]
 fn overflow(agg: &mut Aggregate, i: i128) {
-    agg.float_sum += agg.int_sum as f64 + i as f64;
+    agg.float_sum += scaled(agg.int_sum as f64) + scaled(i as f64);
     agg.int_sum = 0;
     agg.exact = false;
+}
+
+/// Merges `from` (a later window's summary of the same name) into `into`,
+/// exactly as if `from`'s readings had been folded into `into`'s window:
+/// the integer sums add exactly (overflowing into the float sum, which
+/// ends exactness, as `add` does), the float sums add in their scaled form,
+/// first and last by stamp. A lagging subscriber's queue merges windows
+/// with it (`delivery::merge`).
+pub(crate) fn merge(into: &mut Aggregate, from: &Aggregate) {
+    into.count += from.count;
+    match into.int_sum.checked_add(from.int_sum) {
+        Some(sum) => into.int_sum = sum,
+        None => overflow(into, from.int_sum),
+    }
+    into.float_sum += from.float_sum;
+    into.exact &= from.exact;
+    into.min = into.min.min(from.min);
+    into.max = into.max.max(from.max);
+    if from.first.1 < into.first.1 {
+        into.first = from.first;
+    }
+    if from.last.1 >= into.last.1 {
+        into.last = from.last;
+    }
 }
 
 #[cfg(all(test, not(ringfold_loom)))]
@@ -116,6 +153,26 @@ mod tests {
         let a = agg(&[Number::Int(i128::MAX), Number::Int(i128::MAX)]);
         assert_eq!(a.sum_exact(), None);
         assert_eq!(a.sum(), 2.0 * i128::MAX as f64);
+    }
+
+    #[test]
+    fn the_mean_of_huge_readings_does_not_overflow() {
+        let max = Number::Float(f64::MAX);
+        let a = agg(&[max, max]);
+        assert_eq!(a.mean(), f64::MAX);
+        assert_eq!(a.sum(), f64::INFINITY, "the true sum is beyond f64");
+        let a = agg(&[max, Number::Float(-f64::MAX)]);
+        assert_eq!((a.mean(), a.sum()), (0.0, 0.0));
+        let a = agg(&[max, Number::Float(f64::MAX / 2.0)]);
+        assert_eq!(a.mean(), f64::MAX / 4.0 * 3.0);
+        let a = agg(&[max; 1000]);
+        assert_eq!(a.mean(), f64::MAX);
+        // Integers and floats together, and an ordinary mean unchanged.
+        let a = agg(&[Number::Int(1), Number::Float(2.5), Number::Int(3)]);
+        assert_eq!((a.mean(), a.sum()), (6.5 / 3.0, 6.5));
+        let a = agg(&[Number::Float(0.1), Number::Float(0.2)]);
+        assert_eq!(a.sum(), 0.1 + 0.2);
+        assert_eq!(a.mean(), (0.1 + 0.2) / 2.0);
     }
 
     #[test]

@@ -111,6 +111,14 @@ impl Rig {
         self.delivered()
     }
 
+    /// The next sweep, at the same time: seals the urgent windows held
+    /// since the previous one (see `fold::Hold`).
+    fn next_sweep(&mut self) -> Vec<Seen> {
+        self.folder.set_now(self.folder.now());
+        self.folder.end_sweep(false);
+        self.delivered()
+    }
+
     fn delivered(&mut self) -> Vec<Seen> {
         let mut seen = Vec::new();
         self.folder.deliver(|batch| {
@@ -247,7 +255,8 @@ fn urgent_closes_the_window_after_earlier_events() {
     );
     rig.take("data:t:x", 0, 1);
     rig.take("data:t:alarm", 0, 2);
-    let seen = rig.delivered();
+    assert_eq!(rig.delivered(), vec![], "held until the next sweep");
+    let seen = rig.next_sweep();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].reason, BatchReason::Urgent);
     assert_eq!(
@@ -257,7 +266,7 @@ fn urgent_closes_the_window_after_earlier_events() {
     // An event published urgent (publish_urgent) does the same.
     rig.take("data:t:x", 0, 3);
     rig.take_event("data:t:x", 0, true, 4);
-    let seen = rig.delivered();
+    let seen = rig.next_sweep();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].reason, BatchReason::Urgent);
     assert_eq!(seen[0].events, vec![ev("data:t:x", 3), ev("data:t:x", 4)]);
@@ -295,7 +304,7 @@ fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
     rig.take("chat:s1:delta", 7, 4);
     // Urgent, same (name, sub-key) as the first survivor.
     rig.take_event("chat:s1:delta", 7, true, 5);
-    let seen = rig.delivered();
+    let seen = rig.next_sweep();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].reason, BatchReason::Urgent);
     assert_eq!(
@@ -309,7 +318,7 @@ fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
     rig.take("chat:s1:delta", 8, 13);
     rig.take("chat:s1:delta", 8, 14);
     rig.take("chat:s1:finished", 0, 15);
-    let seen = rig.delivered();
+    let seen = rig.next_sweep();
     assert_eq!(seen.len(), 1);
     assert_eq!(
         seen[0].events,
@@ -318,7 +327,7 @@ fn an_urgent_latest_event_supersedes_its_survivor_and_comes_last() {
     // No survivor of the urgent key: the urgent event simply comes last.
     rig.take("chat:s1:delta", 1, 20);
     rig.take_event("chat:s1:delta", 2, true, 21);
-    assert_eq!(rig.delivered()[0].events, vec![delta(1, 20), delta(2, 21)]);
+    assert_eq!(rig.next_sweep()[0].events, vec![delta(1, 20), delta(2, 21)]);
     let mut report = Default::default();
     rig.folder.publish_report(&mut report);
     assert_eq!(report.folded, 3);
@@ -376,7 +385,7 @@ fn an_urgent_latest_event_older_than_its_survivor_is_stale() {
     // Published urgent before 2, arrived after it: stale, folded; the
     // window still closes at once.
     rig.take_decoded(d, 7, true, Some(10), 1);
-    let seen = rig.delivered();
+    let seen = rig.next_sweep();
     assert_eq!(seen[0].reason, BatchReason::Urgent);
     assert_eq!(
         seen[0].events,
@@ -386,8 +395,8 @@ fn an_urgent_latest_event_older_than_its_survivor_is_stale() {
     // A newer urgent event supersedes and guards like any survivor.
     rig.take_stamped(d, 7, 30, 4);
     rig.take_decoded(d, 7, true, Some(31), 5);
-    assert_eq!(rig.delivered()[0].events, vec![(d.to_owned(), 7, 5)]);
-    rig.take_stamped(d, 7, 29, 6); // straggler in the same sweep
+    assert_eq!(rig.next_sweep()[0].events, vec![(d.to_owned(), 7, 5)]);
+    rig.take_stamped(d, 7, 29, 6); // straggler in the sweep after
     assert_eq!(rig.at(10 * MS), vec![]);
 }
 
@@ -471,4 +480,75 @@ fn flush_with_a_filter_closes_only_matching_prefixes() {
     assert_eq!(seen[0].name, "data:a:batch");
     assert_eq!(seen[0].reason, BatchReason::Flush);
     assert_eq!(rig.folder.next_deadline(), Some(rig.t0 + 50 * MS));
+}
+
+/// Issue 19: an urgent window waits one more sweep, so events its task
+/// published earlier from another thread (another ring, read earlier in
+/// the sweep) still come before it; events from the urgent event's own
+/// ring after it go to the next window, whatever path they take.
+#[test]
+fn an_urgent_window_waits_a_sweep_for_other_rings_and_defers_its_own() {
+    let mut rig = Rig::new(
+        &[
+            ("data:*", Policy::batch(10 * MS, 100)),
+            ("chat:*", Policy::latest(10 * MS, 100)),
+        ],
+        &["data:t:alarm", "chat:*:finished"],
+    );
+    let (ring_a, ring_b) = (1, 2);
+    rig.folder.set_source(ring_a);
+    rig.take("data:t:x", 0, 1);
+    rig.folder.set_source(ring_b);
+    rig.take("data:t:alarm", 0, 2);
+    // Ring B after the urgent event (fast path): the next window.
+    rig.take("data:t:x", 0, 3);
+    // Ring A, read again in the next sweep: a straggler, before the alarm.
+    rig.folder.set_source(ring_a);
+    rig.take("data:t:x", 0, 4);
+    assert_eq!(rig.delivered(), vec![]);
+    let seen = rig.next_sweep();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    assert_eq!(
+        seen[0].events,
+        vec![ev("data:t:x", 1), ev("data:t:x", 4), ev("data:t:alarm", 2)]
+    );
+    // The deferred event opened the next window.
+    let seen = rig.at(10 * MS);
+    assert_eq!(seen[0].events, vec![ev("data:t:x", 3)]);
+
+    // `latest`: a newer value of the urgent event's key from another ring
+    // belongs after it; an older one is folded away; other keys join.
+    let d = "chat:s1:delta";
+    rig.folder.set_source(ring_b);
+    rig.take_stamped(d, 1, 100, 10);
+    rig.take_decoded(d, 1, true, Some(110), 11);
+    rig.folder.set_source(ring_a);
+    rig.take_stamped(d, 2, 90, 14); // another key: before the urgent one
+    rig.take_stamped(d, 1, 105, 12); // older: stale
+    rig.take_stamped(d, 1, 120, 13); // newer: next window
+    rig.take_stamped(d, 2, 95, 15); // ring A after 13: next window too
+    let seen = rig.next_sweep();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].events,
+        vec![(d.to_owned(), 2, 14), (d.to_owned(), 1, 11)]
+    );
+    assert_eq!(seen[0].folded, 2, "10 superseded by 11; 12 stale");
+    let seen = rig.at(20 * MS);
+    assert_eq!(
+        seen[0].events,
+        vec![(d.to_owned(), 1, 13), (d.to_owned(), 2, 15)]
+    );
+
+    // A flush seals a held window at once (the flusher swept first).
+    rig.take("data:t:alarm", 0, 20);
+    rig.folder.emit_all(BatchReason::Flush, None);
+    let seen = rig.delivered();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].reason, BatchReason::Urgent);
+    // Nothing is held, lost or counted twice.
+    let mut report = Default::default();
+    rig.folder.publish_report(&mut report);
+    assert_eq!((report.sealed, report.accumulated), (9, 0));
 }

@@ -37,7 +37,7 @@
 use std::sync::Arc as StdArc;
 use std::time::Instant;
 
-use ahash::{AHashMap, RandomState};
+use ahash::RandomState;
 
 mod arena;
 mod index;
@@ -211,8 +211,13 @@ pub(crate) struct PrefixInfo {
 
 /// What the writer lock guards besides the right to push.
 struct Writer {
-    /// Prefix string to id; only writers look prefixes up by string.
-    prefix_ids: AHashMap<StdArc<str>, u32>,
+    /// Prefix string to id, for writers only: an open-addressing table like
+    /// the name index (`hash tag << 32 | id + 1`, 0 = empty, linear probes,
+    /// at most half full), whose strings are the prefix arena's own. Plain
+    /// words behind the lock: 8 bytes a slot, about 17 per prefix, where a
+    /// map keyed by a second handle to each string took about 50 (issue 19:
+    /// a million prefixes).
+    prefix_slots: Vec<u64>,
 }
 
 /// Name and prefix storage, shared with every [`Keepalive`].
@@ -303,7 +308,7 @@ impl Interner {
             index: SnapshotCell::new(Arc::new(Index::from_slots(vec![0; MIN_INDEX]))),
             hasher: new_hasher(),
             writer: Mutex::new(Writer {
-                prefix_ids: AHashMap::new(),
+                prefix_slots: vec![0; MIN_INDEX],
             }),
             policies,
             max_names: max_names.min(MAX_IDS),
@@ -455,8 +460,9 @@ impl Interner {
                 limit: self.max_names,
             });
         }
-        let prefix_id = match writer.prefix_ids.get(prefix) {
-            Some(&id) => id,
+        let prefix_hash = self.hasher.hash_one(prefix);
+        let prefix_id = match self.find_prefix(&writer.prefix_slots, prefix, prefix_hash) {
+            Some(id) => id,
             None => {
                 let prefix: StdArc<str> = prefix.into();
                 let info = PrefixInfo {
@@ -472,7 +478,7 @@ impl Interner {
                         limit: self.max_names,
                     });
                 };
-                writer.prefix_ids.insert(prefix, id as u32);
+                self.prefix_slots_insert(&mut writer.prefix_slots, prefix_hash, id);
                 id as u32
             }
         };
@@ -516,6 +522,47 @@ impl Interner {
         };
         debug_assert_eq!(pushed, Some(id));
         Ok(key)
+    }
+
+    /// Writer only: the id of `prefix` (hashed `hash`), if interned.
+    fn find_prefix(&self, slots: &[u64], prefix: &str, hash: u64) -> Option<u32> {
+        let mask = slots.len() - 1;
+        let mut pos = hash as usize & mask;
+        // Ends: the table is kept at most half full.
+        loop {
+            let slot = slots[pos];
+            if slot == 0 {
+                return None;
+            }
+            if slot & TAG == hash & TAG {
+                let id = (slot as u32).wrapping_sub(1);
+                if self
+                    .store
+                    .prefixes
+                    .get(id as usize)
+                    .is_some_and(|p| *p.prefix == *prefix)
+                {
+                    return Some(id);
+                }
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// Writer only: records prefix `id` (just pushed) with hash `hash`,
+    /// doubling the table first if it would pass half full (rehashing every
+    /// prefix: amortised O(1) per prefix).
+    fn prefix_slots_insert(&self, slots: &mut Vec<u64>, hash: u64, id: usize) {
+        if (id + 1) * 2 > slots.len() {
+            let mut grown = vec![0; slots.len() * 2];
+            for old in 0..id {
+                if let Some(p) = self.store.prefixes.get(old) {
+                    place(&mut grown, self.hasher.hash_one(&*p.prefix), old);
+                }
+            }
+            *slots = grown;
+        }
+        place(slots, hash, id);
     }
 
     /// Writer only (lock held): records that name `id` (not yet published)
