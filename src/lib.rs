@@ -24,6 +24,8 @@ pub mod gpu;
 mod intern;
 mod lane;
 mod local;
+#[cfg(feature = "nats")]
+pub mod nats;
 // `ringfold_loom`, not the conventional `loom`: a downstream crate running
 // its own loom tests (`--cfg loom`) must not switch ringfold into model
 // mode, whose primitives only work inside `loom::model`.
@@ -39,6 +41,8 @@ mod state;
 mod stats;
 mod sync;
 mod value;
+#[cfg(feature = "serde")]
+pub mod wire;
 
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
