@@ -481,6 +481,7 @@ impl<T: Serialize + Send + Sync + 'static> SinkTask<T> {
         };
         let mut closed = false;
         let mut fatal: Option<Error> = None;
+        let mut ensuring: Option<tokio::task::JoinHandle<Result<(), Ensure>>> = None;
 
         loop {
             // Start what the state and the in-flight bound allow.
@@ -536,29 +537,41 @@ impl<T: Serialize + Send + Sync + 'static> SinkTask<T> {
                     if let Ok(mut s) = shared.subscriber.lock() {
                         *s = Some(receiver.stats());
                     }
-                    if let State::Pending { next_try, backoff } = state {
-                        if Instant::now() >= next_try {
-                            match ensure_stream(&js, &config).await {
-                                Ok(()) => {
-                                    c.stream_ready.store(true, Relaxed);
-                                    state = State::Ready;
-                                    startup.report(Ok(()));
-                                }
-                                Err(Ensure::Transient(e)) => {
-                                    shared.note_error(&e);
-                                    state = State::Pending {
-                                        next_try: Instant::now() + backoff,
-                                        backoff: (backoff * 2).min(config.backoff_max),
-                                    };
-                                }
-                                Err(Ensure::Fatal(e)) => {
-                                    shared.note_error(&e);
-                                    state = State::Fatal;
-                                    if let Some(e) = startup.report(Err(e)) {
-                                        fatal = Some(e);
-                                        break;
-                                    }
-                                }
+                    if let State::Pending { next_try, .. } = state {
+                        if ensuring.is_none() && Instant::now() >= next_try {
+                            let js = js.clone();
+                            let config = config.clone();
+                            ensuring = Some(tokio::spawn(async move {
+                                ensure_stream(&js, &config).await
+                            }));
+                        }
+                    }
+                }
+                // The stream check runs beside the loop, which goes on
+                // taking batches meanwhile.
+                verdict = async { ensuring.as_mut().expect("guarded").await }, if ensuring.is_some() => {
+                    ensuring = None;
+                    let verdict = verdict.unwrap_or_else(|e| Err(Ensure::Transient(e.to_string())));
+                    let State::Pending { backoff, .. } = state else { continue };
+                    match verdict {
+                        Ok(()) => {
+                            c.stream_ready.store(true, Relaxed);
+                            state = State::Ready;
+                            startup.report(Ok(()));
+                        }
+                        Err(Ensure::Transient(e)) => {
+                            shared.note_error(&e);
+                            state = State::Pending {
+                                next_try: Instant::now() + backoff,
+                                backoff: (backoff * 2).min(config.backoff_max),
+                            };
+                        }
+                        Err(Ensure::Fatal(e)) => {
+                            shared.note_error(&e);
+                            state = State::Fatal;
+                            if let Some(e) = startup.report(Err(e)) {
+                                fatal = Some(e);
+                                break;
                             }
                         }
                     }
@@ -575,6 +588,9 @@ impl<T: Serialize + Send + Sync + 'static> SinkTask<T> {
         c.abandoned.fetch_add(backlog.len() as u64, Relaxed);
         backlog.clear();
         c.backlog.store(0, Relaxed);
+        if let Some(check) = ensuring.take() {
+            check.abort();
+        }
         c.in_flight.store(tasks.len() as u64, Relaxed);
         c.connected.store(
             client.connection_state() == async_nats::connection::State::Connected,
@@ -584,8 +600,15 @@ impl<T: Serialize + Send + Sync + 'static> SinkTask<T> {
             *s = Some(receiver.stats());
         }
         drop(receiver);
-        // Flush the connection's buffer (acks are in already).
-        let _ = tokio::time::timeout(config.attempt_timeout, client.flush()).await;
+        // Flush the connection's buffer (acks are in already), within what
+        // is left of a shutdown's time.
+        let left = match *stop.borrow() {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => config.attempt_timeout,
+        };
+        if !left.is_zero() && c.connected.load(Relaxed) {
+            let _ = tokio::time::timeout(left.min(config.attempt_timeout), client.flush()).await;
+        }
         match fatal {
             Some(e) => Err(e),
             None => Ok(shared.stats()),

@@ -480,7 +480,22 @@ impl<T: DeserializeOwned> futures_core::Stream for Source<T> {
 /// ```
 pub struct BlockingSource<T> {
     runtime: tokio::runtime::Runtime,
-    source: Source<T>,
+    /// Always `Some` until dropped (inside the runtime: the client's
+    /// subscriptions unsubscribe through it).
+    source: Option<Source<T>>,
+}
+
+impl<T> Drop for BlockingSource<T> {
+    fn drop(&mut self) {
+        let _inside = self.runtime.enter();
+        drop(self.source.take());
+    }
+}
+
+impl<T> BlockingSource<T> {
+    fn source(&self) -> &Source<T> {
+        self.source.as_ref().expect("present until dropped")
+    }
 }
 
 impl<T: DeserializeOwned> BlockingSource<T> {
@@ -491,12 +506,15 @@ impl<T: DeserializeOwned> BlockingSource<T> {
             .build()
             .map_err(Error::Runtime)?;
         let source = runtime.block_on(Source::connect(config))?;
-        Ok(BlockingSource { runtime, source })
+        Ok(BlockingSource {
+            runtime,
+            source: Some(source),
+        })
     }
 
     /// The next delivery within `timeout`, or `None`.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<Delivery<T>, Error>> {
-        let source = &mut self.source;
+        let source = self.source.as_mut()?;
         self.runtime
             .block_on(async { tokio::time::timeout(timeout, source.next()).await.ok() })
             .flatten()
@@ -517,18 +535,20 @@ impl<T: DeserializeOwned> BlockingSource<T> {
     where
         F: FnMut(&WireBatch<T>) -> Result<(), E>,
     {
-        let source = &mut self.source;
+        let Some(source) = self.source.as_mut() else {
+            return Ok(());
+        };
         self.runtime.block_on(source.run(handler))
     }
 
     /// The source's counters now.
     pub fn stats(&self) -> SourceStats {
-        self.source.stats()
+        self.source().stats()
     }
 
     /// The windows seen, per origin and prefix.
     pub fn seen(&self) -> Vec<SeqRanges> {
-        self.source.seen()
+        self.source().seen()
     }
 }
 
@@ -537,7 +557,7 @@ impl<T: DeserializeOwned> Iterator for BlockingSource<T> {
     type Item = Result<Delivery<T>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let source = &mut self.source;
+        let source = self.source.as_mut()?;
         self.runtime.block_on(source.next())
     }
 }
