@@ -641,18 +641,22 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    type Kept<T> = Arc<Mutex<Vec<Batch<T>>>>;
+
     /// Subscribes a callback that keeps every batch (a receiver drained on
     /// the flushing thread would stall the flush).
     fn keep<T: Send + Sync + 'static>(
         engine: &Engine<T>,
         pattern: &str,
-    ) -> (Arc<Mutex<Vec<Batch<T>>>>, crate::Subscription<T>) {
-        let kept: Arc<Mutex<Vec<Batch<T>>>> = Arc::default();
+    ) -> (Kept<T>, crate::Subscription<T>) {
+        let kept: Kept<T> = Arc::default();
         let out = kept.clone();
         let sub = engine
-            .subscribe_with(pattern, SubscribeOptions::new("keep"), move |b: &Batch<T>| {
-                out.lock().unwrap().push(b.clone())
-            })
+            .subscribe_with(
+                pattern,
+                SubscribeOptions::new("keep"),
+                move |b: &Batch<T>| out.lock().unwrap().push(b.clone()),
+            )
             .unwrap();
         (kept, sub)
     }
@@ -676,7 +680,7 @@ mod tests {
         let origin = Origin::new();
         let mut seen = 0;
         for batch in kept.lock().unwrap().iter() {
-            let bytes = encode(&batch, &origin).unwrap();
+            let bytes = encode(batch, &origin).unwrap();
             let back: WireBatch<Value> = decode(&bytes).unwrap();
             assert_eq!(back.v, FORMAT_VERSION);
             assert_eq!(back.origin, origin);
@@ -685,10 +689,7 @@ mod tests {
             assert_eq!(back.batch_reason(), Some(batch.reason()));
             assert_eq!(back.seqs(), batch.seq()..=batch.last_seq());
             assert_eq!(back.merged, batch.merged());
-            assert_eq!(
-                back.opened_ns as i128,
-                unix_ns_of(batch.opened_at_system())
-            );
+            assert_eq!(back.opened_ns as i128, unix_ns_of(batch.opened_at_system()));
             assert!(back.closed_ns >= back.opened_ns);
             assert_eq!(
                 (back.dropped, back.lagged, back.folded),

@@ -140,7 +140,12 @@ fn every_batch_lands_exactly_once() {
     let stats = sink.shutdown_timeout(Duration::from_secs(20)).unwrap();
 
     assert_eq!(recorded_events, published, "nothing dropped in the engine");
-    let sealed_batches: u64 = sealed.lock().unwrap().values().map(|s| s.len() as u64).sum();
+    let sealed_batches: u64 = sealed
+        .lock()
+        .unwrap()
+        .values()
+        .map(|s| s.len() as u64)
+        .sum();
     assert!(sealed_batches > 30, "{sealed_batches} batches");
     assert_eq!(stats.batches, sealed_batches, "{stats:?}");
     assert_eq!(stats.acked, sealed_batches, "{stats:?}");
@@ -198,7 +203,12 @@ fn server_killed_mid_stream_loses_nothing_and_stores_no_duplicate() {
     let sub = handle.subscriber_stats().unwrap().lag_dropped_batches + stats.backlog_dropped;
 
     assert_eq!(recorded_events, published);
-    let sealed_batches: u64 = sealed.lock().unwrap().values().map(|s| s.len() as u64).sum();
+    let sealed_batches: u64 = sealed
+        .lock()
+        .unwrap()
+        .values()
+        .map(|s| s.len() as u64)
+        .sum();
     assert_eq!(sub, 0, "the sink's queue absorbed the outage");
     assert_eq!(stats.batches, sealed_batches, "{stats:?}");
     assert_eq!(stats.landed(), sealed_batches, "{stats:?}");
@@ -209,7 +219,11 @@ fn server_killed_mid_stream_loses_nothing_and_stores_no_duplicate() {
     assert_eq!(stream_messages(&server.url(), "T2"), sealed_batches);
     let source = read_all(&server.url(), "T2", sealed_batches, Duration::from_secs(20));
     let s = source.stats();
-    assert_eq!((s.batches, s.gaps, s.duplicates), (sealed_batches, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.batches, s.gaps, s.duplicates),
+        (sealed_batches, 0, 0),
+        "{s:?}"
+    );
     assert_eq!(s.events, published);
     assert_eq!(seen_by_prefix(&source, &origin), sealed_ranges(&sealed));
 }
@@ -239,7 +253,12 @@ fn server_down_at_start_then_up() {
     engine.shutdown().unwrap();
     recorder.join().unwrap();
     let stats = sink.shutdown_timeout(Duration::from_secs(30)).unwrap();
-    let sealed_batches: u64 = sealed.lock().unwrap().values().map(|s| s.len() as u64).sum();
+    let sealed_batches: u64 = sealed
+        .lock()
+        .unwrap()
+        .values()
+        .map(|s| s.len() as u64)
+        .sum();
     // The default queue (1024 batches) holds this outage.
     assert_eq!(stats.batches, sealed_batches, "{stats:?}");
     assert_eq!(stats.landed(), sealed_batches, "{stats:?}");
@@ -290,7 +309,11 @@ fn server_never_reachable_is_bounded_and_counted() {
     assert!(stats.is_conserved(), "{stats:?}");
     assert_eq!(stats.landed(), 0);
     assert!(stats.backlog_dropped > 0, "{stats:?}");
-    assert_eq!(stats.backlog_dropped + stats.abandoned, stats.batches, "{stats:?}");
+    assert_eq!(
+        stats.backlog_dropped + stats.abandoned,
+        stats.batches,
+        "{stats:?}"
+    );
     assert!(stats.abandoned <= backlog as u64, "{stats:?}");
     assert!(!stats.connected && !stats.stream_ready);
 }
@@ -333,7 +356,10 @@ fn unacked_batch_is_redelivered_and_flagged_duplicate() {
     source.ack(again).unwrap();
     assert!(source.next_timeout(Duration::from_millis(1500)).is_none());
     let s = source.stats();
-    assert_eq!((s.batches, s.duplicates, s.redelivered, s.acked), (2, 1, 1, 1));
+    assert_eq!(
+        (s.batches, s.duplicates, s.redelivered, s.acked),
+        (2, 1, 1, 1)
+    );
     assert_eq!(s.gaps, 0);
 }
 
@@ -376,7 +402,12 @@ fn handler_error_redelivers_then_acks() {
 #[test]
 fn bad_input_gives_typed_errors() {
     let engine = engine();
-    for url in ["", "nats://[::1", "http://127.0.0.1:4222", "nats://host:notaport"] {
+    for url in [
+        "",
+        "nats://[::1",
+        "http://127.0.0.1:4222",
+        "nats://host:notaport",
+    ] {
         match Sink::spawn(&engine, "*", SinkConfig::new(url)) {
             Err(Error::BadUrl { .. }) => {}
             other => panic!("{url:?}: {other:?}"),
@@ -426,7 +457,9 @@ fn conflicting_and_unknown_streams_are_refused() {
     match Sink::spawn(
         &engine,
         "*",
-        SinkConfig::new(server.url()).root("elsewhere").stream("NEW"),
+        SinkConfig::new(server.url())
+            .root("elsewhere")
+            .stream("NEW"),
     ) {
         Err(Error::StreamConflict { .. }) | Err(Error::JetStream(_)) => {}
         other => panic!("{other:?}"),

@@ -298,7 +298,10 @@ fn covers(pattern: &str, root: &str) -> bool {
 fn valid_root(root: &str) -> bool {
     !root.is_empty()
         && root.split('.').all(|t| {
-            !t.is_empty() && !t.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'*' || b == b'>')
+            !t.is_empty()
+                && !t
+                    .bytes()
+                    .any(|b| b <= b' ' || b == 0x7f || b == b'*' || b == b'>')
         })
 }
 

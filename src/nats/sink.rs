@@ -1,8 +1,8 @@
 //! The JetStream sink: one message per batch, pipelined, retried,
 //! de-duplicated by `Nats-Msg-Id`, every outcome counted.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -523,7 +523,8 @@ impl<T: Serialize + Send + Sync + 'static> SinkTask<T> {
             if closed && tasks.is_empty() && backlog.is_empty() {
                 break;
             }
-            let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let sleep_until =
+                deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 Some(res) = tasks.join_next(), if !tasks.is_empty() => account(&shared, res),
@@ -646,7 +647,10 @@ impl Startup {
 #[derive(Clone, Copy)]
 enum State {
     /// The stream is not confirmed yet (server away, or not answered).
-    Pending { next_try: Instant, backoff: Duration },
+    Pending {
+        next_try: Instant,
+        backoff: Duration,
+    },
     /// Publishing.
     Ready,
     /// The stream conflicts: every batch is counted failed.
@@ -802,7 +806,9 @@ fn take<T: Serialize>(
         0 => DEFAULT_MAX_PAYLOAD,
         n => n,
     };
-    let max_payload = config.max_payload.map_or(server_max, |cap| cap.min(server_max));
+    let max_payload = config
+        .max_payload
+        .map_or(server_max, |cap| cap.min(server_max));
     let bytes = payload.len() + id.len() + subject.len() + ENVELOPE;
     if bytes > max_payload {
         c.oversize.fetch_add(1, Relaxed);
