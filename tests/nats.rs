@@ -542,3 +542,104 @@ fn prefixes_with_forbidden_characters_land_on_mapped_subjects() {
         assert_eq!(nats::prefix_of("t9", &subject).as_deref(), Some(p));
     }
 }
+
+/// Not a test by itself: the producer process of
+/// `conservation_across_processes`, which runs this test binary with
+/// `RINGFOLD_NATS_PRODUCER` set to the server's URL (without it, this
+/// returns at once).
+#[test]
+fn producer_process() {
+    let Ok(url) = std::env::var("RINGFOLD_NATS_PRODUCER") else {
+        return;
+    };
+    let engine = engine();
+    let sink = Sink::spawn(&engine, "*", SinkConfig::new(url).root("t10").stream("T10")).unwrap();
+    let origin = sink.origin().clone();
+    let published = publish_for(
+        &engine,
+        &["data:users", "data:orders"],
+        150,
+        Duration::from_millis(2),
+    );
+    engine.shutdown().unwrap();
+    let stats = sink.shutdown_timeout(Duration::from_secs(20)).unwrap();
+    println!(
+        "PRODUCER origin={} published={published} landed_events={} batches={} landed={}",
+        origin,
+        stats.events_landed,
+        stats.batches,
+        stats.landed()
+    );
+}
+
+#[test]
+fn conservation_across_processes() {
+    let server = NatsServer::start();
+    let exe = std::env::current_exe().unwrap();
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "producer_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("RINGFOLD_NATS_PRODUCER", server.url())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Their lines: origin -> (published, landed events, batches).
+    let mut sent: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for p in producers {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "producer failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("PRODUCER ").map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no PRODUCER line in {text}"));
+        let field = |k: &str| -> String {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                .unwrap()
+                .to_owned()
+        };
+        let n = |k: &str| field(k).parse::<u64>().unwrap();
+        sent.insert(
+            field("origin"),
+            (n("published"), n("landed_events"), n("batches")),
+        );
+        assert_eq!(n("batches"), n("landed"), "{line}");
+    }
+    assert_eq!(sent.len(), 2, "two origins: {sent:?}");
+    let want: u64 = sent.values().map(|v| v.2).sum();
+    let mut source = BlockingSource::<Value>::connect(
+        SourceConfig::new(server.url())
+            .stream("T10")
+            .durable("rollup"),
+    )
+    .unwrap();
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while source.stats().batches < want && Instant::now() < deadline {
+        if let Some(d) = source.next_timeout(Duration::from_millis(500)) {
+            let d = d.unwrap();
+            *got.entry(d.batch.origin.to_string()).or_default() += d.batch.events.len() as u64;
+            source.ack(d).unwrap();
+        }
+    }
+    for (origin, (published, landed, _)) in &sent {
+        assert_eq!(landed, published, "{origin}: every event acked by its sink");
+        assert_eq!(
+            got.get(origin),
+            Some(landed),
+            "{origin}: the roll-up got them all"
+        );
+    }
+    let s = source.stats();
+    assert_eq!((s.gaps, s.duplicates), (0, 0), "{s:?}");
+    assert_eq!(s.series, 4, "2 origins x 2 prefixes");
+}
