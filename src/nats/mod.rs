@@ -30,6 +30,11 @@
 mod sink;
 mod source;
 
+/// docs/nats.md's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/nats.md")]
+pub struct NatsGuide;
+
 pub use sink::{Sink, SinkConfig, SinkHandle, SinkStats, SinkTask};
 pub use source::{BlockingSource, Delivery, SeqRanges, Source, SourceConfig, SourceStats};
 
