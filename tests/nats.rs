@@ -643,3 +643,52 @@ fn conservation_across_processes() {
     assert_eq!((s.gaps, s.duplicates), (0, 0), "{s:?}");
     assert_eq!(s.series, 4, "2 origins x 2 prefixes");
 }
+
+#[test]
+fn sink_task_and_source_on_the_callers_runtime() {
+    let server = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engine = engine();
+        let task = nats::SinkTask::new(
+            &engine,
+            "*",
+            SinkConfig::new(server.url()).root("t11").stream("T11"),
+        )
+        .unwrap();
+        let handle = task.handle();
+        let running = tokio::spawn(task.run());
+        for i in 0..50u64 {
+            engine.publish("data:users:created", i).unwrap();
+        }
+        engine.shutdown_async().await.unwrap();
+        let stats = running.await.unwrap().unwrap();
+        assert_eq!(stats, handle.stats());
+        assert_eq!(stats.events_landed, 50, "{stats:?}");
+        assert_eq!(stats.landed(), stats.batches);
+
+        let mut source =
+            nats::Source::<Value>::connect(SourceConfig::new(server.url()).stream("T11"))
+                .await
+                .unwrap();
+        let mut events = 0;
+        while events < 50 {
+            let d = tokio::time::timeout(Duration::from_secs(5), source.next_delivery())
+                .await
+                .expect("a delivery in time")
+                .expect("the stream goes on")
+                .unwrap();
+            events += d.batch.events.len();
+            d.ack().await.unwrap();
+        }
+        let s = source.stats();
+        assert_eq!(
+            (s.events, s.acked, s.gaps, s.duplicates),
+            (50, stats.landed(), 0, 0)
+        );
+    });
+}
