@@ -201,6 +201,7 @@ fn server_killed_mid_stream_loses_nothing_and_stores_no_duplicate() {
     let recorded_events = recorder.join().unwrap();
     let stats = sink.shutdown_timeout(Duration::from_secs(60)).unwrap();
     let sub = handle.subscriber_stats().unwrap().lag_dropped_batches + stats.backlog_dropped;
+    println!("after SIGKILL and restart: {stats:?}");
 
     assert_eq!(recorded_events, published);
     let sealed_batches: u64 = sealed
