@@ -693,3 +693,79 @@ fn sink_task_and_source_on_the_callers_runtime() {
         );
     });
 }
+
+/// Not a test by itself: the consumer process of
+/// `consumer_killed_before_ack_gets_redelivery`, which runs this test
+/// binary with `RINGFOLD_NATS_CONSUMER` set to the server's URL (without
+/// it, this returns at once). It takes one delivery and dies without
+/// acknowledging it.
+#[test]
+fn consumer_process() {
+    let Ok(url) = std::env::var("RINGFOLD_NATS_CONSUMER") else {
+        return;
+    };
+    let config = SourceConfig::new(url)
+        .stream("T12")
+        .durable("mortal")
+        .ack_wait(Duration::from_secs(1));
+    let mut source = BlockingSource::<Value>::connect(config).unwrap();
+    let d = source
+        .next_timeout(Duration::from_secs(10))
+        .expect("a delivery")
+        .unwrap();
+    println!("CONSUMER seq={} delivered={}", d.batch.seq, d.delivered);
+    // Killed mid-batch: no ack, no clean exit.
+    std::process::abort();
+}
+
+#[test]
+fn consumer_killed_before_ack_gets_redelivery() {
+    let server = NatsServer::start();
+    let engine = engine();
+    let sink = Sink::spawn(
+        &engine,
+        "data:*",
+        SinkConfig::new(server.url()).root("t12").stream("T12"),
+    )
+    .unwrap();
+    engine.publish("data:users:created", 1u64).unwrap();
+    engine.shutdown().unwrap();
+    assert_eq!(
+        sink.shutdown_timeout(Duration::from_secs(10))
+            .unwrap()
+            .acked,
+        1
+    );
+
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "consumer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGFOLD_NATS_CONSUMER", server.url())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the consumer process died");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CONSUMER seq=0 delivered=1"), "{text}");
+
+    // The same durable consumer, in this process: the batch comes again.
+    let config = SourceConfig::new(server.url())
+        .stream("T12")
+        .durable("mortal")
+        .ack_wait(Duration::from_secs(1));
+    let mut source = BlockingSource::<Value>::connect(config).unwrap();
+    let d = source
+        .next_timeout(Duration::from_secs(10))
+        .expect("redelivered")
+        .unwrap();
+    assert_eq!(d.batch.seq, 0);
+    assert_eq!(d.delivered, 2, "the server counts the earlier delivery");
+    source.ack(d).unwrap();
+    assert!(source.next_timeout(Duration::from_millis(1500)).is_none());
+    let s = source.stats();
+    assert_eq!((s.redelivered, s.acked), (1, 1), "{s:?}");
+}
