@@ -66,7 +66,11 @@ pub mod gpu {
 
 pub mod nats {
     #![doc = include_str!("guide/links.md")]
-    #![doc = include_str!("../docs/nats.md")]
+    #![cfg_attr(feature = "nats", doc = include_str!("../docs/nats.md"))]
+    #![cfg_attr(
+        not(feature = "nats"),
+        doc = "Ship batches to NATS JetStream and read them back: build with the cargo feature `nats` (docs/nats.md)."
+    )]
 }
 
 pub mod metrics {

@@ -29,6 +29,8 @@ pub mod guide;
 mod intern;
 mod lane;
 mod local;
+#[cfg(feature = "nats")]
+pub mod nats;
 // `ringfold_loom`, not the conventional `loom`: a downstream crate running
 // its own loom tests (`--cfg loom`) must not switch ringfold into model
 // mode, whose primitives only work inside `loom::model`.
@@ -48,6 +50,8 @@ mod sync;
 #[cfg(feature = "tracing")]
 pub mod tracing;
 mod value;
+#[cfg(feature = "serde")]
+pub mod wire;
 
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
