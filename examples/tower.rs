@@ -89,6 +89,9 @@ struct Args {
     index: Vec<PathBuf>,
     simulate_gpu: bool,
     baseline: bool,
+    /// `--nats URL`: also ship every batch to NATS JetStream (feature
+    /// `nats`).
+    nats: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -97,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
         index: Vec::new(),
         simulate_gpu: false,
         baseline: false,
+        nats: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -119,16 +123,29 @@ fn parse_args() -> Result<Args, String> {
             }
             "--simulate-gpu" => args.simulate_gpu = true,
             "--baseline" => args.baseline = true,
+            "--nats" => {
+                let url = it
+                    .next()
+                    .ok_or("--nats needs a URL (nats://127.0.0.1:4222)")?;
+                if !cfg!(feature = "nats") {
+                    return Err("--nats needs the cargo feature `nats` \
+                                (cargo run --release --features nats --example tower -- --nats URL)"
+                        .into());
+                }
+                args.nats = Some(url);
+            }
             "--help" | "-h" => {
                 println!(
-                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline]\n\n\
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline] [--nats URL]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
                      --index replaces the default trees (this checkout + rust-src).\n\
                      --simulate-gpu feeds the sampler a scripted device instead of NVML.\n\
                      --baseline makes every name passthrough (one delivery per event: the\n\
-                     unbatched bus), for comparing the event loop's health check."
+                     unbatched bus), for comparing the event loop's health check.\n\
+                     --nats URL also ships every batch to NATS JetStream (stream TOWER,\n\
+                     subjects tower.>; feature `nats`)."
                 );
                 std::process::exit(0);
             }
@@ -708,10 +725,21 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         )
         .build()?;
     // The event loop's IPC bridge takes every family, and a UI must see
-    // every event: room for 2^18 deliveries, unbounded in effect, as the
-    // seed's bus was. The SQLite event log takes `data:*` with the default
-    // queue (1,024 batches, oldest dropped and counted when full).
+    // every event: when it falls behind, its queue merges batches of a
+    // prefix (within the default budget of 2^20 events or 64 MiB, nothing
+    // is lost). The SQLite event log takes `data:*` with the same defaults.
     let ui_rx = engine.receiver("*", SubscribeOptions::new("ui-bridge"))?;
+    #[cfg(feature = "nats")]
+    let nats_sink = match &args.nats {
+        Some(url) => Some(ringfold::nats::Sink::spawn(
+            &engine,
+            "*",
+            ringfold::nats::SinkConfig::new(url.as_str())
+                .root("tower")
+                .stream("TOWER"),
+        )?),
+        None => None,
+    };
 
     let mode = if args.baseline {
         "baseline: every name passthrough (one delivery per event)"
@@ -819,6 +847,20 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let process_cpu = common::process_cpu();
     let stats = engine.shutdown()?;
     let wall = start.elapsed();
+    #[cfg(feature = "nats")]
+    if let Some(sink) = nats_sink {
+        let s = sink.shutdown_timeout(Duration::from_secs(5))?;
+        println!(
+            "nats: {} batches landed ({} acked as duplicates), {} retries, {} failed, \
+             {} abandoned, {} dropped from the backlog",
+            s.landed(),
+            s.duplicates,
+            s.retries,
+            s.failed,
+            s.abandoned,
+            s.backlog_dropped
+        );
+    }
     // Shutdown delivered everything and closed the subscriptions: the
     // event loop's stream ends once it has taken what is queued.
     let loop_report = match event_loop.join() {
