@@ -24,6 +24,8 @@ pub mod gpu;
 mod intern;
 mod lane;
 mod local;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 // `ringfold_loom`, not the conventional `loom`: a downstream crate running
 // its own loom tests (`--cfg loom`) must not switch ringfold into model
 // mode, whose primitives only work inside `loom::model`.
