@@ -68,7 +68,12 @@ fn setup(
 ) -> (FoldLayer, FoldRecorder<DebuggingRecorder>, Snapshotter) {
     let inner = DebuggingRecorder::new();
     let snap = inner.snapshotter();
-    let layer = builder.window(HOUR).build().unwrap();
+    // Exact counts on a loaded machine: wait for ring space.
+    let layer = builder
+        .window(HOUR)
+        .on_full(FullPolicy::Block(LONG))
+        .build()
+        .unwrap();
     let recorder = layer.layer(inner);
     (layer, recorder, snap)
 }

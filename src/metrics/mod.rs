@@ -158,8 +158,15 @@ enum Kind {
 enum Inner {
     Counter(Counter),
     Gauge(Gauge),
-    Histogram(Histogram),
+    Histogram(Histogram, Option<Box<WindowGauges>>),
 }
+
+/// The quantiles of [`FoldLayerBuilder::window_quantile_gauges`], as the
+/// `quantile` label's values, in [`WindowGauges`] order.
+pub const WINDOW_QUANTILES: [&str; 6] = ["0", "0.5", "0.9", "0.99", "0.999", "1"];
+
+/// `<name>_window{quantile=..}` gauges of one histogram series.
+type WindowGauges = [Gauge; 6];
 
 struct SeriesEntry {
     inner: Inner,
@@ -218,6 +225,7 @@ struct Core {
     shared: Arc<Shared>,
     cardinality_limit: usize,
     prometheus_names: bool,
+    window_gauges: bool,
 }
 
 /// Settings of a [`FoldLayer`].
@@ -242,6 +250,7 @@ pub struct FoldLayerBuilder {
     max_series: usize,
     alpha: f64,
     prometheus_names: bool,
+    window_gauges: bool,
 }
 
 impl Default for FoldLayerBuilder {
@@ -250,11 +259,12 @@ impl Default for FoldLayerBuilder {
             window: Duration::from_secs(1),
             max_batch: 1 << 16,
             ring_capacity: 8192,
-            on_full: FullPolicy::Block(Duration::from_millis(10)),
+            on_full: FullPolicy::Block(Duration::from_millis(100)),
             cardinality_limit: 2000,
             max_series: 1 << 16,
             alpha: Sketch::DEFAULT_ALPHA,
             prometheus_names: true,
+            window_gauges: false,
         }
     }
 }
@@ -283,8 +293,12 @@ impl FoldLayerBuilder {
     }
 
     /// What a call does when its thread's ring is full (default: wait up
-    /// to 10 ms for the flusher, then drop the call, counted in the
-    /// engine's `dropped.full`).
+    /// to 100 ms for the flusher, then drop the call, counted in the
+    /// engine's `dropped.full`: report the layer's engine with
+    /// [`HealthReporter`] to see it). A hot counter bumped by several
+    /// threads at full speed outruns the one flusher thread, so this is
+    /// reached under load: waiting keeps the counts exact at the price of
+    /// the caller's latency; `FullPolicy::DropNewest` does the opposite.
     #[must_use]
     pub fn on_full(mut self, policy: FullPolicy) -> Self {
         self.on_full = policy;
@@ -317,6 +331,17 @@ impl FoldLayerBuilder {
     #[must_use]
     pub fn prometheus_names(mut self, on: bool) -> Self {
         self.prometheus_names = on;
+        self
+    }
+
+    /// Also forward each histogram window's own figures as gauges
+    /// `<name>_window{quantile="0"|"0.5"|"0.9"|"0.99"|"0.999"|"1"}`
+    /// (min, the sketch's quantiles, max; default off): the layer's
+    /// quantiles reach the exporter as they are, whatever the inner
+    /// recorder does with the forwarded samples.
+    #[must_use]
+    pub fn window_quantile_gauges(mut self, on: bool) -> Self {
+        self.window_gauges = on;
         self
     }
 
@@ -359,6 +384,7 @@ impl FoldLayerBuilder {
                 shared,
                 cardinality_limit: self.cardinality_limit,
                 prometheus_names: self.prometheus_names,
+                window_gauges: self.window_gauges,
             }),
         })
     }
@@ -676,7 +702,18 @@ impl<R: Recorder> FoldRecorder<R> {
         match kind {
             Kind::Counter => Inner::Counter(self.inner.register_counter(key, metadata)),
             Kind::Gauge => Inner::Gauge(self.inner.register_gauge(key, metadata)),
-            Kind::Histogram => Inner::Histogram(self.inner.register_histogram(key, metadata)),
+            Kind::Histogram => {
+                let gauges = self.core.window_gauges.then(|| {
+                    let name = format!("{}_window", key.name());
+                    Box::new(WINDOW_QUANTILES.map(|q| {
+                        let mut labels: Vec<Label> = key.labels().cloned().collect();
+                        labels.push(Label::new("quantile", q));
+                        self.inner
+                            .register_gauge(&Key::from_parts(name.clone(), labels), metadata)
+                    }))
+                });
+                Inner::Histogram(self.inner.register_histogram(key, metadata), gauges)
+            }
         }
     }
 
@@ -825,6 +862,7 @@ enum SeriesFold {
     },
     Histogram {
         inner: Histogram,
+        gauges: Option<Box<WindowGauges>>,
         sketch: Sketch,
     },
 }
@@ -861,8 +899,9 @@ impl Fold {
                     inner: g.clone(),
                     value: 0.0,
                 },
-                Inner::Histogram(h) => SeriesFold::Histogram {
+                Inner::Histogram(h, gauges) => SeriesFold::Histogram {
                     inner: h.clone(),
+                    gauges: gauges.clone(),
                     // The builder checked alpha.
                     sketch: match Sketch::new(self.shared.alpha) {
                         Ok(s) => s,
@@ -940,12 +979,22 @@ impl Fold {
                     }
                 }
                 SeriesFold::Gauge { inner, value } => inner.set(*value),
-                SeriesFold::Histogram { inner, sketch } => {
+                SeriesFold::Histogram {
+                    inner,
+                    gauges,
+                    sketch,
+                } => {
                     for (value, count) in sketch.buckets() {
                         inner.record_many(value, count as usize);
                     }
                     not_numeric += sketch.not_numeric();
                     if let Some(s) = sketch.summary() {
+                        if let Some(g) = gauges {
+                            for (g, v) in g.iter().zip([s.min, s.p50, s.p90, s.p99, s.p999, s.max])
+                            {
+                                g.set(v);
+                            }
+                        }
                         summaries.push((id, s));
                     }
                     sketch.clear();
