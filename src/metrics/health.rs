@@ -58,7 +58,7 @@ use crate::{Engine, Stats};
 /// let layer = FoldLayer::new()?;
 /// let recorder = layer.layer(exporter);
 /// let engine = Engine::<u64>::builder().build()?;
-/// engine.publish("data:jobs:done", 1)?;
+/// engine.publish("data:jobs:done", 1u64)?;
 /// engine.flush()?;
 /// let mut health = HealthReporter::new();
 /// metrics::with_local_recorder(&recorder, || health.report_engine(&engine));

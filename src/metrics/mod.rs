@@ -1018,3 +1018,9 @@ impl Fold {
         }
     }
 }
+
+/// docs/metrics.md's examples, run as doctests (`cargo test --doc
+/// --features metrics`) until the page is wired into the rustdoc.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/metrics.md")]
+pub struct MetricsGuide;
