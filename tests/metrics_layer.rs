@@ -424,3 +424,41 @@ fn subscriber_label_is_bounded() {
     );
     drop(subs);
 }
+
+#[test]
+fn without_samples_a_histogram_forwards_window_gauges_count_and_sum() {
+    let (layer, recorder, snap) = setup(FoldLayer::builder().histogram_samples(false));
+    let mut all = Vec::new();
+    for window in 0..2 {
+        let values: Vec<f64> = (1..=1000).map(|i| (i * (window + 1)) as f64).collect();
+        with_local_recorder(&recorder, || {
+            for &v in &values {
+                histogram!("size_bytes", "kind" => "a").record(v);
+            }
+        });
+        layer.flush().unwrap();
+        all.extend_from_slice(&values);
+        let seen = snapshot(&snap);
+        assert!(!seen.keys().any(|(n, _)| n == "size_bytes"), "no histogram");
+        assert_eq!(
+            counter_of(&seen, "size_bytes_count", &["kind=a"]),
+            Some(1000)
+        );
+        let total: f64 = all.iter().sum();
+        assert_eq!(gauge_of(&seen, "size_bytes_sum", &["kind=a"]), Some(total));
+        let alpha = Sketch::DEFAULT_ALPHA * (1.0 + 1e-9);
+        for (q, label) in [(0.0, "0"), (0.5, "0.5"), (0.99, "0.99"), (1.0, "1")] {
+            let got = gauge_of(
+                &seen,
+                "size_bytes_window",
+                &["kind=a", &format!("quantile={label}")],
+            )
+            .unwrap();
+            let want = values[(q * (values.len() - 1) as f64).floor() as usize];
+            assert!(
+                (got - want).abs() <= alpha * want,
+                "window {window} q={q}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -158,7 +158,19 @@ enum Kind {
 enum Inner {
     Counter(Counter),
     Gauge(Gauge),
-    Histogram(Histogram, Option<Box<WindowGauges>>),
+    Histogram(Box<HistInner>),
+}
+
+/// What a histogram series forwards to.
+#[derive(Clone)]
+struct HistInner {
+    /// The inner histogram (`record_many` per sketch bucket), unless
+    /// `histogram_samples(false)`.
+    samples: Option<Histogram>,
+    /// `<name>_window{quantile=..}`.
+    window: Option<WindowGauges>,
+    /// `<name>_count` and `<name>_sum` when the samples are not forwarded.
+    totals: Option<(Counter, Gauge)>,
 }
 
 /// The quantiles of [`FoldLayerBuilder::window_quantile_gauges`], as the
@@ -226,6 +238,7 @@ struct Core {
     cardinality_limit: usize,
     prometheus_names: bool,
     window_gauges: bool,
+    histogram_samples: bool,
 }
 
 /// Settings of a [`FoldLayer`].
@@ -251,13 +264,14 @@ pub struct FoldLayerBuilder {
     alpha: f64,
     prometheus_names: bool,
     window_gauges: bool,
+    histogram_samples: bool,
 }
 
 impl Default for FoldLayerBuilder {
     fn default() -> Self {
         FoldLayerBuilder {
             window: Duration::from_secs(1),
-            max_batch: 1 << 16,
+            max_batch: 4096,
             ring_capacity: 8192,
             on_full: FullPolicy::Block(Duration::from_millis(100)),
             cardinality_limit: 2000,
@@ -265,6 +279,7 @@ impl Default for FoldLayerBuilder {
             alpha: Sketch::DEFAULT_ALPHA,
             prometheus_names: true,
             window_gauges: false,
+            histogram_samples: true,
         }
     }
 }
@@ -277,7 +292,7 @@ impl FoldLayerBuilder {
         self
     }
 
-    /// A window is also forwarded after this many calls (default 65536),
+    /// A window is also forwarded after this many calls (default 4096),
     /// which bounds the memory of a window under any call rate.
     #[must_use]
     pub fn max_batch(mut self, n: usize) -> Self {
@@ -345,6 +360,20 @@ impl FoldLayerBuilder {
         self
     }
 
+    /// Forward histogram windows to the inner recorder's histogram as
+    /// `record_many(bucket value, count)` (default on). Off: the inner
+    /// recorder gets no histogram, only `<name>_window{quantile=..}`
+    /// gauges, a `<name>_count` counter and a `<name>_sum` gauge, so its
+    /// memory is a few handles per series whatever the sample count (a
+    /// recorder that stores each recorded value, as
+    /// metrics-exporter-prometheus does between upkeeps, would otherwise
+    /// hold one entry per sample again).
+    #[must_use]
+    pub fn histogram_samples(mut self, on: bool) -> Self {
+        self.histogram_samples = on;
+        self
+    }
+
     /// Starts the layer's engine. `Error::InvalidConfig` for a zero window,
     /// batch or limit, a bad ring capacity, or a relative error outside
     /// `(0, 1)`.
@@ -385,6 +414,7 @@ impl FoldLayerBuilder {
                 cardinality_limit: self.cardinality_limit,
                 prometheus_names: self.prometheus_names,
                 window_gauges: self.window_gauges,
+                histogram_samples: self.histogram_samples,
             }),
         })
     }
@@ -422,6 +452,27 @@ impl FoldLayer {
     /// recorders, and returns once they have it.
     pub fn flush(&self) -> Result<(), Error> {
         self.core.engine.flush()
+    }
+
+    /// Forwards what is pending and stops the layer's engine (its flusher
+    /// and subscriber threads), returning its final stats; later calls
+    /// through the layer's handles are refused, counted as `shut_down`.
+    /// Dropping the layer, its recorders and every handle does the same,
+    /// but each thread that registered a metric keeps its handles in a
+    /// thread-local cache until it exits: call this to stop the engine
+    /// while such threads live on.
+    ///
+    /// ```
+    /// use metrics_util::layers::Layer;
+    /// let layer = ringfold::metrics::FoldLayer::new()?;
+    /// let recorder = layer.layer(metrics::NoopRecorder);
+    /// metrics::with_local_recorder(&recorder, || metrics::counter!("x").increment(1));
+    /// let stats = layer.shutdown()?;
+    /// assert_eq!(stats.published, 1);
+    /// # Ok::<(), ringfold::Error>(())
+    /// ```
+    pub fn shutdown(&self) -> Result<crate::Stats, Error> {
+        self.core.engine.shutdown()
     }
 
     /// The layer's engine (its `stats()`, or [`report_health`] of it).
@@ -703,16 +754,31 @@ impl<R: Recorder> FoldRecorder<R> {
             Kind::Counter => Inner::Counter(self.inner.register_counter(key, metadata)),
             Kind::Gauge => Inner::Gauge(self.inner.register_gauge(key, metadata)),
             Kind::Histogram => {
-                let gauges = self.core.window_gauges.then(|| {
+                let samples = self.core.histogram_samples;
+                let renamed = |suffix: &str| {
+                    let labels: Vec<Label> = key.labels().cloned().collect();
+                    Key::from_parts(format!("{}{suffix}", key.name()), labels)
+                };
+                let window = (self.core.window_gauges || !samples).then(|| {
                     let name = format!("{}_window", key.name());
-                    Box::new(WINDOW_QUANTILES.map(|q| {
+                    WINDOW_QUANTILES.map(|q| {
                         let mut labels: Vec<Label> = key.labels().cloned().collect();
                         labels.push(Label::new("quantile", q));
                         self.inner
                             .register_gauge(&Key::from_parts(name.clone(), labels), metadata)
-                    }))
+                    })
                 });
-                Inner::Histogram(self.inner.register_histogram(key, metadata), gauges)
+                let totals = (!samples).then(|| {
+                    (
+                        self.inner.register_counter(&renamed("_count"), metadata),
+                        self.inner.register_gauge(&renamed("_sum"), metadata),
+                    )
+                });
+                Inner::Histogram(Box::new(HistInner {
+                    samples: samples.then(|| self.inner.register_histogram(key, metadata)),
+                    window,
+                    totals,
+                }))
             }
         }
     }
@@ -861,8 +927,9 @@ enum SeriesFold {
         value: f64,
     },
     Histogram {
-        inner: Histogram,
-        gauges: Option<Box<WindowGauges>>,
+        inner: Box<HistInner>,
+        /// Sum of every window so far (for `<name>_sum`).
+        total_sum: f64,
         sketch: Sketch,
     },
 }
@@ -899,9 +966,9 @@ impl Fold {
                     inner: g.clone(),
                     value: 0.0,
                 },
-                Inner::Histogram(h, gauges) => SeriesFold::Histogram {
+                Inner::Histogram(h) => SeriesFold::Histogram {
                     inner: h.clone(),
-                    gauges: gauges.clone(),
+                    total_sum: 0.0,
                     // The builder checked alpha.
                     sketch: match Sketch::new(self.shared.alpha) {
                         Ok(s) => s,
@@ -981,15 +1048,22 @@ impl Fold {
                 SeriesFold::Gauge { inner, value } => inner.set(*value),
                 SeriesFold::Histogram {
                     inner,
-                    gauges,
+                    total_sum,
                     sketch,
                 } => {
-                    for (value, count) in sketch.buckets() {
-                        inner.record_many(value, count as usize);
+                    if let Some(h) = &inner.samples {
+                        for (value, count) in sketch.buckets() {
+                            h.record_many(value, count as usize);
+                        }
                     }
                     not_numeric += sketch.not_numeric();
                     if let Some(s) = sketch.summary() {
-                        if let Some(g) = gauges {
+                        if let Some((count, sum)) = &inner.totals {
+                            count.increment(s.count);
+                            *total_sum += s.sum;
+                            sum.set(*total_sum);
+                        }
+                        if let Some(g) = &inner.window {
                             for (g, v) in g.iter().zip([s.min, s.p50, s.p90, s.p99, s.p999, s.max])
                             {
                                 g.set(v);
