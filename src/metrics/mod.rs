@@ -14,6 +14,12 @@
 //! | `gauge.set(v)` / `increment(d)` / `decrement(d)` | applied in order onto the gauge's value (`set` wins, increments add) | `set(value)` |
 //! | `histogram.record(v)` | a [`Sketch`] (count, sum, min, max, quantiles within 1 %) | `record_many(representative, count)` per sketch bucket |
 //!
+//! Counters and gauges are forwarded with every batch the engine seals
+//! (exact whichever batches they travel in); a histogram's sketch covers
+//! the layer's whole window: batches sealed early by
+//! [`FoldLayerBuilder::max_batch`] add to it until the window is over, a
+//! flush or shutdown.
+//!
 //! Histograms forward the sketch's buckets, not the samples and not a
 //! summary: the inner recorder keeps its own metric type (a Prometheus
 //! summary or histogram), the count is exact, every forwarded value is
@@ -86,7 +92,7 @@ use ::metrics::{
 };
 use metrics_util::layers::Layer;
 
-use crate::{Batch, Engine, Error, EventKey, FullPolicy, Policy, SubscribeOptions};
+use crate::{Batch, BatchReason, Engine, Error, EventKey, FullPolicy, Policy, SubscribeOptions};
 
 pub use health::{report_health, HealthReporter, HealthThread};
 pub use names::{
@@ -395,6 +401,9 @@ impl FoldLayerBuilder {
             series: Vec::new(),
             dirty: Vec::new(),
             summaries: Vec::new(),
+            spare: Vec::new(),
+            window: self.window,
+            hist_since: None,
         };
         let engine = Engine::<MetricOp>::builder()
             .default_policy(Policy::batch(self.window, self.max_batch))
@@ -948,6 +957,12 @@ struct Fold {
     /// Histogram summaries of the window being forwarded (kept: no
     /// allocation per window).
     summaries: Vec<(u32, Summary)>,
+    /// The second dirty list (swapped with `dirty` each batch).
+    spare: Vec<u32>,
+    /// The layer's window: how long histogram sketches accumulate.
+    window: Duration,
+    /// When the oldest batch with unforwarded histogram values opened.
+    hist_since: Option<std::time::Instant>,
 }
 
 impl Fold {
@@ -1016,21 +1031,36 @@ impl Fold {
                 }
                 (SeriesFold::Gauge { value, .. }, MetricOp::GaugeSet(v)) => *value = v,
                 (SeriesFold::Gauge { value, .. }, MetricOp::GaugeAdd(d)) => *value += d,
-                (SeriesFold::Histogram { sketch, .. }, MetricOp::Hist(v)) => sketch.add(v),
+                (SeriesFold::Histogram { sketch, .. }, MetricOp::Hist(v)) => {
+                    sketch.add(v);
+                    self.hist_since.get_or_insert(batch.opened_at());
+                }
                 // A handle publishes only its own kind's ops.
                 _ => {}
             }
         }
-        self.forward();
+        // Counters and gauges are exact whichever batches they travel in;
+        // a histogram's sketch covers a time window: batches closed by
+        // their count (`max_batch`) add to it until the window is over.
+        let due = batch.reason() != BatchReason::Count
+            || self
+                .hist_since
+                .is_some_and(|t| batch.closed_at().saturating_duration_since(t) >= self.window);
+        self.forward(due);
     }
 
-    fn forward(&mut self) {
+    fn forward(&mut self, histograms_due: bool) {
         let mut not_numeric = 0;
         let summaries = &mut self.summaries;
+        let mut kept = std::mem::take(&mut self.spare);
         for id in self.dirty.drain(..) {
             let Some(slot) = self.series[id as usize].as_mut() else {
                 continue;
             };
+            if !histograms_due && matches!(slot.fold, SeriesFold::Histogram { .. }) {
+                kept.push(id);
+                continue;
+            }
             slot.dirty = false;
             match &mut slot.fold {
                 SeriesFold::Counter {
@@ -1074,6 +1104,12 @@ impl Fold {
                     sketch.clear();
                 }
             }
+        }
+        // What stays dirty for the next batch; the drained list is the spare.
+        std::mem::swap(&mut self.dirty, &mut kept);
+        self.spare = kept;
+        if histograms_due {
+            self.hist_since = None;
         }
         let counters = &self.shared.counters;
         counters.windows.fetch_add(1, Ordering::Relaxed);
