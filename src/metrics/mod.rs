@@ -92,7 +92,9 @@ use ::metrics::{
 };
 use metrics_util::layers::Layer;
 
-use crate::{Batch, BatchReason, Engine, Error, EventKey, FullPolicy, Policy, SubscribeOptions};
+use crate::{
+    Batch, BatchReason, Engine, Error, EventKey, FullPolicy, LagPolicy, Policy, SubscribeOptions,
+};
 
 pub use health::{report_health, HealthReporter, HealthThread};
 pub use names::{
@@ -412,7 +414,14 @@ impl FoldLayerBuilder {
             .max_names(self.max_series.saturating_add(1))
             .subscriber_with(
                 "metrics:*",
-                SubscribeOptions::new("ringfold-metrics"),
+                // Must-deliver: a lagging fold holds the flusher back (and,
+                // through full rings, the callers) instead of dropping a
+                // window; 64 queued batches of at most `max_batch` calls
+                // bound the memory between the flusher and the fold.
+                SubscribeOptions::new("ringfold-metrics").lag(LagPolicy::Block {
+                    capacity: 64,
+                    timeout: Duration::from_secs(1),
+                }),
                 move |b: &Batch<MetricOp>| fold.on_batch(b),
             )
             .build()?;
