@@ -75,7 +75,11 @@ pub mod nats {
 
 pub mod metrics {
     #![doc = include_str!("guide/links.md")]
-    #![doc = include_str!("../docs/metrics.md")]
+    #![cfg_attr(feature = "metrics", doc = include_str!("../docs/metrics.md"))]
+    #![cfg_attr(
+        not(feature = "metrics"),
+        doc = "`counter!`/`gauge!`/`histogram!` folded per thread and window, and ringfold's health as metrics: build with the cargo feature `metrics` (docs/metrics.md)."
+    )]
 }
 
 pub mod tracing {

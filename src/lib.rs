@@ -29,6 +29,8 @@ pub mod guide;
 mod intern;
 mod lane;
 mod local;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "nats")]
 pub mod nats;
 // `ringfold_loom`, not the conventional `loom`: a downstream crate running
