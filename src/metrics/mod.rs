@@ -1143,7 +1143,3 @@ impl Fold {
         }
     }
 }
-
-/// docs/metrics.md's examples, run as doctests (`cargo test --doc
-/// --features metrics`) until the page is wired into the rustdoc.
-
