@@ -47,6 +47,8 @@
 mod common;
 #[path = "common/event_loop.rs"]
 mod event_loop;
+#[path = "common/observe.rs"]
+mod observe;
 #[path = "common/sink.rs"]
 mod sink;
 
@@ -92,6 +94,9 @@ struct Args {
     /// `--nats URL`: also ship every batch to NATS JetStream (feature
     /// `nats`).
     nats: Option<String>,
+    /// `--prometheus ADDR`: serve tower's own metrics (folded by
+    /// ringfold's metrics layer) and ringfold's health (feature `metrics`).
+    prometheus: Option<std::net::SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -101,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
         simulate_gpu: false,
         baseline: false,
         nats: None,
+        prometheus: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -123,6 +129,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--simulate-gpu" => args.simulate_gpu = true,
             "--baseline" => args.baseline = true,
+            "--prometheus" => {
+                let v = it
+                    .next()
+                    .ok_or("--prometheus needs an address (127.0.0.1:9464)")?;
+                args.prometheus = Some(v.parse().map_err(|e| format!("--prometheus {v}: {e}"))?);
+            }
             "--nats" => {
                 let url = it
                     .next()
@@ -136,7 +148,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline] [--nats URL]\n\n\
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline] [--nats URL]\n\
+                     [--prometheus ADDR]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
@@ -145,7 +158,10 @@ fn parse_args() -> Result<Args, String> {
                      --baseline makes every name passthrough (one delivery per event: the\n\
                      unbatched bus), for comparing the event loop's health check.\n\
                      --nats URL also ships every batch to NATS JetStream (stream TOWER,\n\
-                     subjects tower.>; feature `nats`)."
+                     subjects tower.>; feature `nats`).\n\
+                     --prometheus ADDR serves tower's metrics and ringfold's health\n\
+                     (feature `metrics`). With feature `tracing`, tower also logs per\n\
+                     file and per row through tracing into ringfold and a JSON-lines file."
                 );
                 std::process::exit(0);
             }
@@ -261,6 +277,7 @@ fn run_indexer(
                     };
                     report.files += 1;
                     report.bytes += f.bytes;
+                    observe::file_indexed(f.lang, f.bytes);
                     report.lines += f.lines;
                     for (key, v) in [(indexed, f.bytes), (lines, f.lines)] {
                         if producer.publish_key(key, Value::from(v)).is_err() {
@@ -367,6 +384,7 @@ fn run_data_layer(
                 report.publish_errors += 1;
             }
             report.rows += 1;
+            observe::row_changed(table, op);
         }
         if stop.load(Ordering::Relaxed) {
             break;
@@ -729,6 +747,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     // prefix (within the default budget of 2^20 events or 64 MiB, nothing
     // is lost). The SQLite event log takes `data:*` with the same defaults.
     let ui_rx = engine.receiver("*", SubscribeOptions::new("ui-bridge"))?;
+    let observe = observe::install(&engine, args.prometheus)?;
     #[cfg(feature = "nats")]
     let nats_sink = match &args.nats {
         Some(url) => Some(ringfold::nats::Sink::spawn(
@@ -847,6 +866,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let process_cpu = common::process_cpu();
     let stats = engine.shutdown()?;
     let wall = start.elapsed();
+    observe.finish()?;
     #[cfg(feature = "nats")]
     if let Some(sink) = nats_sink {
         let s = sink.shutdown_timeout(Duration::from_secs(5))?;
