@@ -41,7 +41,7 @@
 //! - `dropped`, `lagged`, `folded`: [`Batch::dropped`], [`Batch::lagged`],
 //!   [`Batch::folded`]: loss and folding, in band.
 //! - `events[].payload`: the payload's own serde form (`T: Serialize`); a
-//!   [`Value`](crate::Value) is one key naming its type: `{"u64": 3}`,
+//!   [`Value`] is one key naming its type: `{"u64": 3}`,
 //!   `{"i64": -2}`, `{"f64": 1.5}`, `{"bool": true}`, `{"str": "ok"}`, or
 //!   the string `"unit"`. JSON has no NaN or infinity: serde_json writes a
 //!   non-finite float as `null`, which a reader expecting a number refuses

@@ -48,7 +48,7 @@ use super::FoldLayer;
 use crate::{Engine, Stats};
 
 /// Reports an engine's [`Stats`] (and a [`FoldLayer`]'s own counters)
-/// through the current `metrics` recorder; see the [module docs](self)
+/// through the current `metrics` recorder; see the [`metrics`](crate::metrics) module docs
 /// for the names.
 ///
 /// ```

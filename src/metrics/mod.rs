@@ -183,7 +183,7 @@ struct HistInner {
 }
 
 /// The quantiles of [`FoldLayerBuilder::window_quantile_gauges`], as the
-/// `quantile` label's values, in [`WindowGauges`] order.
+/// `quantile` label's values, in order from the minimum to the maximum.
 pub const WINDOW_QUANTILES: [&str; 6] = ["0", "0.5", "0.9", "0.99", "0.999", "1"];
 
 /// `<name>_window{quantile=..}` gauges of one histogram series.

@@ -132,7 +132,7 @@ impl Store {
 }
 
 /// A windowed quantile sketch: count, sum, min, max and quantiles within a
-/// stated relative error (see the [module docs](self) for the bound).
+/// stated relative error (see [`Sketch::new`] for the bound).
 ///
 /// ```
 /// use ringfold::metrics::Sketch;
