@@ -193,8 +193,13 @@ pub enum BatchReason {
 }
 
 impl BatchReason {
-    /// The reason as `Display` writes it: one lower-case word.
-    fn as_str(self) -> &'static str {
+    /// The reason as one lower-case word, as `Display` writes it and the
+    /// wire format carries it.
+    ///
+    /// ```
+    /// assert_eq!(ringfold::BatchReason::Urgent.as_str(), "urgent");
+    /// ```
+    pub fn as_str(self) -> &'static str {
         match self {
             BatchReason::Interval => "interval",
             BatchReason::Count => "count",

@@ -365,7 +365,7 @@ pub fn encode_into<T: Serialize>(
         origin,
         prefix: batch.prefix(),
         name: batch.name(),
-        reason: reason_str(batch.reason()),
+        reason: batch.reason().as_str(),
         seq: batch.seq(),
         last_seq: batch.last_seq(),
         merged: batch.merged(),
@@ -409,17 +409,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<WireBatch<T>, WireErr
     }
 }
 
-/// `BatchReason` as its wire string.
-pub fn reason_str(reason: BatchReason) -> &'static str {
-    match reason {
-        BatchReason::Interval => "interval",
-        BatchReason::Count => "count",
-        BatchReason::Urgent => "urgent",
-        BatchReason::Passthrough => "passthrough",
-        BatchReason::Flush => "flush",
-        BatchReason::Shutdown => "shutdown",
-    }
-}
 
 fn unix_ns_of(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
