@@ -847,6 +847,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let stats = engine.stats();
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
         print_subscribers(&stats.subscribers);
+        observe.print_live();
         println!();
         prev_at = now;
         if due >= end {

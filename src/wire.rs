@@ -409,7 +409,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<WireBatch<T>, WireErr
     }
 }
 
-
 fn unix_ns_of(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,

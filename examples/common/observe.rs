@@ -148,6 +148,23 @@ pub fn row_changed(table: &'static str, op: &'static str) {
 }
 
 impl Observe {
+    /// One line for the live table: the log family's reduction so far
+    /// (feature `tracing`), tracing events in against `write` calls out.
+    pub fn print_live(&self) {
+        #[cfg(feature = "tracing")]
+        if let Some(l) = &self.logs {
+            let (published, c) = (l.engine.stats().published, l.counters.snapshot());
+            println!(
+                "  log family (tracing): {published} events in, {} lines and {} counts out in {} \
+                 write calls ({:.0}x fewer writes than events)",
+                c.lines,
+                c.aggregate_lines,
+                c.write_calls,
+                published as f64 / c.write_calls.max(1) as f64
+            );
+        }
+    }
+
     /// Stops what was installed and prints what it did.
     pub fn finish(self) -> Res<()> {
         #[cfg(feature = "metrics")]
