@@ -23,6 +23,11 @@ pub mod policies {
     #![doc = include_str!("../docs/policies.md")]
 }
 
+pub mod ordering {
+    #![doc = include_str!("guide/links.md")]
+    #![doc = include_str!("../docs/ordering.md")]
+}
+
 pub mod guarantees {
     #![doc = include_str!("guide/links.md")]
     #![doc = include_str!("../docs/guarantees.md")]
