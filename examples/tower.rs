@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example tower [-- --seconds N] [--index PATH]... [--baseline]
+//! cargo run --release --features ws --example tower -- --ui 127.0.0.1:8080
 //! ```
 //!
 //! Every hot path below publishes into one engine built with the design's
@@ -43,12 +44,21 @@
 //! delivery per event, the unbatched bus of the design card, whose event
 //! loop was flooded by per-event dispatch so its health check failed at
 //! start-up. Both modes print the event-loop block in the same format.
+//!
+//! `--ui ADDR` (feature `ws`) serves a live page at `http://ADDR/` and
+//! the engine's batches to it over a WebSocket on the same port
+//! (`ringfold::ws::WsSink`, `tower/ui.rs`, `tower/ui.html`); the run
+//! starts once a page is connected (or after 30 s), and ends with the
+//! WebSocket frames and bytes sent.
 
 mod common;
 #[path = "common/event_loop.rs"]
 mod event_loop;
 #[path = "common/sink.rs"]
 mod sink;
+#[cfg(feature = "ws")]
+#[path = "tower/ui.rs"]
+mod ui;
 
 use std::error::Error;
 use std::ops::ControlFlow;
@@ -89,6 +99,9 @@ struct Args {
     index: Vec<PathBuf>,
     simulate_gpu: bool,
     baseline: bool,
+    /// `--ui ADDR`: the live page's address (feature `ws`).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    ui: Option<std::net::SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -97,6 +110,7 @@ fn parse_args() -> Result<Args, String> {
         index: Vec::new(),
         simulate_gpu: false,
         baseline: false,
+        ui: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -119,16 +133,34 @@ fn parse_args() -> Result<Args, String> {
             }
             "--simulate-gpu" => args.simulate_gpu = true,
             "--baseline" => args.baseline = true,
+            "--ui" => {
+                let v = it
+                    .next()
+                    .ok_or("--ui needs an address, e.g. 127.0.0.1:8080")?;
+                if cfg!(not(feature = "ws")) {
+                    return Err(
+                        "--ui needs the `ws` feature: cargo run --release --features ws \
+                                --example tower -- --ui 127.0.0.1:8080"
+                            .into(),
+                    );
+                }
+                args.ui = Some(
+                    v.parse()
+                        .map_err(|e| format!("--ui: not an address (IP:PORT): {v}: {e}"))?,
+                );
+            }
             "--help" | "-h" => {
                 println!(
-                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline]\n\n\
+                    "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline] [--ui ADDR]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
                      --index replaces the default trees (this checkout + rust-src).\n\
                      --simulate-gpu feeds the sampler a scripted device instead of NVML.\n\
                      --baseline makes every name passthrough (one delivery per event: the\n\
-                     unbatched bus), for comparing the event loop's health check."
+                     unbatched bus), for comparing the event loop's health check.\n\
+                     --ui ADDR (feature `ws`) serves a live page at http://ADDR/ and the\n\
+                     batches to it over a WebSocket on the same port."
                 );
                 std::process::exit(0);
             }
@@ -699,6 +731,15 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     } else {
         builder.default_rules()
     };
+    // The live page's own figures, one delivery each.
+    #[cfg(feature = "ws")]
+    let builder = match args.ui {
+        Some(_) => {
+            let (pattern, policy) = ui::rule();
+            builder.policy(pattern, policy)
+        }
+        None => builder,
+    };
     let engine = builder
         .precise_timestamps(true)
         .subscriber_with(
@@ -754,6 +795,24 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     println!();
 
+    #[cfg(feature = "ws")]
+    let ui_sink = match args.ui {
+        Some(addr) => {
+            let sink = ui::start(&engine, addr)?;
+            println!(
+                "ui: http://{}/ (page and WebSocket); waiting up to 30 s for a page to connect",
+                sink.local_addr()
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while sink.stats().clients == 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            println!("ui: {} page(s) connected", sink.stats().clients);
+            Some(sink)
+        }
+        None => None,
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let phases = event_loop::Phases {
@@ -798,6 +857,10 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let cpu = common::flusher_cpu();
         let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
         let stats = engine.stats();
+        #[cfg(feature = "ws")]
+        if ui_sink.is_some() {
+            ui::publish(&engine, &stats, now - start, false);
+        }
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
         print_subscribers(&stats.subscribers);
         println!();
@@ -814,6 +877,25 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let data = join(data, "data layer");
     let chat = join(chat, "chat");
     let gpu = gpu.map(GpuSampler::stop);
+    #[cfg(feature = "ws")]
+    let ui_totals = match &ui_sink {
+        // A page that stopped reading must not hold the run: a flush waits
+        // for every receiver, the pages' too.
+        Some(_) => {
+            if let Err(e) = engine.flush_timeout(Duration::from_secs(10)) {
+                eprintln!("ui: flush gave up: {e}");
+            }
+            let snapshot = engine.stats();
+            ui::publish(&engine, &snapshot, start.elapsed(), true);
+            Some(ui::totals(&snapshot))
+        }
+        None => None,
+    };
+    #[cfg(feature = "ws")]
+    if ui_sink.is_none() {
+        engine.flush()?;
+    }
+    #[cfg(not(feature = "ws"))]
     engine.flush()?;
     let flusher_cpu = common::flusher_cpu();
     let process_cpu = common::process_cpu();
@@ -902,6 +984,32 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     if let Some(r) = &loop_report {
         println!();
         print_event_loop(r, args.baseline, burst);
+    }
+    #[cfg(feature = "ws")]
+    if let (Some(sink), Some((events, batches, drops))) = (ui_sink, ui_totals) {
+        let ws = ui::finish(sink, Duration::from_secs(10))?;
+        let secs = wall.as_secs_f64().max(1e-3);
+        println!();
+        println!(
+            "== ui (WebSocket, {}) ==",
+            if args.baseline { "baseline" } else { "batched" }
+        );
+        println!(
+            "  frames sent: {} ({:.0}/s), bytes: {} ({}/s), events in frames: {}, pages served: {}",
+            count(ws.frames),
+            ws.frames as f64 / secs,
+            bytes(ws.bytes),
+            bytes((ws.bytes as f64 / secs) as u64),
+            count(ws.events),
+            ws.pages,
+        );
+        println!(
+            "  clients: {} accepted, malformed messages {}, connection errors {}, unencodable {}",
+            ws.accepted, ws.malformed, ws.errors, ws.encode_errors
+        );
+        println!(
+            "  page totals (all families but tower): events in {events}, batches out {batches}, drops {drops}"
+        );
     }
     Ok(())
 }

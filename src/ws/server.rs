@@ -326,7 +326,10 @@ impl<T: Serialize + Send + Sync + 'static> Connection<T> {
         let _ = stream.set_nodelay(true);
         let timeout = self.config.handshake_timeout;
         let head = match tokio::time::timeout(timeout, peek_head(&stream)).await {
-            Ok(Ok(head)) => head,
+            Ok(Ok(Some(head))) => head,
+            // Closed before sending a byte (a browser's speculative
+            // preconnect, a port probe): nothing to answer, not an error.
+            Ok(Ok(None)) => return,
             Ok(Err(e)) => return self.shared.count(ClientError::Handshake(e.to_string())),
             Err(_) => {
                 return self
@@ -535,20 +538,20 @@ async fn close(ws: &mut WebSocketStream<TcpStream>) {
 }
 
 /// The request head (through its blank line), peeked, not read, so the
-/// WebSocket handshake still finds it on the socket.
-async fn peek_head(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
+/// WebSocket handshake still finds it on the socket; `None` if the
+/// connection closed before its first byte. A connection that closes
+/// mid-request keeps returning its partial head: the caller's timeout ends
+/// it.
+async fn peek_head(stream: &TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; MAX_HEAD];
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before a request",
-            ));
+            return Ok(None);
         }
         if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
             buf.truncate(end + 4);
-            return Ok(buf);
+            return Ok(Some(buf));
         }
         if n == buf.len() {
             return Err(std::io::Error::new(
