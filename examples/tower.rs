@@ -804,7 +804,14 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
                 sink.local_addr()
             );
             let deadline = Instant::now() + Duration::from_secs(30);
-            while sink.stats().clients == 0 && Instant::now() < deadline {
+            let subscribed = || {
+                engine
+                    .stats()
+                    .subscribers
+                    .iter()
+                    .any(|s| s.name.starts_with("ws-") && !s.closed)
+            };
+            while !subscribed() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(50));
             }
             println!("ui: {} page(s) connected", sink.stats().clients);
