@@ -192,6 +192,10 @@ async fn a_stalled_client_lags_alone() {
         lagged += b.lagged;
         frames += 1;
     }
+    println!(
+        "stalled client: {frames} frames for {WINDOWS} windows: {covered} delivered \
+         (merged), {lagged} lost and reported in band"
+    );
     assert_eq!(covered + lagged, WINDOWS);
     assert!(
         lagged > 0,
