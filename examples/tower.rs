@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example tower [-- --seconds N] [--index PATH]... [--baseline]
+//! cargo run --release --features ws --example tower -- --ui 127.0.0.1:8080
 //! ```
 //!
 //! Every hot path below publishes into one engine built with the design's
@@ -43,6 +44,12 @@
 //! delivery per event, the unbatched bus of the design card, whose event
 //! loop was flooded by per-event dispatch so its health check failed at
 //! start-up. Both modes print the event-loop block in the same format.
+//!
+//! `--ui ADDR` (feature `ws`) serves a live page at `http://ADDR/` and
+//! the engine's batches to it over a WebSocket on the same port
+//! (`ringfold::ws::WsSink`, `tower/ui.rs`, `tower/ui.html`); the run
+//! starts once a page is connected (or after 30 s), and ends with the
+//! WebSocket frames and bytes sent.
 
 mod common;
 #[path = "common/event_loop.rs"]
@@ -51,6 +58,9 @@ mod event_loop;
 mod observe;
 #[path = "common/sink.rs"]
 mod sink;
+#[cfg(feature = "ws")]
+#[path = "tower/ui.rs"]
+mod ui;
 
 use std::error::Error;
 use std::ops::ControlFlow;
@@ -97,6 +107,9 @@ struct Args {
     /// `--prometheus ADDR`: serve tower's own metrics (folded by
     /// ringfold's metrics layer) and ringfold's health (feature `metrics`).
     prometheus: Option<std::net::SocketAddr>,
+    /// `--ui ADDR`: the live page's address (feature `ws`).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    ui: Option<std::net::SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -107,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
         baseline: false,
         nats: None,
         prometheus: None,
+        ui: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -146,10 +160,26 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.nats = Some(url);
             }
+            "--ui" => {
+                let v = it
+                    .next()
+                    .ok_or("--ui needs an address, e.g. 127.0.0.1:8080")?;
+                if cfg!(not(feature = "ws")) {
+                    return Err(
+                        "--ui needs the `ws` feature: cargo run --release --features ws \
+                                --example tower -- --ui 127.0.0.1:8080"
+                            .into(),
+                    );
+                }
+                args.ui = Some(
+                    v.parse()
+                        .map_err(|e| format!("--ui: not an address (IP:PORT): {v}: {e}"))?,
+                );
+            }
             "--help" | "-h" => {
                 println!(
                     "usage: tower [--seconds N] [--index PATH]... [--simulate-gpu] [--baseline] [--nats URL]\n\
-                     [--prometheus ADDR]\n\n\
+                     [--prometheus ADDR] [--ui ADDR]\n\n\
                      Runs a code indexer, an SQLite data layer, a chat stream and (with\n\
                      NVML) a GPU sampler into one ringfold engine for N seconds\n\
                      (default 10), printing per-family reduction and delay every second.\n\
@@ -161,7 +191,9 @@ fn parse_args() -> Result<Args, String> {
                      subjects tower.>; feature `nats`).\n\
                      --prometheus ADDR serves tower's metrics and ringfold's health\n\
                      (feature `metrics`). With feature `tracing`, tower also logs per\n\
-                     file and per row through tracing into ringfold and a JSON-lines file."
+                     file and per row through tracing into ringfold and a JSON-lines file.\n\
+                     --ui ADDR (feature `ws`) serves a live page at http://ADDR/ and the\n\
+                     batches to it over a WebSocket on the same port."
                 );
                 std::process::exit(0);
             }
@@ -734,6 +766,15 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     } else {
         builder.default_rules()
     };
+    // The live page's own figures, one delivery each.
+    #[cfg(feature = "ws")]
+    let builder = match args.ui {
+        Some(_) => {
+            let (pattern, policy) = ui::rule();
+            builder.policy(pattern, policy)
+        }
+        None => builder,
+    };
     let engine = builder
         .precise_timestamps(true)
         .subscriber_with(
@@ -801,6 +842,31 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     );
     println!();
 
+    #[cfg(feature = "ws")]
+    let ui_sink = match args.ui {
+        Some(addr) => {
+            let sink = ui::start(&engine, addr)?;
+            println!(
+                "ui: http://{}/ (page and WebSocket); waiting up to 30 s for a page to connect",
+                sink.local_addr()
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let subscribed = || {
+                engine
+                    .stats()
+                    .subscribers
+                    .iter()
+                    .any(|s| s.name.starts_with("ws-") && !s.closed)
+            };
+            while !subscribed() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            println!("ui: {} page(s) connected", sink.stats().clients);
+            Some(sink)
+        }
+        None => None,
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let phases = event_loop::Phases {
@@ -845,6 +911,10 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         let cpu = common::flusher_cpu();
         let interval: Vec<Histogram> = std::mem::take(&mut lock(&delays).interval);
         let stats = engine.stats();
+        #[cfg(feature = "ws")]
+        if ui_sink.is_some() {
+            ui::publish(&engine, &stats, now - start, false);
+        }
         prev = print_live(now - start, &stats, &prev, now - prev_at, &interval, cpu);
         print_subscribers(&stats.subscribers);
         observe.print_live();
@@ -862,6 +932,25 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let data = join(data, "data layer");
     let chat = join(chat, "chat");
     let gpu = gpu.map(GpuSampler::stop);
+    #[cfg(feature = "ws")]
+    let ui_totals = match &ui_sink {
+        // A page that stopped reading must not hold the run: a flush waits
+        // for every receiver, the pages' too.
+        Some(_) => {
+            if let Err(e) = engine.flush_timeout(Duration::from_secs(10)) {
+                eprintln!("ui: flush gave up: {e}");
+            }
+            let snapshot = engine.stats();
+            ui::publish(&engine, &snapshot, start.elapsed(), true);
+            Some(ui::totals(&snapshot))
+        }
+        None => None,
+    };
+    #[cfg(feature = "ws")]
+    if ui_sink.is_none() {
+        engine.flush()?;
+    }
+    #[cfg(not(feature = "ws"))]
     engine.flush()?;
     let flusher_cpu = common::flusher_cpu();
     let process_cpu = common::process_cpu();
@@ -965,6 +1054,32 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     if let Some(r) = &loop_report {
         println!();
         print_event_loop(r, args.baseline, burst);
+    }
+    #[cfg(feature = "ws")]
+    if let (Some(sink), Some((events, batches, drops))) = (ui_sink, ui_totals) {
+        let ws = ui::finish(sink, Duration::from_secs(10))?;
+        let secs = wall.as_secs_f64().max(1e-3);
+        println!();
+        println!(
+            "== ui (WebSocket, {}) ==",
+            if args.baseline { "baseline" } else { "batched" }
+        );
+        println!(
+            "  frames sent: {} ({:.0}/s), bytes: {} ({}/s), events in frames: {}, pages served: {}",
+            count(ws.frames),
+            ws.frames as f64 / secs,
+            bytes(ws.bytes),
+            bytes((ws.bytes as f64 / secs) as u64),
+            count(ws.events),
+            ws.pages,
+        );
+        println!(
+            "  clients: {} accepted, malformed messages {}, connection errors {}, unencodable {}",
+            ws.accepted, ws.malformed, ws.errors, ws.encode_errors
+        );
+        println!(
+            "  page totals (all families but tower): events in {events}, batches out {batches}, drops {drops}"
+        );
     }
     Ok(())
 }

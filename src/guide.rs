@@ -98,7 +98,11 @@ pub mod tracing {
 
 pub mod ws {
     #![doc = include_str!("guide/links.md")]
-    #![doc = include_str!("../docs/ws.md")]
+    #![cfg_attr(feature = "ws", doc = include_str!("../docs/ws.md"))]
+    #![cfg_attr(
+        not(feature = "ws"),
+        doc = "Serve batches to WebSocket clients and tower's live page: build with the cargo feature `ws` (docs/ws.md)."
+    )]
 }
 
 #[cfg(test)]

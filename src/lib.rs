@@ -54,6 +54,8 @@ pub mod tracing;
 mod value;
 #[cfg(feature = "serde")]
 pub mod wire;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use builder::EngineBuilder;
 pub use config::FullPolicy;
