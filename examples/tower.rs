@@ -873,7 +873,13 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         start,
         burst_end: start + burst,
     };
-    let event_loop = event_loop::spawn(ui_rx, phases)?;
+    #[allow(unused_mut)]
+    let mut on_health: Option<event_loop::OnHealth> = None;
+    #[cfg(feature = "ws")]
+    if ui_sink.is_some() {
+        on_health = Some(ui::health_publisher(&engine));
+    }
+    let event_loop = event_loop::spawn(ui_rx, phases, on_health)?;
     let sink_counters = Arc::new(sink::SinkCounters::default());
     let mut sqlite = sink::SqliteSink::create(&sink_path, sink_counters.clone())?;
     // A run-time subscription on its own delivery thread; the handle keeps

@@ -103,14 +103,23 @@ impl LoopReport {
     }
 }
 
+/// Called with each health check's delay as the UI end reads its answer,
+/// and whether the check fell due during the start-up burst (tower's live
+/// page shows them as they happen).
+pub type OnHealth = Box<dyn FnMut(Duration, bool) + Send>;
+
 /// Starts the loop's thread; it ends when `rx` ends (engine shut down).
-pub fn spawn(rx: Receiver, phases: Phases) -> io::Result<JoinHandle<io::Result<LoopReport>>> {
+pub fn spawn(
+    rx: Receiver,
+    phases: Phases,
+    on_health: Option<OnHealth>,
+) -> io::Result<JoinHandle<io::Result<LoopReport>>> {
     thread::Builder::new()
         .name("tower-event-loop".into())
-        .spawn(move || run(rx, phases))
+        .spawn(move || run(rx, phases, on_health))
 }
 
-fn run(mut rx: Receiver, phases: Phases) -> io::Result<LoopReport> {
+fn run(mut rx: Receiver, phases: Phases, on_health: Option<OnHealth>) -> io::Result<LoopReport> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     let addr = listener.local_addr()?;
     let sock = TcpStream::connect(addr)?;
@@ -118,7 +127,7 @@ fn run(mut rx: Receiver, phases: Phases) -> io::Result<LoopReport> {
     let (ui_end, _) = listener.accept()?;
     let ui = thread::Builder::new()
         .name("tower-ui".into())
-        .spawn(move || ui_reader(ui_end, phases))?;
+        .spawn(move || ui_reader(ui_end, phases, on_health))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -274,7 +283,11 @@ fn value_json(v: &Value) -> serde_json::Value {
 
 /// The UI end: reads frames, and times each health answer against its
 /// due time.
-fn ui_reader(sock: TcpStream, phases: Phases) -> io::Result<(u64, Health, Health)> {
+fn ui_reader(
+    sock: TcpStream,
+    phases: Phases,
+    mut on_health: Option<OnHealth>,
+) -> io::Result<(u64, Health, Health)> {
     let mut reader = BufReader::with_capacity(1 << 16, sock);
     let mut line = Vec::with_capacity(64 << 10);
     let (mut frames, mut burst, mut after) = (0u64, Health::default(), Health::default());
@@ -297,11 +310,11 @@ fn ui_reader(sock: TcpStream, phases: Phases) -> io::Result<(u64, Health, Health
         };
         let due = phases.start + Duration::from_micros(due_us);
         let delay = now.saturating_duration_since(due);
-        let h = if u128::from(due_us) < burst_us {
-            &mut burst
-        } else {
-            &mut after
-        };
+        let in_burst = u128::from(due_us) < burst_us;
+        if let Some(f) = on_health.as_mut() {
+            f(delay, in_burst);
+        }
+        let h = if in_burst { &mut burst } else { &mut after };
         h.answered += 1;
         h.on_time += u64::from(delay <= DEADLINE);
         h.delay.record(delay);

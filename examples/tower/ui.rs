@@ -93,6 +93,20 @@ pub fn publish(engine: &Engine<Value>, stats: &Stats, elapsed: Duration, last: b
     failed
 }
 
+/// Publishes each health check's delay as it is measured, as
+/// `tower:health:burst_us` (due during the indexer's start-up burst) or
+/// `tower:health:after_us`, so the page shows the event loop's health live.
+pub fn health_publisher(engine: &Engine<Value>) -> Box<dyn FnMut(Duration, bool) + Send> {
+    let engine = engine.clone();
+    Box::new(move |delay: Duration, in_burst: bool| {
+        let phase = if in_burst { "burst_us" } else { "after_us" };
+        let us = delay.as_micros().min(u128::from(u64::MAX)) as u64;
+        // A refused publish only leaves a gap on the page; the loop's own
+        // report (printed at the end) has every check.
+        let _ = engine.publish(&format!("{FAMILY}:health:{phase}"), us);
+    })
+}
+
 /// Waits up to `wait` for the page's connections to drain and close (the
 /// engine shut down first), then stops the sink.
 pub fn finish(sink: WsSink, wait: Duration) -> Result<WsStats, ringfold::ws::Error> {
