@@ -254,22 +254,43 @@ impl<T> State<T> {
     fn vacate(&mut self, i: usize) -> Option<Batch<T>> {
         let slot = self.items.get_mut(i)?;
         let batch = slot.batch.take()?;
-        self.held_events -= slot.held_events;
-        self.held_bytes -= slot.bytes;
-        self.live -= 1;
-        self.queued_windows -= batch.merged();
-        self.queued_events -= batch.len() as u64;
-        let abs = self.front + i as u64;
-        if let Some(slot) = self.newest.get_mut(batch.prefix_id() as usize) {
-            if *slot == abs + 1 {
-                *slot = 0;
-            }
-        }
+        let (held_events, bytes) = (slot.held_events, slot.bytes);
+        self.account_removed(&batch, self.front + i as u64, held_events, bytes);
         while self.items.front().is_some_and(|s| s.batch.is_none()) {
             self.items.pop_front();
             self.front += 1;
         }
         Some(batch)
+    }
+
+    /// Takes the oldest batch: `vacate` of the first live slot, without
+    /// searching for it (tombstones never stay at the front, see `vacate`),
+    /// the consumer's path on every pop.
+    fn take_front(&mut self) -> Option<Batch<T>> {
+        loop {
+            let slot = self.items.pop_front()?;
+            let abs = self.front;
+            self.front += 1;
+            if let Some(batch) = slot.batch {
+                self.account_removed(&batch, abs, slot.held_events, slot.bytes);
+                return Some(batch);
+            }
+        }
+    }
+
+    /// Updates the counts for `batch`, just taken out of the slot at
+    /// absolute position `abs`, which held `held_events` and `bytes`.
+    fn account_removed(&mut self, batch: &Batch<T>, abs: u64, held_events: u64, bytes: u64) {
+        self.held_events -= held_events;
+        self.held_bytes -= bytes;
+        self.live -= 1;
+        self.queued_windows -= batch.merged();
+        self.queued_events -= batch.len() as u64;
+        if let Some(slot) = self.newest.get_mut(batch.prefix_id() as usize) {
+            if *slot == abs + 1 {
+                *slot = 0;
+            }
+        }
     }
 
     /// Merges `sealed` (`add` = its events and bytes) into the batch in
@@ -659,8 +680,7 @@ impl<T> Queue<T> {
     /// Takes the oldest batch, with the lag it carries in band; accounts
     /// it per `hand`. Caller holds the lock.
     fn take(&self, st: &mut State<T>, hand: Hand) -> Option<(Batch<T>, Vec<Waker>)> {
-        let i = st.first_live()?;
-        let mut batch = st.vacate(i)?;
+        let mut batch = st.take_front()?;
         batch.set_lagged(std::mem::take(&mut st.lagged));
         let windows = batch.merged();
         let wakers = match hand {
@@ -772,8 +792,7 @@ impl<T> Queue<T> {
         let mut st = lock(&self.state);
         st.closed = true;
         if mode == OnUnsubscribe::Discard {
-            while let Some(i) = st.first_live() {
-                let Some(batch) = st.vacate(i) else { break };
+            while let Some(batch) = st.take_front() {
                 st.discarded_batches += batch.merged();
                 st.discarded_events += batch.len() as u64;
                 st.done += batch.merged();
