@@ -3,18 +3,52 @@
 //! subscribers' delivery threads).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringfold::{Batch, Engine, Policy, SubscribeOptions};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// The sizes of the first allocations counted while `MEASURING` (so a
+/// failure says what grew, not only how often).
+static SIZES: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+static MEASURING: AtomicBool = AtomicBool::new(false);
+
+fn count(size: usize) {
+    let n = ALLOCS.fetch_add(1, Ordering::Relaxed);
+    if MEASURING.load(Ordering::Relaxed) {
+        if let Some(slot) = SIZES.get(n.wrapping_sub(BASE.load(Ordering::Relaxed)) as usize) {
+            slot.store(size as u64, Ordering::Relaxed);
+        }
+    }
+}
+static BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Starts recording allocation sizes; returns the count so far.
+fn start_measuring() -> u64 {
+    let before = ALLOCS.load(Ordering::SeqCst);
+    BASE.store(before, Ordering::SeqCst);
+    MEASURING.store(true, Ordering::SeqCst);
+    before
+}
+
+/// Stops recording; returns the count so far and the sizes recorded.
+fn stop_measuring() -> (u64, Vec<u64>) {
+    MEASURING.store(false, Ordering::SeqCst);
+    let after = ALLOCS.load(Ordering::SeqCst);
+    let n = (after - BASE.load(Ordering::SeqCst)).min(SIZES.len() as u64) as usize;
+    let sizes = SIZES[..n]
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .collect();
+    (after, sizes)
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count(layout.size());
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -23,7 +57,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count(new_size);
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -126,9 +160,15 @@ fn steady_state_allocations_with(
             .map_or(0, |s| s.merged_batches)
     };
     let merged_before = merged(&engine);
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = start_measuring();
     run_round(&engine, &mut producer, &keys, n);
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let (after, sizes) = stop_measuring();
+    if after > before {
+        println!(
+            "  allocation sizes (bytes, first {}): {sizes:?}",
+            SIZES.len()
+        );
+    }
     let merged_during = merged(&engine) - merged_before;
     let stats = engine.shutdown().unwrap();
     assert!(puller.join().unwrap() > 0);
@@ -178,7 +218,11 @@ fn no_allocation_per_event_in_steady_state() {
     );
     // A subscriber that is always behind: its queue merges windows all the
     // time, reusing its merges and the pool's windows.
-    for policy in [Policy::Passthrough, Policy::latest(ms(50), 4)] {
+    for policy in [
+        Policy::Passthrough,
+        Policy::latest(ms(50), 4),
+        Policy::aggregate(ms(50), 4),
+    ] {
         let ((allocs, events), merged) =
             steady_state_allocations_with(policy, false, Some(Duration::from_micros(200)));
         println!(

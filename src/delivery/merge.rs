@@ -66,8 +66,7 @@ impl<T> Spares<T> {
         };
         parked.extend((0..provision).map(|_| {
             let mut m = Merge::new();
-            m.segments.reserve(INITIAL_WINDOWS);
-            m.scratch.reserve(INITIAL_WINDOWS);
+            m.reserve_initial();
             Arc::new(m)
         }));
         Spares {
@@ -106,8 +105,14 @@ impl<T> Spares<T> {
     }
 }
 
-/// Windows a new merge has room for (see `Merge::start`).
+/// Windows a new merge has room for (see `Merge::reserve_initial`).
 const INITIAL_WINDOWS: usize = 64;
+/// Surviving events a new merge has room for.
+const INITIAL_PICKS: usize = 64;
+/// `latest` keys a new merge has room for.
+const INITIAL_SURVIVORS: usize = 16;
+/// Aggregated names a new merge has room for.
+const INITIAL_AGGREGATES: usize = 8;
 
 /// The merged part of a batch: everything after its first window.
 pub(crate) struct Merge<T> {
@@ -199,13 +204,23 @@ impl<T> Merge<T> {
         self.segment_bytes = 0;
     }
 
+    /// Gives a merge room for a lagging subscriber's ordinary backlog of
+    /// one prefix (windows, and `latest` survivors), so that whichever
+    /// parked merge a queue takes, even one never used before (which one
+    /// depends on how deep the backlog went), does not allocate to merge
+    /// it. (No-ops once it has the room.)
+    fn reserve_initial(&mut self) {
+        self.segments.reserve(INITIAL_WINDOWS);
+        self.scratch.reserve(INITIAL_WINDOWS);
+        self.picks.reserve(INITIAL_PICKS);
+        self.survivors.reserve(INITIAL_SURVIVORS);
+        self.aggregates.reserve(INITIAL_AGGREGATES);
+    }
+
     /// Starts from the batch's own (unmerged) window `head`.
     pub(crate) fn start(&mut self, head: &Arc<Sealed<T>>) {
         self.clear();
-        // A new merge starts with room for a lagging subscriber's ordinary
-        // backlog of one prefix: reused merges then rarely need to grow.
-        self.segments.reserve(INITIAL_WINDOWS);
-        self.scratch.reserve(INITIAL_WINDOWS);
+        self.reserve_initial();
         self.segments.push(head.clone());
         self.aggregates.extend(head.aggregates.iter().cloned());
         self.len = head.events.len();
