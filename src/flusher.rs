@@ -529,6 +529,7 @@ impl<T: Send + Sync + 'static> Sealer<T> {
             epoch: self.epoch,
             dropped: closed.dropped,
             folded: closed.folded,
+            latest: closed.latest,
             keep_alive,
         };
         let sealed = self.pool.seal(header, closed.events, closed.aggregates);

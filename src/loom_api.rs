@@ -231,6 +231,7 @@ impl DeliveryQueue {
             epoch: pool.1,
             dropped: 0,
             folded: 0,
+            latest: false,
             keep_alive: std::sync::Arc::new(()),
         };
         let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());

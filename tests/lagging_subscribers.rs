@@ -543,3 +543,68 @@ fn aggregates_stay_exact_for_a_subscriber_of_any_speed() {
     assert_eq!(sum, (0..100_000i128).sum::<i128>());
     assert!(stats.subscribers[0].merged_batches > 0);
 }
+
+#[test]
+fn a_lagging_latest_subscriber_gets_one_value_per_key_across_merged_windows() {
+    // 50 `latest` windows of 4 keys each, sealed while the subscriber is
+    // held in its first callback: the 49 windows after the first merge into
+    // one batch carrying each key's final value once, the 48 x 4 values
+    // they superseded counted as folded, not delivered.
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let engine = Engine::<u64>::builder()
+        .policy("gpu:*", Policy::latest(common::HOUR, 4))
+        .subscriber_with(
+            "gpu:*",
+            SubscribeOptions::new("lagging").coalesce_after(1),
+            move |b: &Batch<u64>| {
+                let values: Vec<(u64, u64)> = b
+                    .events()
+                    .iter()
+                    .map(|e| (e.sub_key(), *e.payload()))
+                    .collect();
+                sink.lock().unwrap().push((b.merged(), values));
+                // Held in the first callback until every window is queued.
+                let _ = gate_rx.lock().unwrap().recv();
+            },
+        )
+        .build()
+        .unwrap();
+    let temp = engine.key("gpu:0:temp_c").unwrap();
+    let mut p = engine.producer().unwrap();
+    for round in 0..50u64 {
+        for gpu in 0..4u64 {
+            p.publish_with_sub_key(temp, gpu, round).unwrap();
+        }
+        if round == 0 {
+            // The first window is in the subscriber's hands before the
+            // others are sealed.
+            assert!(wait_until(LONG, || got.lock().unwrap().len() == 1));
+        }
+    }
+    let lagging = |e: &Engine<u64>| {
+        e.stats()
+            .subscribers
+            .into_iter()
+            .find(|s| s.name == "lagging")
+            .unwrap()
+    };
+    assert!(
+        wait_until(LONG, || lagging(&engine).sealed == 50),
+        "{:?}",
+        lagging(&engine)
+    );
+    let s = lagging(&engine);
+    assert_eq!(s.merged_batches, 48, "{s:?}");
+    assert_eq!(s.merge_folded_events, 48 * 4, "{s:?}");
+    assert_eq!((s.queued, s.queued_events), (49, 4), "{s:?}");
+    drop(gate_tx);
+    let stats = engine.shutdown().unwrap();
+    assert!(stats.is_lossless(), "{stats:?}");
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], (1, (0..4).map(|g| (g, 0)).collect()));
+    assert_eq!(got[1], (49, (0..4).map(|g| (g, 49)).collect()));
+}

@@ -72,6 +72,9 @@ pub(crate) struct Sealed<T> {
     pub(crate) epoch: Epoch,
     pub(crate) dropped: u64,
     pub(crate) folded: u64,
+    /// Holds `latest` events (set by the fold, which knows without looking
+    /// at each event): merging it needs survivors (see `merge`).
+    pub(crate) latest: bool,
     pub(crate) keep_alive: Option<KeepAlive>,
 }
 
@@ -89,6 +92,8 @@ pub(crate) struct Header {
     pub(crate) epoch: Epoch,
     pub(crate) dropped: u64,
     pub(crate) folded: u64,
+    /// The window holds `latest` events.
+    pub(crate) latest: bool,
     pub(crate) keep_alive: KeepAlive,
 }
 
@@ -110,6 +115,7 @@ impl<T> Sealed<T> {
             epoch,
             dropped: 0,
             folded: 0,
+            latest: false,
             keep_alive: None,
         }
     }
@@ -117,7 +123,7 @@ impl<T> Sealed<T> {
     /// Does the window hold `latest` survivors or aggregates, which merging
     /// with a later window of the prefix can shrink (see `merge`)?
     pub(crate) fn holds_final_values(&self) -> bool {
-        !self.aggregates.is_empty() || self.events.iter().any(|e| e.meta.get().latest)
+        !self.aggregates.is_empty() || self.latest
     }
 
     /// Bytes this window holds: its own struct plus its buffers' capacity
@@ -139,6 +145,7 @@ impl<T> Sealed<T> {
         self.epoch = h.epoch;
         self.dropped = h.dropped;
         self.folded = h.folded;
+        self.latest = h.latest;
         self.keep_alive = Some(h.keep_alive);
     }
 }

@@ -199,6 +199,9 @@ impl<T> Merge<T> {
         self.picked = false;
         self.survivors.clear();
         self.aggregates.clear();
+        // Scratch holds nothing between merges; cleared, so that
+        // `reserve_initial` (room past its length) does not grow it.
+        self.scratch.clear();
         self.len = 0;
         self.windows = 0;
         self.segment_bytes = 0;
@@ -231,7 +234,7 @@ impl<T> Merge<T> {
         self.folded = head.folded;
         self.windows = 1;
         self.segment_bytes = head.footprint();
-        if head.events.iter().any(|e| e.meta.get().latest) {
+        if head.latest {
             self.pick_all();
         }
     }
@@ -274,8 +277,7 @@ impl<T> Merge<T> {
             // Only aggregates: nothing of the window is lent.
             return 0;
         }
-        let latest = next.events.iter().any(|e| e.meta.get().latest);
-        if latest && !self.picked {
+        if next.latest && !self.picked {
             self.pick_all();
         }
         let seg = self.segments.len() as u32;

@@ -103,6 +103,7 @@ impl Fixture {
             epoch: self.epoch,
             dropped: 1,
             folded: 2,
+            latest: events.iter().any(|e| e.meta.get().latest),
             keep_alive: std::sync::Arc::new(self.interner.keepalive()),
         };
         pool.seal(header, events, &mut Vec::new())
@@ -281,6 +282,7 @@ fn pool_recycles_released_batches_without_allocating() {
         epoch: f.epoch,
         dropped: 0,
         folded: 0,
+        latest: false,
         keep_alive: std::sync::Arc::new(f.interner.keepalive()),
     };
     let again = f.pool.seal(header, &mut events, &mut Vec::new());

@@ -58,6 +58,8 @@ pub(crate) struct Closed<'a, T> {
     pub(crate) closed: Instant,
     pub(crate) dropped: u64,
     pub(crate) folded: u64,
+    /// The window holds `latest` events.
+    pub(crate) latest: bool,
     pub(crate) events: &'a mut Vec<Event<T>>,
     pub(crate) aggregates: &'a mut Vec<Aggregate>,
 }
@@ -638,6 +640,7 @@ impl<T> Folder<T> {
         spare.pid = pid;
         spare.reason = reason;
         spare.folded = acc.folded;
+        spare.latest = acc.has_latest;
         spare.dropped = 0;
         if !spare.events.is_empty() || !spare.aggregates.is_empty() {
             spare.dropped = std::mem::take(&mut acc.dropped_since);
@@ -673,6 +676,7 @@ impl<T> Folder<T> {
                     closed,
                     dropped: sealed.dropped,
                     folded: sealed.folded,
+                    latest: sealed.latest,
                     events: &mut sealed.events,
                     aggregates: &mut sealed.aggregates,
                 });

@@ -104,6 +104,10 @@ pub(super) struct Acc<T> {
     /// An urgent event closed the window, which waits in `Folder::holds`
     /// for one more sweep before it is sealed.
     pub(super) held: bool,
+    /// The window took a `latest` event: it is sealed with the flag, so
+    /// that a lagging subscriber's queue knows without a look at every
+    /// event whether merging it needs survivors (see `delivery::merge`).
+    pub(super) has_latest: bool,
 }
 
 impl<T> Acc<T> {
@@ -122,6 +126,7 @@ impl<T> Acc<T> {
             dropped_since: 0,
             queued: false,
             held: false,
+            has_latest: false,
         }
     }
 
@@ -144,6 +149,7 @@ impl<T> Acc<T> {
         self.discarded = 0;
         self.folded = 0;
         self.max_count = usize::MAX;
+        self.has_latest = false;
     }
 
     /// `latest`: the prologue every `latest` event goes through, urgent or
@@ -163,6 +169,7 @@ impl<T> Acc<T> {
         fold: impl FnOnce(&mut Self, (u32, u64), Event<T>, &mut u64),
     ) {
         let key = (name_id, event.sub_key);
+        self.has_latest = true;
         let latest = self.latest.get_or_insert_with(Box::default);
         latest.last_sweep = sweep;
         if latest.stale(key, event.nanos, sweep) {
@@ -340,6 +347,8 @@ pub(super) struct Sealed<T> {
     pub(super) aggregates: Vec<Aggregate>,
     pub(super) folded: u64,
     pub(super) dropped: u64,
+    /// Holds `latest` events (see `Acc::has_latest`).
+    pub(super) latest: bool,
 }
 
 impl<T> Default for Sealed<T> {
@@ -350,6 +359,7 @@ impl<T> Default for Sealed<T> {
             events: Vec::new(),
             aggregates: Vec::new(),
             folded: 0,
+            latest: false,
             dropped: 0,
         }
     }
