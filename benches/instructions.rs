@@ -52,6 +52,9 @@ const PREFIXES: usize = 64;
 /// Publishes per measured chunk: below the default high-water mark (1024
 /// of 4096), so no publish in the chunk wakes the flusher.
 const CHUNK: u64 = 1000;
+/// Events published into one ring before the next, with several producers
+/// (see [`run_fold`]).
+const TURN: u64 = 64;
 
 fn keys(engine: &Engine<u64>) -> Vec<EventKey> {
     (0..PREFIXES)
@@ -125,15 +128,28 @@ fn run_publish(n: u64, baseline: bool) {
 /// ring holding all `n` would be cheaper per event in logic but grows the
 /// flusher's list of sealed batches to `n / 100` entries, reallocations
 /// that make the count vary and that a real ring never sees.)
+///
+/// With `RINGFOLD_CALLGRIND_PRODUCERS=P` (default 1), the main thread
+/// publishes through `P` producers (`P` rings) in turns of [`TURN`] events,
+/// so the flusher sweeps `P` rings as at `P` producer threads, while the
+/// count stays the flusher's alone (producer threads would be more
+/// threads to sum, and their waits on a full ring would vary).
 fn run_fold(n: u64) {
     let engine = engine(4096, 1024, Duration::from_secs(3600));
     let keys = keys(&engine);
-    let mut producer = engine.producer().unwrap();
+    let rings: usize = std::env::var("RINGFOLD_CALLGRIND_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut producers: Vec<_> = (0..rings).map(|_| engine.producer().unwrap()).collect();
     for i in 0..n {
+        let producer = &mut producers[(i / TURN) as usize % rings];
         producer
             .publish_key(keys[(i as usize) % PREFIXES], i)
             .unwrap();
     }
+    drop(producers);
     engine.flush().unwrap();
     let stats = engine.shutdown().unwrap();
     assert_eq!(stats.dropped.full, 0);
