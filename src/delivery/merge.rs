@@ -12,7 +12,9 @@
 //!   windows, in the order of each key's first appearance; an urgent event
 //!   goes last, as within a window;
 //! * aggregates: merged exactly (count, exact integer sum, float sum, min,
-//!   max, first, last).
+//!   max, first, last);
+//! * histograms: their sketches merged exactly (bucket counts added; count,
+//!   sum, min and max as if one window had taken every sample).
 //!
 //! Events are never copied (payloads are not `Clone`, and every subscriber
 //! shares the sealed windows): a merged batch holds handles to the windows
@@ -35,6 +37,7 @@ use std::time::Instant;
 
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
+use crate::histogram::Histograms;
 use crate::fold::merge_aggregate;
 use crate::intern::EventKey;
 use crate::sync::{lock, Arc, Mutex};
@@ -128,6 +131,9 @@ pub(crate) struct Merge<T> {
     survivors: HashMap<(EventKey, u64), u32, ahash::RandomState>,
     /// The windows' aggregates, merged per name.
     pub(crate) aggregates: Vec<Aggregate>,
+    /// The windows' histograms, merged per name (spare slots kept across
+    /// merges, so a parked merge reuses their bucket arrays).
+    pub(crate) histograms: Histograms,
     /// Events lent (`picks.len()` when picked).
     pub(crate) len: usize,
     pub(crate) last_seq: u64,
@@ -154,6 +160,7 @@ impl<T> Clone for Merge<T> {
             picked: self.picked,
             survivors: self.survivors.clone(),
             aggregates: self.aggregates.clone(),
+            histograms: self.histograms.clone(),
             len: self.len,
             last_seq: self.last_seq,
             closed: self.closed,
@@ -177,6 +184,7 @@ impl<T> Merge<T> {
             picked: false,
             survivors: HashMap::default(),
             aggregates: Vec::new(),
+            histograms: Histograms::default(),
             len: 0,
             last_seq: 0,
             closed: Instant::now(),
@@ -199,6 +207,7 @@ impl<T> Merge<T> {
         self.picked = false;
         self.survivors.clear();
         self.aggregates.clear();
+        self.histograms.clear();
         self.len = 0;
         self.windows = 0;
         self.segment_bytes = 0;
@@ -223,6 +232,7 @@ impl<T> Merge<T> {
         self.reserve_initial();
         self.segments.push(head.clone());
         self.aggregates.extend(head.aggregates.iter().cloned());
+        self.histograms.merge_from(head.histograms.as_slice());
         self.len = head.events.len();
         self.last_seq = head.seq;
         self.closed = head.closed;
@@ -270,8 +280,9 @@ impl<T> Merge<T> {
                 None => self.aggregates.push(a.clone()),
             }
         }
+        self.histograms.merge_from(next.histograms.as_slice());
         if next.events.is_empty() {
-            // Only aggregates: nothing of the window is lent.
+            // Only aggregates and histograms: nothing of the window is lent.
             return 0;
         }
         let latest = next.events.iter().any(|e| e.meta.get().latest);
@@ -373,9 +384,11 @@ impl<T> Merge<T> {
     pub(crate) fn own_bytes(&self) -> u64 {
         let picks = self.picks.capacity() * std::mem::size_of::<(u32, u32)>();
         let aggs = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
+        // The merged sketches' bucket arrays (spare slots' included).
+        let hists = self.histograms.heap_bytes();
         let segs = self.segments.capacity() * std::mem::size_of::<Arc<Sealed<T>>>();
         // A hash map entry: the key, the position and a control byte.
         let map = self.survivors.capacity() * (std::mem::size_of::<((EventKey, u64), u32)>() + 1);
-        (std::mem::size_of::<Self>() + picks + aggs + segs + map) as u64
+        (std::mem::size_of::<Self>() + picks + aggs + hists + segs + map) as u64
     }
 }
