@@ -60,7 +60,10 @@ use crate::sketch::{Sketch, Summary};
 pub struct Histogram {
     pub(crate) name: InternedStr,
     pub(crate) key: EventKey,
-    pub(crate) sketch: Sketch,
+    /// Boxed: a slot is then 32 bytes, so lists can keep room for slots
+    /// up front (a lagging queue's merges do) at little cost, and a
+    /// sketch moves between lists without copying its figures.
+    pub(crate) sketch: Box<Sketch>,
 }
 
 impl Histogram {
@@ -226,21 +229,42 @@ impl Histograms {
     /// there is one (allocation-free then, as long as the slot's arrays
     /// cover the new samples' span), else a new one. Returns its index.
     pub(crate) fn push(&mut self, name: InternedStr, key: EventKey) -> usize {
+        self.push_pooled(name, key, &mut Vec::new())
+    }
+
+    /// `push`, taking a slot from `pool` (cleared histograms of other
+    /// lists) before making a new one.
+    fn push_pooled(&mut self, name: InternedStr, key: EventKey, pool: &mut Vec<Histogram>) -> usize {
         let at = self.len;
-        match self.slots.get_mut(at) {
-            Some(slot) => {
-                slot.name = name;
-                slot.key = key;
-                slot.sketch.clear();
-            }
-            None => self.slots.push(Histogram {
-                name,
+        if at == self.slots.len() {
+            let slot = pool.pop().unwrap_or_else(|| Histogram {
+                name: name.clone(),
                 key,
-                sketch: Sketch::default(),
-            }),
+                sketch: Box::default(),
+            });
+            self.slots.push(slot);
         }
+        let slot = &mut self.slots[at];
+        slot.name = name;
+        slot.key = key;
+        slot.sketch.clear();
         self.len += 1;
         at
+    }
+
+    /// Room for `n` slots without growing the list (slots only: their
+    /// sketches come when used).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.slots.reserve(n.saturating_sub(self.slots.len()));
+    }
+
+    /// Empties the list into `pool`, at most `keep` slots in all there
+    /// (the rest are dropped); the list keeps its own capacity.
+    pub(crate) fn release_into(&mut self, pool: &mut Vec<Histogram>, keep: usize) {
+        let room = keep.saturating_sub(pool.len()).min(self.slots.len());
+        pool.extend(self.slots.drain(..room));
+        self.slots.clear();
+        self.len = 0;
     }
 
     /// The live histogram at `i`.
@@ -249,28 +273,35 @@ impl Histograms {
     }
 
     /// Merges `from` in: a name already here gets `from`'s buckets added
-    /// (exact), a new one is appended. (Every sketch of the engine has the
-    /// same accuracy, so `Sketch::merge` cannot refuse.)
-    pub(crate) fn merge_from(&mut self, from: &[Histogram]) {
+    /// (exact), a new one is appended, in a slot from `pool` if this list
+    /// has no spare one. (Every sketch of the engine has the same
+    /// accuracy, so `Sketch::merge` cannot refuse.) The merged sketches
+    /// take their full bucket arrays at once: merged windows span an
+    /// unpredictable range (as many windows as a backlog holds), and
+    /// growing step by step would allocate whenever a backlog reached a
+    /// wider one than the slot had seen.
+    pub(crate) fn merge_from(&mut self, from: &[Histogram], pool: &mut Vec<Histogram>) {
         for h in from {
             let i = match self.as_slice().iter().position(|x| x.key == h.key) {
                 Some(i) => i,
-                None => self.push(h.name.clone(), h.key),
+                None => self.push_pooled(h.name.clone(), h.key, pool),
             };
             if let Some(into) = self.get_mut(i) {
+                into.sketch.reserve_full_for(&h.sketch);
                 let _ = into.sketch.merge(&h.sketch);
             }
         }
     }
 
     /// Bytes held beyond the list's own struct: the slots and every
-    /// slot's bucket arrays, spare ones included (they stay resident).
+    /// slot's sketch with its bucket arrays, spare ones included (they
+    /// stay resident).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Histogram>()
             + self
                 .slots
                 .iter()
-                .map(|h| h.sketch.heap_bytes())
+                .map(|h| std::mem::size_of::<Sketch>() + h.sketch.heap_bytes())
                 .sum::<usize>()
     }
 }

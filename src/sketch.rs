@@ -117,6 +117,29 @@ impl Store {
         self.offset = new_offset;
     }
 
+    /// Grows the array to `Sketch::MAX_BUCKETS` (keeping counts), the
+    /// most a store ever needs: it never allocates again.
+    fn reserve_full(&mut self) {
+        if self.counts.len() >= Sketch::MAX_BUCKETS {
+            return;
+        }
+        let old = std::mem::take(&mut self.counts);
+        let old_offset = self.offset;
+        let (lo, hi) = if self.total > 0 {
+            (self.lo, self.hi)
+        } else {
+            (0, 0)
+        };
+        let span = (hi - lo + 1) as usize;
+        self.counts = vec![0u64; Sketch::MAX_BUCKETS];
+        self.offset = lo - ((Sketch::MAX_BUCKETS - span) / 2) as i32;
+        if self.total > 0 {
+            for i in lo..=hi {
+                self.counts[(i - self.offset) as usize] = old[(i - old_offset) as usize];
+            }
+        }
+    }
+
     /// `ensure` when `lo..=hi` fits the array: moves the live counts (the
     /// part of `lo..=hi` the array covers now) to a new offset centring
     /// `lo..=hi`, zeroing what they leave behind.
@@ -333,6 +356,20 @@ impl Sketch {
         self.max = self.max.max(other.max);
         self.not_numeric += other.not_numeric;
         Ok(())
+    }
+
+    /// Sizes the bucket arrays of the signs `other` holds values of to
+    /// their largest, so that merging sketches into this one never
+    /// allocates again whatever span they cover (16 KiB per sign). For
+    /// merges whose span is not known in advance: a lagging queue's merged
+    /// windows.
+    pub(crate) fn reserve_full_for(&mut self, other: &Sketch) {
+        if other.pos.total > 0 {
+            self.pos.reserve_full();
+        }
+        if other.neg.total > 0 {
+            self.neg.reserve_full();
+        }
     }
 
     /// Empties the sketch, keeping its bucket arrays (no allocation for
@@ -602,6 +639,36 @@ mod tests {
             let (got, want) = (s.quantile(q).unwrap(), exact(&all, q));
             assert!((got - want).abs() <= 0.01 * want * (1.0 + 1e-9), "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn a_fully_reserved_sketch_keeps_its_counts_and_never_grows() {
+        let mut r = rng(9);
+        // Magnitudes over 13 decades: about 1500 buckets, none collapsed.
+        let values: Vec<f64> = (0..3000).map(|_| (r() * 30.0 - 10.0).exp()).collect();
+        let (mut s, mut plain) = (Sketch::default(), Sketch::default());
+        for &v in &values[..1000] {
+            s.add(v);
+            plain.add(v);
+        }
+        let mut both = Sketch::default();
+        both.add(1.0);
+        both.add(-1.0);
+        // The positive store holds counts, the negative one none yet.
+        s.reserve_full_for(&both);
+        let full = 2 * Sketch::MAX_BUCKETS * 8;
+        assert_eq!(s.heap_bytes(), full);
+        for &v in &values[1000..] {
+            for x in [v, -v] {
+                s.add(x);
+                plain.add(x);
+            }
+        }
+        assert_eq!(s.heap_bytes(), full, "never grows");
+        assert_eq!(
+            s.buckets().collect::<Vec<_>>(),
+            plain.buckets().collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -37,14 +37,25 @@ use std::time::Instant;
 
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
-use crate::histogram::Histograms;
+use crate::histogram::{Histogram, Histograms};
 use crate::fold::merge_aggregate;
 use crate::intern::EventKey;
 use crate::sync::{lock, Arc, Mutex};
 
 /// Cleared merges kept for reuse by one queue (at most [`Spares::KEEP`]).
 pub(crate) struct Spares<T> {
-    parked: Mutex<Vec<Arc<Merge<T>>>>,
+    parked: Mutex<Parked<T>>,
+}
+
+/// What a queue's [`Spares`] keep, under one lock.
+struct Parked<T> {
+    merges: Vec<Arc<Merge<T>>>,
+    /// Cleared histogram slots (their sketches' bucket arrays kept), given
+    /// back by parked merges and handed to whichever merge needs one next:
+    /// which parked merge a backlog reaches depends on its depth, so
+    /// sketches kept per merge would leave a merge never used for
+    /// histograms before to allocate them (at most [`Spares::SKETCHES`]).
+    sketches: Vec<Histogram>,
 }
 
 impl<T> Spares<T> {
@@ -57,6 +68,9 @@ impl<T> Spares<T> {
     /// behind on this many prefixes at once merges without allocating from
     /// the first time on (beyond it, the first time it goes deeper).
     const PROVISION: usize = 64;
+
+    /// Cleared histograms kept for the queue's merges.
+    const SKETCHES: usize = 1024;
 
     pub(crate) fn new() -> Self {
         let mut parked = Vec::with_capacity(Self::KEEP);
@@ -73,7 +87,10 @@ impl<T> Spares<T> {
             Arc::new(m)
         }));
         Spares {
-            parked: Mutex::new(parked),
+            parked: Mutex::new(Parked {
+                merges: parked,
+                sketches: Vec::new(),
+            }),
         }
     }
 
@@ -82,6 +99,7 @@ impl<T> Spares<T> {
     /// `Arc` cannot be a receiver.)
     pub(crate) fn take(spares: &Arc<Self>) -> Arc<Merge<T>> {
         let mut merge = lock(&spares.parked)
+            .merges
             .pop()
             .unwrap_or_else(|| Arc::new(Merge::new()));
         if let Some(m) = Arc::get_mut(&mut merge) {
@@ -102,8 +120,10 @@ impl<T> Spares<T> {
         m.home = None;
         m.clear();
         let mut parked = lock(&self.parked);
-        if parked.len() < Self::KEEP {
-            parked.push(merge);
+        m.histograms
+            .release_into(&mut parked.sketches, Self::SKETCHES);
+        if parked.merges.len() < Self::KEEP {
+            parked.merges.push(merge);
         }
     }
 }
@@ -116,6 +136,9 @@ const INITIAL_PICKS: usize = 64;
 const INITIAL_SURVIVORS: usize = 16;
 /// Aggregated names a new merge has room for.
 const INITIAL_AGGREGATES: usize = 8;
+/// Histogram names a new merge has room for (slots: the sketches come
+/// from the queue's `Spares`).
+const INITIAL_HISTOGRAMS: usize = 8;
 
 /// The merged part of a batch: everything after its first window.
 pub(crate) struct Merge<T> {
@@ -224,6 +247,22 @@ impl<T> Merge<T> {
         self.picks.reserve(INITIAL_PICKS);
         self.survivors.reserve(INITIAL_SURVIVORS);
         self.aggregates.reserve(INITIAL_AGGREGATES);
+        self.histograms.reserve(INITIAL_HISTOGRAMS);
+    }
+
+    /// Merges `from`'s histograms in, taking any new slot from the home
+    /// queue's spare sketches (locked only when there are histograms).
+    fn merge_histograms(&mut self, from: &[Histogram]) {
+        if from.is_empty() {
+            return;
+        }
+        match &self.home {
+            Some(home) => {
+                let mut parked = lock(&home.parked);
+                self.histograms.merge_from(from, &mut parked.sketches);
+            }
+            None => self.histograms.merge_from(from, &mut Vec::new()),
+        }
     }
 
     /// Starts from the batch's own (unmerged) window `head`.
@@ -232,7 +271,7 @@ impl<T> Merge<T> {
         self.reserve_initial();
         self.segments.push(head.clone());
         self.aggregates.extend(head.aggregates.iter().cloned());
-        self.histograms.merge_from(head.histograms.as_slice());
+        self.merge_histograms(head.histograms.as_slice());
         self.len = head.events.len();
         self.last_seq = head.seq;
         self.closed = head.closed;
@@ -280,7 +319,7 @@ impl<T> Merge<T> {
                 None => self.aggregates.push(a.clone()),
             }
         }
-        self.histograms.merge_from(next.histograms.as_slice());
+        self.merge_histograms(next.histograms.as_slice());
         if next.events.is_empty() {
             // Only aggregates and histograms: nothing of the window is lent.
             return 0;
