@@ -234,7 +234,12 @@ impl Histograms {
 
     /// `push`, taking a slot from `pool` (cleared histograms of other
     /// lists) before making a new one.
-    fn push_pooled(&mut self, name: InternedStr, key: EventKey, pool: &mut Vec<Histogram>) -> usize {
+    fn push_pooled(
+        &mut self,
+        name: InternedStr,
+        key: EventKey,
+        pool: &mut Vec<Histogram>,
+    ) -> usize {
         let at = self.len;
         if at == self.slots.len() {
             let slot = pool.pop().unwrap_or_else(|| Histogram {

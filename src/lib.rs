@@ -45,9 +45,9 @@ mod producer;
 mod record;
 mod ring;
 mod shared;
-mod sketch;
 #[cfg(feature = "jsonl")]
 pub mod sink;
+mod sketch;
 mod state;
 mod stats;
 mod sync;

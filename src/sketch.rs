@@ -625,7 +625,10 @@ mod tests {
             for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
                 let want = exact(&all, q);
                 let got = s.quantile(q).unwrap();
-                assert!((got - want).abs() <= 0.01 * want.abs() * (1.0 + 1e-9), "{got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 0.01 * want.abs() * (1.0 + 1e-9),
+                    "{got} vs {want}"
+                );
             }
         }
         // A window that grows while counts are live also slides them.
@@ -637,7 +640,10 @@ mod tests {
         all.sort_by(f64::total_cmp);
         for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
             let (got, want) = (s.quantile(q).unwrap(), exact(&all, q));
-            assert!((got - want).abs() <= 0.01 * want * (1.0 + 1e-9), "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= 0.01 * want * (1.0 + 1e-9),
+                "{got} vs {want}"
+            );
         }
     }
 

@@ -41,7 +41,10 @@ fn check(h: &Histogram, samples: &[f64], what: &str) -> f64 {
         let (got, want) = (h.quantile(q), exact(&sorted, q));
         let err = (got - want).abs();
         if want.abs() < ringfold::Sketch::MIN_MAGNITUDE {
-            assert!(err <= ringfold::Sketch::MIN_MAGNITUDE, "{what}: q={q}: {got} vs {want}");
+            assert!(
+                err <= ringfold::Sketch::MIN_MAGNITUDE,
+                "{what}: q={q}: {got} vs {want}"
+            );
             continue;
         }
         let rel = err / want.abs();
@@ -86,9 +89,15 @@ fn window_quantiles_are_within_one_percent_of_the_exact_ones() {
     let shapes: Vec<(&str, Vec<f64>)> = vec![
         ("uniform", (0..n).map(|_| 1.0 + u() * 999.0).collect()),
         // Twelve decades: a long tail, as latencies have.
-        ("log-uniform", (0..n).map(|_| 10f64.powf(u() * 12.0 - 3.0)).collect()),
+        (
+            "log-uniform",
+            (0..n).map(|_| 10f64.powf(u() * 12.0 - 3.0)).collect(),
+        ),
         // Exponential (mean 50).
-        ("exponential", (0..n).map(|_| -50.0 * (1.0 - u()).ln()).collect()),
+        (
+            "exponential",
+            (0..n).map(|_| -50.0 * (1.0 - u()).ln()).collect(),
+        ),
         // Negative, zero and positive, ties included.
         (
             "mixed signs",
@@ -101,7 +110,10 @@ fn window_quantiles_are_within_one_percent_of_the_exact_ones() {
                 })
                 .collect(),
         ),
-        ("all negative", (0..n).map(|_| -(0.5 + u() * 50.0)).collect()),
+        (
+            "all negative",
+            (0..n).map(|_| -(0.5 + u() * 50.0)).collect(),
+        ),
         ("constant", vec![42.0; 1000]),
         ("one sample", vec![-3.25]),
     ];
@@ -242,9 +254,14 @@ fn nan_infinities_and_non_numbers_are_counted_not_sketched() {
         .sampled()
         .subscriber(move |b: &Batch<Value>| {
             for h in b.histograms() {
-                sink.lock()
-                    .unwrap()
-                    .push((h.count(), h.sum(), h.min(), h.max(), b.dropped(), h.p50()));
+                sink.lock().unwrap().push((
+                    h.count(),
+                    h.sum(),
+                    h.min(),
+                    h.max(),
+                    b.dropped(),
+                    h.p50(),
+                ));
             }
         })
         .build()

@@ -37,8 +37,8 @@ use std::time::Instant;
 
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
-use crate::histogram::{Histogram, Histograms};
 use crate::fold::merge_aggregate;
+use crate::histogram::{Histogram, Histograms};
 use crate::intern::EventKey;
 use crate::sync::{lock, Arc, Mutex};
 

@@ -305,7 +305,12 @@ fn pool_recycles_released_batches_without_allocating() {
         folded: 0,
         keep_alive: std::sync::Arc::new(f.interner.keepalive()),
     };
-    let again = f.pool.seal(header, &mut events, &mut Vec::new(), &mut Histograms::default());
+    let again = f.pool.seal(
+        header,
+        &mut events,
+        &mut Vec::new(),
+        &mut Histograms::default(),
+    );
     assert_eq!(f.pool.reused(), 1);
     assert_eq!(f.pool.allocated(), 1);
     assert!(events.is_empty());
@@ -1219,7 +1224,10 @@ fn merged_histograms_add_their_buckets_and_count_their_memory() {
     assert_eq!((b.merged(), b.histograms().len()), (3, 1));
     let h = &b.histograms()[0];
     assert_eq!(h.name(), "hist:a:x");
-    assert_eq!((h.count(), h.sum()), (16, 1.0 + 2.0 + 3.0 - 5.0 + 1e6 + 75.0));
+    assert_eq!(
+        (h.count(), h.sum()),
+        (16, 1.0 + 2.0 + 3.0 - 5.0 + 1e6 + 75.0)
+    );
     assert_eq!((h.min(), h.max()), (-5.0, 1e6));
     // Buckets added: exactly the quantiles of one sketch of every sample.
     for q in [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {

@@ -659,9 +659,7 @@ impl<T> Folder<T> {
         spare.reason = reason;
         spare.folded = acc.folded;
         spare.dropped = 0;
-        if !spare.events.is_empty()
-            || !spare.aggregates.is_empty()
-            || !spare.histograms.is_empty()
+        if !spare.events.is_empty() || !spare.aggregates.is_empty() || !spare.histograms.is_empty()
         {
             spare.dropped = std::mem::take(&mut acc.dropped_since);
         }
