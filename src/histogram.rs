@@ -129,8 +129,10 @@ impl Histogram {
     /// }
     /// engine.flush()?;
     /// let (lo, q25, hi) = q.lock().unwrap()[0];
-    /// assert_eq!((lo, hi), (-8.0, 100.0)); // the ends are clamped to min and max
-    /// assert!((q25 - -2.0).abs() <= 0.02); // rank ⌊0.25 · 4⌋ = 1: -2, within 1 %
+    /// // Each within 1 % of the exact sample of rank ⌊q · 4⌋: -8, -2, 100.
+    /// assert!((lo - -8.0).abs() <= 0.08);
+    /// assert!((q25 - -2.0).abs() <= 0.02);
+    /// assert!((hi - 100.0).abs() <= 1.0);
     /// # engine.shutdown()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
