@@ -341,7 +341,8 @@ impl<T: Send + Sync + 'static> EngineBuilder<T> {
     fn policy_table(&self) -> Result<PolicyTable, Error> {
         self.default_policy.validate()?;
         let mut table = PolicyTable::new(self.default_policy);
-        let needs_sampler = |p: &Policy| matches!(p, Policy::Aggregate { .. });
+        let needs_sampler =
+            |p: &Policy| matches!(p, Policy::Aggregate { .. } | Policy::Histogram { .. });
         if needs_sampler(&self.default_policy) && self.sampler.is_none() {
             return Err(Error::AggregateWithoutSampler {
                 pattern: "<default>".into(),

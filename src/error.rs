@@ -50,9 +50,10 @@ pub enum Error {
         /// The limit, in bytes.
         max: usize,
     },
-    /// `Policy::aggregate` was configured but the engine cannot read numbers
-    /// from its payload type; call `EngineBuilder::sampled` (for payloads
-    /// implementing `Sample`) or `EngineBuilder::sample_with`.
+    /// `Policy::aggregate` or `Policy::histogram` was configured but the
+    /// engine cannot read numbers from its payload type; call
+    /// `EngineBuilder::sampled` (for payloads implementing `Sample`) or
+    /// `EngineBuilder::sample_with`.
     AggregateWithoutSampler {
         /// The pattern that asked for aggregation.
         pattern: String,
@@ -108,7 +109,7 @@ impl fmt::Display for Error {
             ),
             Error::AggregateWithoutSampler { pattern } => write!(
                 f,
-                "pattern {pattern:?} aggregates, but no sampler is set: call .sampled() or .sample_with(..) on the builder"
+                "pattern {pattern:?} aggregates (aggregate or histogram policy), but no sampler is set: call .sampled() or .sample_with(..) on the builder"
             ),
             Error::CoreUnavailable { core, available } => {
                 write!(f, "cannot pin flusher to core {core}: {available} cores available")

@@ -532,7 +532,9 @@ impl<T: Send + Sync + 'static> Sealer<T> {
             latest: closed.latest,
             keep_alive,
         };
-        let sealed = self.pool.seal(header, closed.events, closed.aggregates);
+        let sealed = self
+            .pool
+            .seal(header, closed.events, closed.aggregates, closed.histograms);
         self.routes
             .deliver(&shared.subscribers, &mut self.pool, &sealed);
     }

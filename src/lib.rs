@@ -26,6 +26,7 @@ mod flusher;
 mod fold;
 pub mod gpu;
 pub mod guide;
+mod histogram;
 mod intern;
 mod lane;
 mod local;
@@ -46,6 +47,7 @@ mod ring;
 mod shared;
 #[cfg(feature = "jsonl")]
 pub mod sink;
+mod sketch;
 mod state;
 mod stats;
 mod sync;
@@ -66,8 +68,10 @@ pub use delivery::{
 pub use engine::{Engine, DROP_SHUTDOWN_WAIT};
 pub use error::{Error, PublishError, PublishManyError};
 pub use event::{Aggregate, BatchReason, Event};
+pub use histogram::Histogram;
 pub use intern::EventKey;
 pub use policy::{default_rules, Pattern, Policy};
 pub use producer::Producer;
+pub use sketch::{Sketch, Summary};
 pub use stats::{DropStats, PrefixStats, Stats};
 pub use value::{Number, Sample, ShortStr, Value, SHORT_STR_MAX};

@@ -234,7 +234,12 @@ impl DeliveryQueue {
             latest: false,
             keep_alive: std::sync::Arc::new(()),
         };
-        let sealed = pool.0.seal(header, &mut Vec::new(), &mut Vec::new());
+        let sealed = pool.0.seal(
+            header,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut crate::histogram::Histograms::default(),
+        );
         let mut displaced = Vec::new();
         let (outcome, _) = self.0.push_quiet(&sealed, &mut displaced);
         let dropped = !displaced.is_empty();

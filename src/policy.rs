@@ -45,6 +45,14 @@ pub enum Policy {
         /// Threshold on events taken in.
         max_count: usize,
     },
+    /// Fold numeric payloads into a quantile sketch per event name: count,
+    /// sum, min, max and quantiles within 1 %; see `Batch::histograms`.
+    Histogram {
+        /// Window measured from the first pending event.
+        interval: Duration,
+        /// Threshold on events taken in.
+        max_count: usize,
+    },
 }
 
 impl Policy {
@@ -82,6 +90,51 @@ impl Policy {
         }
     }
 
+    /// Windowed quantiles per event name: within the window, each name's
+    /// samples (read through `EngineBuilder::sample_with` or `sampled`,
+    /// like [`aggregate`](Self::aggregate)'s, which the builder then
+    /// requires) fold into a [`Histogram`](crate::Histogram): count, sum,
+    /// min and max exactly, and any quantile (`p50`, `p90`, `p99`, `p999`,
+    /// `quantile(q)`) within 1 % relative error of the exact one, from a
+    /// DDSketch-style [`Sketch`](crate::Sketch). NaN and infinite samples,
+    /// and payloads with no sample, are not numeric: counted as dropped
+    /// (`Stats::dropped.not_numeric`, the batch's `dropped()`), as under
+    /// `aggregate`. The window's sketches are reused by later windows: no
+    /// allocation per window in steady state.
+    ///
+    /// ```
+    /// use ringfold::{Batch, Engine, Policy};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// let p99s = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = p99s.clone();
+    /// let engine = Engine::<u64>::builder()
+    ///     .policy("http:*", Policy::histogram(Duration::from_secs(1), 100_000))
+    ///     .sample_with(|micros| Some(*micros as f64))
+    ///     .subscriber(move |b: &Batch<u64>| {
+    ///         for h in b.histograms() {
+    ///             sink.lock().unwrap().push((h.name().to_owned(), h.count(), h.p99()));
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// for us in 1..=1000u64 {
+    ///     engine.publish("http:api:latency_us", us)?;
+    /// }
+    /// engine.flush()?;
+    /// let (name, count, p99) = p99s.lock().unwrap()[0].clone();
+    /// assert_eq!((name.as_str(), count), ("http:api:latency_us", 1000));
+    /// // Exact: the sample of rank ⌊0.99 · 999⌋ = 989, i.e. 990.
+    /// assert!((p99 - 990.0).abs() <= 0.01 * 990.0);
+    /// # engine.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const fn histogram(interval: Duration, max_count: usize) -> Policy {
+        Policy::Histogram {
+            interval,
+            max_count,
+        }
+    }
+
     /// `(interval, max_count)` for windowed policies, `None` for passthrough.
     pub const fn window(&self) -> Option<(Duration, usize)> {
         match *self {
@@ -95,6 +148,10 @@ impl Policy {
                 max_count,
             }
             | Policy::Aggregate {
+                interval,
+                max_count,
+            }
+            | Policy::Histogram {
                 interval,
                 max_count,
             } => Some((interval, max_count)),

@@ -21,6 +21,11 @@
 //!     {"name": "gpu:0:util", "count": 2, "sum": 3.0, "sum_exact": "3", "min": 1.0, "max": 2.0,
 //!      "first": {"value": 1.0, "ts_ns": 1765000000000002000},
 //!      "last": {"value": 2.0, "ts_ns": 1765000000000003000}}
+//!   ],
+//!   "histograms": [
+//!     {"name": "rpc:get:latency_ms", "count": 3, "sum": 6.5, "min": 1.0, "max": 4.0,
+//!      "p50": 1.5, "p90": 4.0, "p99": 4.0, "p999": 4.0, "alpha": 0.01,
+//!      "buckets": [[1.0, 1], [1.5024, 1], [4.0, 1]]}
 //!   ]
 //! }
 //! ```
@@ -49,6 +54,16 @@
 //! - `aggregates[].sum_exact`: the exact integer sum as a decimal string
 //!   (an `i128` exceeds every JSON reader's integers), or `null` once a
 //!   float reading was folded in.
+//! - `histograms` ([`Batch::histograms`], `Policy::histogram`): count,
+//!   sum, min and max, the quantiles p50 to p99.9 as the sketch gives them
+//!   (within `alpha` relative error), and the sketch's non-empty buckets
+//!   as `[value, count]` pairs in ascending order of value (each value
+//!   within `alpha` of the samples it stands for, clamped to `[min, max]`):
+//!   a reader gets any other quantile from them
+//!   ([`WireHistogram::quantile`], the same figure the sketch gives) or
+//!   merges windows by adding the counts of equal values. Added to
+//!   version 1 with a default: a batch without the field reads as having
+//!   none.
 //!
 //! Version changes: a reader refuses a batch whose `v` it does not know
 //! ([`WireError::Version`]); fields added in a later version with a default
@@ -89,6 +104,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::delivery::Batch;
 use crate::event::{Aggregate, BatchReason, Event};
+use crate::histogram::Histogram;
 use crate::value::{ShortStr, Value};
 
 /// The format version this build writes and reads (the `"v"` field).
@@ -213,6 +229,10 @@ pub struct WireBatch<T> {
     pub events: Vec<WireEvent<T>>,
     /// The aggregates.
     pub aggregates: Vec<WireAggregate>,
+    /// The histograms (absent in batches written before they existed:
+    /// read as none).
+    #[serde(default)]
+    pub histograms: Vec<WireHistogram>,
 }
 
 impl<T> WireBatch<T> {
@@ -223,7 +243,7 @@ impl<T> WireBatch<T> {
     /// # let mut b = WireBatch::<u64> { v: 1, origin: Origin::with("h", 1), prefix: "p".into(),
     /// #   name: "p:batch".into(), reason: "flush".into(), seq: 0, last_seq: 0, merged: 1,
     /// #   opened_ns: 0, closed_ns: 0, dropped: 0, lagged: 0, folded: 0, events: vec![],
-    /// #   aggregates: vec![] };
+    /// #   aggregates: vec![], histograms: vec![] };
     /// assert_eq!(b.batch_reason(), Some(ringfold::BatchReason::Flush));
     /// ```
     pub fn batch_reason(&self) -> Option<BatchReason> {
@@ -297,6 +317,95 @@ impl WireAggregate {
     /// Arithmetic mean.
     pub fn mean(&self) -> f64 {
         self.sum / self.count as f64
+    }
+}
+
+/// One histogram of a [`WireBatch`] ([`Histogram`]'s figures and its
+/// sketch's buckets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireHistogram {
+    /// Event name.
+    pub name: String,
+    /// Samples.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Median, within `alpha` relative error.
+    pub p50: f64,
+    /// 90th percentile, likewise.
+    pub p90: f64,
+    /// 99th percentile, likewise.
+    pub p99: f64,
+    /// 99.9th percentile, likewise.
+    pub p999: f64,
+    /// The sketch's relative accuracy.
+    pub alpha: f64,
+    /// Non-empty buckets, `(value, count)`, in ascending order of value.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl WireHistogram {
+    /// The `q`-quantile from the buckets (`q` clamped to `[0, 1]`), as
+    /// [`Histogram::quantile`] gives it: the bucket holding the sample of
+    /// rank `⌊q (count - 1)⌋`. `None` without buckets.
+    ///
+    /// ```
+    /// use ringfold::wire::WireHistogram;
+    /// let h = WireHistogram { name: "x".into(), count: 4, sum: 10.0, min: 1.0, max: 4.0,
+    ///     p50: 2.0, p90: 4.0, p99: 4.0, p999: 4.0, alpha: 0.01,
+    ///     buckets: vec![(1.0, 1), (2.0, 1), (3.0, 1), (4.0, 1)] };
+    /// assert_eq!(h.quantile(0.5), Some(2.0));
+    /// assert_eq!(h.quantile(1.0), Some(4.0));
+    /// ```
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n: u64 = self.buckets.iter().map(|b| b.1).sum();
+        if n == 0 {
+            return None;
+        }
+        let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+        let rank = (q * (n - 1) as f64).floor() as u64;
+        let mut seen = 0u64;
+        for &(value, c) in &self.buckets {
+            seen += c;
+            if seen > rank {
+                return Some(value);
+            }
+        }
+        self.buckets.last().map(|b| b.0)
+    }
+
+    /// Arithmetic mean.
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+impl From<&Histogram> for WireHistogram {
+    fn from(h: &Histogram) -> Self {
+        WireHistogram {
+            name: h.name().to_owned(),
+            count: h.count(),
+            sum: h.sum(),
+            min: h.min(),
+            max: h.max(),
+            p50: h.p50(),
+            p90: h.p90(),
+            p99: h.p99(),
+            p999: h.p999(),
+            alpha: h.sketch().alpha(),
+            buckets: h.sketch().buckets().collect(),
+        }
+    }
+}
+
+/// A histogram serialises as a [`WireHistogram`].
+impl Serialize for Histogram {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireHistogram::from(self).serialize(s)
     }
 }
 
@@ -379,6 +488,7 @@ pub fn encode_into<T: Serialize>(
             aggregates: batch.aggregates(),
             clock,
         },
+        histograms: batch.histograms(),
     };
     serde_json::to_writer(out, &view)?;
     Ok(())
@@ -457,6 +567,7 @@ struct BatchOut<'a, T> {
     folded: u64,
     events: EventsOut<'a, T>,
     aggregates: AggregatesOut<'a>,
+    histograms: &'a [Histogram],
 }
 
 struct EventsOut<'a, T> {
@@ -702,6 +813,62 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 2);
+        engine.shutdown().unwrap();
+    }
+
+    #[test]
+    fn histograms_round_trip_with_their_buckets() {
+        let engine = Engine::<Value>::builder()
+            .policy("rpc:*", Policy::histogram(Duration::from_secs(60), 10_000))
+            .sampled()
+            .build()
+            .unwrap();
+        let (kept, _sub) = keep(&engine, "*");
+        for v in 1..=500i64 {
+            engine.publish("rpc:api:get", v * v - 1000).unwrap();
+            engine.publish("rpc:api:put", (v as f64) / 8.0).unwrap();
+        }
+        engine.flush().unwrap();
+        let origin = Origin::new();
+        let kept = kept.lock().unwrap();
+        assert_eq!(kept.len(), 1);
+        let batch = &kept[0];
+        let bytes = encode(batch, &origin).unwrap();
+        let back: WireBatch<Value> = decode(&bytes).unwrap();
+        assert_eq!(back.histograms.len(), 2);
+        // serde_json's default float parser may read a value back one bit
+        // off (its `float_roundtrip` feature is not on): far below alpha.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * a.abs().max(b.abs());
+        for (w, h) in back.histograms.iter().zip(batch.histograms()) {
+            assert_eq!(w.name, h.name());
+            assert_eq!((w.count, w.alpha), (h.count(), 0.01));
+            for (a, b) in [(w.sum, h.sum()), (w.min, h.min()), (w.max, h.max())] {
+                assert!(close(a, b), "{a} vs {b}");
+            }
+            for (a, b) in [
+                (w.p50, h.p50()),
+                (w.p90, h.p90()),
+                (w.p99, h.p99()),
+                (w.p999, h.p999()),
+            ] {
+                assert!(close(a, b), "{a} vs {b}");
+            }
+            let buckets: Vec<(f64, u64)> = h.sketch().buckets().collect();
+            assert_eq!(w.buckets.len(), buckets.len());
+            for (a, b) in w.buckets.iter().zip(&buckets) {
+                assert!(close(a.0, b.0) && a.1 == b.1, "{a:?} vs {b:?}");
+            }
+            assert_eq!(w.buckets.iter().map(|b| b.1).sum::<u64>(), 500);
+            // Any quantile from the buckets: the sketch's own figure.
+            for q in [0.0, 0.1, 0.5, 0.75, 0.9, 0.999, 1.0] {
+                assert!(close(w.quantile(q).unwrap(), h.quantile(q)), "q={q}");
+            }
+        }
+        // A batch written without the field reads as having none.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old.as_object_mut().unwrap().remove("histograms");
+        let old: WireBatch<Value> = decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(old.histograms.is_empty());
         engine.shutdown().unwrap();
     }
 

@@ -137,7 +137,7 @@ fn steady_state_allocations_with(
     let puller = std::thread::spawn(move || {
         let mut n = 0usize;
         while let Some(b) = rx.recv() {
-            n += b.len() + b.aggregates().len();
+            n += b.len() + b.aggregates().len() + b.histograms().len();
         }
         n
     });
@@ -176,7 +176,7 @@ fn steady_state_allocations_with(
     ((after - before, n), merged_during)
 }
 
-// The three policies run in one test so no other test allocates meanwhile.
+// The policies run in one test so no other test allocates meanwhile.
 #[test]
 fn no_allocation_per_event_in_steady_state() {
     let ms = Duration::from_millis;
@@ -184,6 +184,10 @@ fn no_allocation_per_event_in_steady_state() {
         Policy::batch(ms(50), 100),
         Policy::latest(ms(50), 100),
         Policy::aggregate(ms(50), 100),
+        // Sketches are reused across windows (`Histograms`' spare slots),
+        // and a reused one whose next window covers another range slides
+        // its counts rather than reallocating.
+        Policy::histogram(ms(50), 100),
     ] {
         let (allocs, events) = steady_state_allocations(policy, false);
         println!("{policy:?}: {allocs} allocations for {events} events");
@@ -222,6 +226,10 @@ fn no_allocation_per_event_in_steady_state() {
         Policy::Passthrough,
         Policy::latest(ms(50), 4),
         Policy::aggregate(ms(50), 4),
+        // Not `histogram` yet: its merges reuse the queue's sketches, but
+        // with this counting-up data the fold's sketches in circulation
+        // (more of them behind a lagging subscriber) still grew a bucket
+        // array once per prefix in the measured round (16 allocations).
     ] {
         let ((allocs, events), merged) =
             steady_state_allocations_with(policy, false, Some(Duration::from_micros(200)));

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::events::Events;
 use super::merge::{Merge, Spares};
 use crate::event::{Aggregate, BatchReason, Event};
+use crate::histogram::{Histogram, Histograms};
 use crate::sync::Arc;
 
 /// Keeps the engine's interned names alive. Events hold raw thin pointers to
@@ -65,6 +66,7 @@ pub(crate) struct Sealed<T> {
     pub(crate) prefix_id: u32,
     pub(crate) events: Vec<Event<T>>,
     pub(crate) aggregates: Vec<Aggregate>,
+    pub(crate) histograms: Histograms,
     pub(crate) reason: BatchReason,
     pub(crate) seq: u64,
     pub(crate) opened: Instant,
@@ -108,6 +110,7 @@ impl<T> Sealed<T> {
             prefix_id: 0,
             events: Vec::with_capacity(events),
             aggregates: Vec::new(),
+            histograms: Histograms::default(),
             reason: BatchReason::Flush,
             seq: 0,
             opened: epoch.instant,
@@ -120,10 +123,11 @@ impl<T> Sealed<T> {
         }
     }
 
-    /// Does the window hold `latest` survivors or aggregates, which merging
-    /// with a later window of the prefix can shrink (see `merge`)?
+    /// Does the window hold `latest` survivors, aggregates or histograms,
+    /// which merging with a later window of the prefix can shrink (see
+    /// `merge`)?
     pub(crate) fn holds_final_values(&self) -> bool {
-        !self.aggregates.is_empty() || self.latest
+        !self.aggregates.is_empty() || !self.histograms.is_empty() || self.latest
     }
 
     /// Bytes this window holds: its own struct plus its buffers' capacity
@@ -131,7 +135,9 @@ impl<T> Sealed<T> {
     pub(crate) fn footprint(&self) -> u64 {
         let events = self.events.capacity() * std::mem::size_of::<Event<T>>();
         let aggregates = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
-        (std::mem::size_of::<Self>() + events + aggregates) as u64
+        // The sketches' bucket arrays, spare slots' included (resident).
+        let histograms = self.histograms.heap_bytes();
+        (std::mem::size_of::<Self>() + events + aggregates + histograms) as u64
     }
 
     fn set_header(&mut self, h: Header) {
@@ -295,10 +301,10 @@ impl<T> Batch<T> {
         }
     }
 
-    /// Events (and aggregates) held, and bytes held: what counts against a
-    /// queue's `Budget`.
+    /// Events (and aggregates and histograms) held, and bytes held: what
+    /// counts against a queue's `Budget`.
     pub(crate) fn footprint(&self) -> (u64, u64) {
-        let events = (self.len() + self.aggregates().len()) as u64;
+        let events = (self.len() + self.aggregates().len() + self.histograms().len()) as u64;
         let bytes = match &self.merge {
             None => self.sealed.footprint(),
             Some(m) => m.segment_bytes + m.own_bytes(),
@@ -307,11 +313,12 @@ impl<T> Batch<T> {
     }
 
     /// True if a merge could lose nothing by letting windows go: the batch
-    /// holds `latest` survivors or aggregates (small, and what a lagging
-    /// subscriber must end on), so the queue drops other batches first.
+    /// holds `latest` survivors, aggregates or histograms (small, and what
+    /// a lagging subscriber must end on), so the queue drops other batches
+    /// first.
     pub(crate) fn holds_final_values(&self) -> bool {
         match &self.merge {
-            Some(m) => m.picked || !m.aggregates.is_empty(),
+            Some(m) => m.picked || !m.aggregates.is_empty() || !m.histograms.is_empty(),
             None => self.sealed.holds_final_values(),
         }
     }
@@ -374,6 +381,24 @@ impl<T> Batch<T> {
         match &self.merge {
             None => &self.sealed.aggregates,
             Some(m) => &m.aggregates,
+        }
+    }
+
+    /// Per-name quantile sketches (`Policy::histogram`), in order of first
+    /// appearance; a merged batch's are the windows' sketches merged
+    /// exactly (bucket counts added), so its quantiles are those of every
+    /// sample of its windows, within the same 1 % bound.
+    ///
+    /// ```
+    /// fn p99s(batch: &ringfold::Batch<f64>) -> Vec<(String, f64)> {
+    ///     batch.histograms().iter().map(|h| (h.name().to_owned(), h.p99())).collect()
+    /// }
+    /// # let _ = p99s;
+    /// ```
+    pub fn histograms(&self) -> &[Histogram] {
+        match &self.merge {
+            None => self.sealed.histograms.as_slice(),
+            Some(m) => m.histograms.as_slice(),
         }
     }
 
@@ -486,6 +511,7 @@ impl<T> fmt::Debug for Batch<T> {
             .field("last_seq", &self.last_seq())
             .field("len", &self.len())
             .field("aggregates", &self.aggregates().len())
+            .field("histograms", &self.histograms().len())
             .field("reason", &self.reason())
             .field("dropped", &self.dropped())
             .field("folded", &self.folded())
@@ -614,12 +640,15 @@ impl<T> BatchPool<T> {
     /// small, and handing one to the fold would make the fold regrow it
     /// step by step (about five allocations for a 64-event window) where
     /// moving costs at most one (none for a one-event passthrough window
-    /// into a reserve shell).
+    /// into a reserve shell). `histograms` are always swapped: moving them
+    /// would move their sketches' bucket arrays out of the fold's reusable
+    /// slots, and the caller's list is cleared (its slots kept) either way.
     pub(crate) fn seal(
         &mut self,
         header: Header,
         events: &mut Vec<Event<T>>,
         aggregates: &mut Vec<Aggregate>,
+        histograms: &mut Histograms,
     ) -> Arc<Sealed<T>> {
         let (mut sealed, mut used) = self.take_free();
         if Arc::get_mut(&mut sealed).is_none() {
@@ -636,6 +665,8 @@ impl<T> BatchPool<T> {
                 inner.events.append(events);
                 inner.aggregates.append(aggregates);
             }
+            std::mem::swap(&mut inner.histograms, histograms);
+            histograms.clear();
             inner.set_header(header);
         }
         if self.kept.len() == self.capacity {
@@ -700,6 +731,7 @@ impl<T> BatchPool<T> {
             if let Some(inner) = Arc::get_mut(&mut sealed) {
                 self.drop_panics += clear_events(&mut inner.events);
                 inner.aggregates.clear();
+                inner.histograms.clear();
                 inner.keep_alive = None;
                 self.free.push(sealed);
                 return;
@@ -722,6 +754,7 @@ impl<T> BatchPool<T> {
             if let Some(inner) = Arc::get_mut(&mut candidate) {
                 self.drop_panics += clear_events(&mut inner.events);
                 inner.aggregates.clear();
+                inner.histograms.clear();
                 inner.keep_alive = None;
                 self.reused += 1;
                 return (candidate, true);

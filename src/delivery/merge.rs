@@ -12,7 +12,9 @@
 //!   windows, in the order of each key's first appearance; an urgent event
 //!   goes last, as within a window;
 //! * aggregates: merged exactly (count, exact integer sum, float sum, min,
-//!   max, first, last).
+//!   max, first, last);
+//! * histograms: their sketches merged exactly (bucket counts added; count,
+//!   sum, min and max as if one window had taken every sample).
 //!
 //! Events are never copied (payloads are not `Clone`, and every subscriber
 //! shares the sealed windows): a merged batch holds handles to the windows
@@ -36,12 +38,24 @@ use std::time::Instant;
 use super::batch::Sealed;
 use crate::event::{Aggregate, BatchReason};
 use crate::fold::merge_aggregate;
+use crate::histogram::{Histogram, Histograms};
 use crate::intern::EventKey;
 use crate::sync::{lock, Arc, Mutex};
 
 /// Cleared merges kept for reuse by one queue (at most [`Spares::KEEP`]).
 pub(crate) struct Spares<T> {
-    parked: Mutex<Vec<Arc<Merge<T>>>>,
+    parked: Mutex<Parked<T>>,
+}
+
+/// What a queue's [`Spares`] keep, under one lock.
+struct Parked<T> {
+    merges: Vec<Arc<Merge<T>>>,
+    /// Cleared histogram slots (their sketches' bucket arrays kept), given
+    /// back by parked merges and handed to whichever merge needs one next:
+    /// which parked merge a backlog reaches depends on its depth, so
+    /// sketches kept per merge would leave a merge never used for
+    /// histograms before to allocate them (at most [`Spares::SKETCHES`]).
+    sketches: Vec<Histogram>,
 }
 
 impl<T> Spares<T> {
@@ -54,6 +68,9 @@ impl<T> Spares<T> {
     /// behind on this many prefixes at once merges without allocating from
     /// the first time on (beyond it, the first time it goes deeper).
     const PROVISION: usize = 64;
+
+    /// Cleared histograms kept for the queue's merges.
+    const SKETCHES: usize = 1024;
 
     pub(crate) fn new() -> Self {
         let mut parked = Vec::with_capacity(Self::KEEP);
@@ -70,7 +87,10 @@ impl<T> Spares<T> {
             Arc::new(m)
         }));
         Spares {
-            parked: Mutex::new(parked),
+            parked: Mutex::new(Parked {
+                merges: parked,
+                sketches: Vec::new(),
+            }),
         }
     }
 
@@ -79,6 +99,7 @@ impl<T> Spares<T> {
     /// `Arc` cannot be a receiver.)
     pub(crate) fn take(spares: &Arc<Self>) -> Arc<Merge<T>> {
         let mut merge = lock(&spares.parked)
+            .merges
             .pop()
             .unwrap_or_else(|| Arc::new(Merge::new()));
         if let Some(m) = Arc::get_mut(&mut merge) {
@@ -99,8 +120,10 @@ impl<T> Spares<T> {
         m.home = None;
         m.clear();
         let mut parked = lock(&self.parked);
-        if parked.len() < Self::KEEP {
-            parked.push(merge);
+        m.histograms
+            .release_into(&mut parked.sketches, Self::SKETCHES);
+        if parked.merges.len() < Self::KEEP {
+            parked.merges.push(merge);
         }
     }
 }
@@ -113,6 +136,9 @@ const INITIAL_PICKS: usize = 64;
 const INITIAL_SURVIVORS: usize = 16;
 /// Aggregated names a new merge has room for.
 const INITIAL_AGGREGATES: usize = 8;
+/// Histogram names a new merge has room for (slots: the sketches come
+/// from the queue's `Spares`).
+const INITIAL_HISTOGRAMS: usize = 8;
 
 /// The merged part of a batch: everything after its first window.
 pub(crate) struct Merge<T> {
@@ -128,6 +154,9 @@ pub(crate) struct Merge<T> {
     survivors: HashMap<(EventKey, u64), u32, ahash::RandomState>,
     /// The windows' aggregates, merged per name.
     pub(crate) aggregates: Vec<Aggregate>,
+    /// The windows' histograms, merged per name (spare slots kept across
+    /// merges, so a parked merge reuses their bucket arrays).
+    pub(crate) histograms: Histograms,
     /// Events lent (`picks.len()` when picked).
     pub(crate) len: usize,
     pub(crate) last_seq: u64,
@@ -154,6 +183,7 @@ impl<T> Clone for Merge<T> {
             picked: self.picked,
             survivors: self.survivors.clone(),
             aggregates: self.aggregates.clone(),
+            histograms: self.histograms.clone(),
             len: self.len,
             last_seq: self.last_seq,
             closed: self.closed,
@@ -177,6 +207,7 @@ impl<T> Merge<T> {
             picked: false,
             survivors: HashMap::default(),
             aggregates: Vec::new(),
+            histograms: Histograms::default(),
             len: 0,
             last_seq: 0,
             closed: Instant::now(),
@@ -199,6 +230,7 @@ impl<T> Merge<T> {
         self.picked = false;
         self.survivors.clear();
         self.aggregates.clear();
+        self.histograms.clear();
         // Scratch holds nothing between merges; cleared, so that
         // `reserve_initial` (room past its length) does not grow it.
         self.scratch.clear();
@@ -218,6 +250,22 @@ impl<T> Merge<T> {
         self.picks.reserve(INITIAL_PICKS);
         self.survivors.reserve(INITIAL_SURVIVORS);
         self.aggregates.reserve(INITIAL_AGGREGATES);
+        self.histograms.reserve(INITIAL_HISTOGRAMS);
+    }
+
+    /// Merges `from`'s histograms in, taking any new slot from the home
+    /// queue's spare sketches (locked only when there are histograms).
+    fn merge_histograms(&mut self, from: &[Histogram]) {
+        if from.is_empty() {
+            return;
+        }
+        match &self.home {
+            Some(home) => {
+                let mut parked = lock(&home.parked);
+                self.histograms.merge_from(from, &mut parked.sketches);
+            }
+            None => self.histograms.merge_from(from, &mut Vec::new()),
+        }
     }
 
     /// Starts from the batch's own (unmerged) window `head`.
@@ -226,6 +274,7 @@ impl<T> Merge<T> {
         self.reserve_initial();
         self.segments.push(head.clone());
         self.aggregates.extend(head.aggregates.iter().cloned());
+        self.merge_histograms(head.histograms.as_slice());
         self.len = head.events.len();
         self.last_seq = head.seq;
         self.closed = head.closed;
@@ -273,8 +322,9 @@ impl<T> Merge<T> {
                 None => self.aggregates.push(a.clone()),
             }
         }
+        self.merge_histograms(next.histograms.as_slice());
         if next.events.is_empty() {
-            // Only aggregates: nothing of the window is lent.
+            // Only aggregates and histograms: nothing of the window is lent.
             return 0;
         }
         if next.latest && !self.picked {
@@ -375,9 +425,11 @@ impl<T> Merge<T> {
     pub(crate) fn own_bytes(&self) -> u64 {
         let picks = self.picks.capacity() * std::mem::size_of::<(u32, u32)>();
         let aggs = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
+        // The merged sketches' bucket arrays (spare slots' included).
+        let hists = self.histograms.heap_bytes();
         let segs = self.segments.capacity() * std::mem::size_of::<Arc<Sealed<T>>>();
         // A hash map entry: the key, the position and a control byte.
         let map = self.survivors.capacity() * (std::mem::size_of::<((EventKey, u64), u32)>() + 1);
-        (std::mem::size_of::<Self>() + picks + aggs + segs + map) as u64
+        (std::mem::size_of::<Self>() + picks + aggs + hists + segs + map) as u64
     }
 }

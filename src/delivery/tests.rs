@@ -11,6 +11,7 @@ use super::registry::{subscribes_to, Registry};
 use super::*;
 use crate::control::deadline_after;
 use crate::event::{BatchReason, Event, NameRef};
+use crate::histogram::Histograms;
 use crate::intern::Interner;
 use crate::policy::{Policy, PolicyTable};
 use crate::sync::Arc;
@@ -85,6 +86,28 @@ impl Fixture {
         pid: u32,
         events: &mut Vec<Event<T>>,
     ) -> Arc<Sealed<T>> {
+        let header = self.header(pid);
+        pool.seal(header, events, &mut Vec::new(), &mut Histograms::default())
+    }
+
+    /// Seals one window of `name`'s prefix holding a histogram of `samples`
+    /// for `name` (as `Policy::histogram` would).
+    fn seal_histogram(&mut self, name: &str, samples: &[f64]) -> Arc<Sealed<u64>> {
+        let key = self.interner.key(name).unwrap();
+        let info = self.interner.name(key.name_id() as usize).unwrap();
+        let pid = info.prefix;
+        let mut histograms = Histograms::default();
+        let i = histograms.push(crate::event::InternedStr::new(&info.meta.name), key);
+        for &v in samples {
+            histograms.get_mut(i).unwrap().sketch.add(v);
+        }
+        let header = self.header(pid);
+        self.pool
+            .seal(header, &mut Vec::new(), &mut Vec::new(), &mut histograms)
+    }
+
+    /// The header of prefix `pid`'s next window.
+    fn header(&mut self, pid: u32) -> Header {
         let prefix = self.interner.prefix(pid as usize).unwrap();
         if self.seqs.len() <= pid as usize {
             self.seqs.resize(pid as usize + 1, 0);
@@ -92,7 +115,7 @@ impl Fixture {
         let seq = self.seqs[pid as usize];
         self.seqs[pid as usize] += 1;
         let now = Instant::now();
-        let header = Header {
+        Header {
             prefix: prefix.prefix.clone(),
             name: prefix.batch_name.clone(),
             prefix_id: pid,
@@ -105,8 +128,7 @@ impl Fixture {
             folded: 2,
             latest: events.iter().any(|e| e.meta.get().latest),
             keep_alive: std::sync::Arc::new(self.interner.keepalive()),
-        };
-        pool.seal(header, events, &mut Vec::new())
+        }
     }
 
     fn seal_with<T>(
@@ -285,7 +307,12 @@ fn pool_recycles_released_batches_without_allocating() {
         latest: false,
         keep_alive: std::sync::Arc::new(f.interner.keepalive()),
     };
-    let again = f.pool.seal(header, &mut events, &mut Vec::new());
+    let again = f.pool.seal(
+        header,
+        &mut events,
+        &mut Vec::new(),
+        &mut Histograms::default(),
+    );
     assert_eq!(f.pool.reused(), 1);
     assert_eq!(f.pool.allocated(), 1);
     assert!(events.is_empty());
@@ -1175,4 +1202,50 @@ fn aggregates_merge_exactly() {
     crate::fold::merge_aggregate(&mut big, &agg(1, i128::MAX, 1.0, 1.0, (1.0, 0), (1.0, 0)));
     assert_eq!(big.sum_exact(), None);
     assert!(big.sum() > 3.0e38 && big.sum().is_finite());
+}
+
+#[test]
+fn merged_histograms_add_their_buckets_and_count_their_memory() {
+    use super::merge::Merge;
+    use crate::Sketch;
+    let mut f = Fixture::new(8);
+    let q = merging_queue(Budget::default());
+    // Positive, negative, zero, a wide range and repeats, over 3 windows.
+    let windows: [&[f64]; 3] = [&[1.0, 2.0, 3.0], &[-5.0, 0.0, 1e6], &[7.5; 10]];
+    let mut all = Sketch::default();
+    let mut sealed = Vec::new();
+    for w in windows {
+        sealed.push(f.seal_histogram("hist:a:x", w));
+        let (pushed, _) = push(&q, sealed.last().unwrap());
+        assert!(matches!(pushed, Push::Queued | Push::Merged));
+        for &v in w {
+            all.add(v);
+        }
+    }
+    let b = q.try_pop(Hand::Out).unwrap();
+    assert_eq!((b.merged(), b.histograms().len()), (3, 1));
+    let h = &b.histograms()[0];
+    assert_eq!(h.name(), "hist:a:x");
+    assert_eq!(
+        (h.count(), h.sum()),
+        (16, 1.0 + 2.0 + 3.0 - 5.0 + 1e6 + 75.0)
+    );
+    assert_eq!((h.min(), h.max()), (-5.0, 1e6));
+    // Buckets added: exactly the quantiles of one sketch of every sample.
+    for q in [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+        assert_eq!(Some(h.quantile(q)), all.quantile(q), "q={q}");
+    }
+    // Memory: a window's footprint and a merge's own bytes count the
+    // sketches' bucket arrays.
+    let hist_bytes = sealed[0].histograms.heap_bytes() as u64;
+    assert!(hist_bytes >= 64 * 8, "a sketch holds at least 64 buckets");
+    assert!(sealed[0].footprint() >= hist_bytes);
+    let mut m = Merge::new();
+    m.start(&sealed[0]);
+    m.absorb(&sealed[1]);
+    let with = m.own_bytes();
+    let merged_bytes = m.histograms.heap_bytes() as u64;
+    assert!(merged_bytes >= 64 * 8);
+    m.histograms = Histograms::default();
+    assert_eq!(with - m.own_bytes(), merged_bytes);
 }

@@ -31,6 +31,7 @@ mod window;
 use std::time::Instant;
 
 use crate::event::{Aggregate, BatchReason, Event};
+use crate::histogram::Histograms;
 use crate::intern::{Interner, Keepalive, PrefixInfo};
 use crate::policy::Pattern;
 use crate::record::Decoded;
@@ -62,6 +63,7 @@ pub(crate) struct Closed<'a, T> {
     pub(crate) latest: bool,
     pub(crate) events: &'a mut Vec<Event<T>>,
     pub(crate) aggregates: &'a mut Vec<Aggregate>,
+    pub(crate) histograms: &'a mut Histograms,
 }
 
 /// The window shapes (interval, count) of a prefix's names, in 4 bytes
@@ -99,6 +101,9 @@ pub(crate) struct Folder<T> {
     /// prefix costs no buffer (see `emit`).
     buffers: Vec<Vec<Event<T>>>,
     agg_buffers: Vec<Vec<Aggregate>>,
+    /// Likewise for histogram lists (whose spare slots keep their sketches'
+    /// bucket arrays, see `Histograms`).
+    hist_buffers: Vec<Histograms>,
     /// Counters of closed windows; `publish_report` adds the open ones.
     report: Report,
     sampler: Option<Sampler<T>>,
@@ -198,6 +203,7 @@ impl<T> Folder<T> {
             spare: Vec::new(),
             buffers: Vec::new(),
             agg_buffers: Vec::new(),
+            hist_buffers: Vec::new(),
             report: Report::default(),
             sampler,
             epoch,
@@ -605,6 +611,15 @@ impl<T> Folder<T> {
                     self.report.prefixes[pid].dropped += 1;
                 }
             }
+            (Fold::Histogram, _) => {
+                if acc.histograms.capacity() == 0 {
+                    acc.histograms = self.hist_buffers.pop().unwrap_or_default();
+                }
+                if !acc.fold_histogram(self.sampler, folded, &mut self.drop_panics) {
+                    self.report.not_numeric += 1;
+                    self.report.prefixes[pid].dropped += 1;
+                }
+            }
         }
         // A held window (an urgent one among them) is sealed by
         // `end_sweep`; `emit` passes it over.
@@ -637,12 +652,18 @@ impl<T> Folder<T> {
         if aggregates.capacity() > 0 && self.agg_buffers.len() < SPARE {
             self.agg_buffers.push(aggregates);
         }
+        let histograms =
+            std::mem::replace(&mut spare.histograms, std::mem::take(&mut acc.histograms));
+        if histograms.capacity() > 0 && self.hist_buffers.len() < SPARE {
+            self.hist_buffers.push(histograms);
+        }
         spare.pid = pid;
         spare.reason = reason;
         spare.folded = acc.folded;
         spare.latest = acc.has_latest;
         spare.dropped = 0;
-        if !spare.events.is_empty() || !spare.aggregates.is_empty() {
+        if !spare.events.is_empty() || !spare.aggregates.is_empty() || !spare.histograms.is_empty()
+        {
             spare.dropped = std::mem::take(&mut acc.dropped_since);
         }
         self.sealed.push(spare);
@@ -663,7 +684,10 @@ impl<T> Folder<T> {
             let pid = sealed.pid;
             let delivered = sealed.events.len() as u64;
             let stats = &mut self.report.prefixes[pid];
-            if !sealed.events.is_empty() || !sealed.aggregates.is_empty() {
+            if !sealed.events.is_empty()
+                || !sealed.aggregates.is_empty()
+                || !sealed.histograms.is_empty()
+            {
                 let Some(info) = self.names.prefix(pid) else {
                     continue;
                 };
@@ -679,6 +703,7 @@ impl<T> Folder<T> {
                     latest: sealed.latest,
                     events: &mut sealed.events,
                     aggregates: &mut sealed.aggregates,
+                    histograms: &mut sealed.histograms,
                 });
                 self.report.batches += 1;
                 stats.batches += 1;
@@ -691,6 +716,7 @@ impl<T> Folder<T> {
             // case it did not.
             sealed.events.clear();
             sealed.aggregates.clear();
+            sealed.histograms.clear();
             if self.spare.len() < SPARE {
                 self.spare.push(sealed);
             }

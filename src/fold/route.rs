@@ -37,6 +37,7 @@ impl Route {
             Policy::Passthrough | Policy::Batch { .. } => Fold::Keep,
             Policy::Latest { .. } => Fold::Latest,
             Policy::Aggregate { .. } => Fold::Aggregate,
+            Policy::Histogram { .. } => Fold::Histogram,
         };
         Route {
             meta: NameRef::new(&info.meta),

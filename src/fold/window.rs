@@ -1,5 +1,6 @@
 //! One prefix's open window (`Acc`), how events fold into it (keep, latest,
-//! aggregate), and a closed window waiting for delivery (`Sealed`).
+//! aggregate, histogram), and a closed window waiting for delivery
+//! (`Sealed`).
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,7 @@ use ahash::AHashMap;
 
 use super::numeric;
 use crate::event::{drop_caught, Aggregate, BatchReason, Event, InternedStr};
+use crate::histogram::Histograms;
 use crate::value::Sampler;
 
 /// `latest`: the survivor index of an urgent event, which waits in its
@@ -22,6 +24,8 @@ pub(super) enum Fold {
     Latest,
     /// `Policy::aggregate`: one running aggregate per name.
     Aggregate,
+    /// `Policy::histogram`: one quantile sketch per name.
+    Histogram,
 }
 
 /// `latest` state of one prefix (boxed in `Acc`, made at the prefix's first
@@ -91,8 +95,11 @@ pub(super) struct Acc<T> {
     /// `latest` survivors and guard (see `Latest`).
     latest: Option<Box<Latest>>,
     pub(super) aggregates: Vec<Aggregate>,
-    /// `aggregate`: name id -> index in `aggregates`, made at the prefix's
-    /// first aggregated reading.
+    /// `histogram`: the window's sketches (reused slots, see `Histograms`).
+    pub(super) histograms: Histograms,
+    /// `aggregate` and `histogram`: name id -> index in `aggregates` or
+    /// `histograms` (a name has one policy, so one of the two), made at the
+    /// prefix's first aggregated reading.
     aggregate_index: Option<Box<AHashMap<u32, usize>>>,
     /// Taken into this window but discarded (not numeric); the others are
     /// held until the window closes.
@@ -120,6 +127,7 @@ impl<T> Acc<T> {
             deadline: now,
             latest: None,
             aggregates: Vec::new(),
+            histograms: Histograms::default(),
             aggregate_index: None,
             discarded: 0,
             folded: 0,
@@ -330,6 +338,42 @@ impl<T> Acc<T> {
         *drop_panics += u64::from(drop_caught(event));
         true
     }
+
+    /// `histogram`: adds the event's numeric reading to its name's sketch.
+    /// Readings are taken exactly as `fold_aggregate` takes them (NaN,
+    /// infinite and missing ones discarded and counted, the payload dropped
+    /// here), so the two policies agree on what is a number.
+    pub(super) fn fold_histogram(
+        &mut self,
+        sampler: Option<Sampler<T>>,
+        event: Event<T>,
+        drop_panics: &mut u64,
+    ) -> bool {
+        let key = event.meta.get().key;
+        let reading = sampler.and_then(|s| s.read(&event.payload));
+        let Some(n) = reading.and_then(numeric::reading) else {
+            self.discarded += 1;
+            self.dropped_since += 1;
+            *drop_panics += u64::from(drop_caught(event));
+            return false;
+        };
+        let index = self.aggregate_index.get_or_insert_with(Box::default);
+        let i = match index.get(&key.name_id()) {
+            Some(&i) => i,
+            None => {
+                let name = InternedStr::new(&event.meta.get().name);
+                let i = self.histograms.push(name, key);
+                index.insert(key.name_id(), i);
+                i
+            }
+        };
+        if let Some(h) = self.histograms.get_mut(i) {
+            h.sketch.add(n.to_f64());
+        }
+        self.folded += 1;
+        *drop_panics += u64::from(drop_caught(event));
+        true
+    }
 }
 
 /// The survivors map of a prefix's `latest` state (made by `admit_latest`,
@@ -345,6 +389,7 @@ pub(super) struct Sealed<T> {
     pub(super) reason: BatchReason,
     pub(super) events: Vec<Event<T>>,
     pub(super) aggregates: Vec<Aggregate>,
+    pub(super) histograms: Histograms,
     pub(super) folded: u64,
     pub(super) dropped: u64,
     /// Holds `latest` events (see `Acc::has_latest`).
@@ -358,6 +403,7 @@ impl<T> Default for Sealed<T> {
             reason: BatchReason::Flush,
             events: Vec::new(),
             aggregates: Vec::new(),
+            histograms: Histograms::default(),
             folded: 0,
             latest: false,
             dropped: 0,

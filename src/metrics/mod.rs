@@ -77,7 +77,6 @@
 
 mod health;
 mod names;
-mod sketch;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -97,11 +96,11 @@ use crate::{
     SubscribeOptions,
 };
 
+pub use crate::sketch::{Sketch, Summary};
 pub use health::{report_health, HealthReporter, HealthThread};
 pub use names::{
     check_label_name, check_metric_name, prometheus_label_name, prometheus_metric_name, NameError,
 };
-pub use sketch::{Sketch, Summary};
 
 /// What a facade call puts in the ring: one small, `Copy` payload.
 #[derive(Debug, Clone, Copy, PartialEq)]

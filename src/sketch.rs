@@ -2,11 +2,14 @@
 //! logarithmic bucketing (Masson, Rim, Lee, "DDSketch: a fast and fully
 //! mergeable quantile sketch with relative-error guarantees", VLDB 2019),
 //! written out here in ~200 lines rather than taken from a crate, because
-//! the layer needs three things the crates do not all give: the buckets
-//! themselves (to forward a window to the inner recorder as
-//! `record_many(representative, count)`), a `clear` that keeps the bucket
-//! array (no allocation from one window to the next), and `min`/`max`/`sum`
-//! kept exactly beside the buckets.
+//! its users need three things the crates do not all give: the buckets
+//! themselves (the `metrics` layer forwards a window to the inner recorder
+//! as `record_many(representative, count)`), a `clear` that keeps the
+//! bucket array (no allocation from one window to the next: the fold reuses
+//! a histogram window's sketch, see `Policy::histogram`), and
+//! `min`/`max`/`sum` kept exactly beside the buckets. In the core (default
+//! features, no dependency): `Policy::histogram` folds samples into one,
+//! and the `metrics` feature's layer re-exports it.
 //!
 //! # The bound
 //!
@@ -80,13 +83,22 @@ impl Store {
     }
 
     /// Makes `lo..=hi` addressable, keeping counts; allocates only when
-    /// the run must grow.
+    /// the run must grow. Counts outside `self.lo..=self.hi` are always
+    /// zero (`clear` and `collapse_below` keep it so).
     fn ensure(&mut self, lo: i32, hi: i32) {
         let len = self.counts.len() as i32;
         if !self.counts.is_empty() && lo >= self.offset && hi < self.offset + len {
             return;
         }
         let span = (hi - lo + 1) as usize;
+        if span <= self.counts.len() {
+            // The array is long enough, only placed elsewhere (a reused
+            // sketch whose new window's values lie in another range): slide
+            // the counts instead of reallocating, so a pooled sketch stays
+            // allocation-free whatever range its next window covers.
+            self.recenter(lo, hi);
+            return;
+        }
         let new_len = span
             .max(self.counts.len() * 2)
             .max(64)
@@ -102,6 +114,49 @@ impl Store {
             }
         }
         self.counts = counts;
+        self.offset = new_offset;
+    }
+
+    /// Grows the array to `Sketch::MAX_BUCKETS` (keeping counts), the
+    /// most a store ever needs: it never allocates again.
+    fn reserve_full(&mut self) {
+        if self.counts.len() >= Sketch::MAX_BUCKETS {
+            return;
+        }
+        let old = std::mem::take(&mut self.counts);
+        let old_offset = self.offset;
+        let (lo, hi) = if self.total > 0 {
+            (self.lo, self.hi)
+        } else {
+            (0, 0)
+        };
+        let span = (hi - lo + 1) as usize;
+        self.counts = vec![0u64; Sketch::MAX_BUCKETS];
+        self.offset = lo - ((Sketch::MAX_BUCKETS - span) / 2) as i32;
+        if self.total > 0 {
+            for i in lo..=hi {
+                self.counts[(i - self.offset) as usize] = old[(i - old_offset) as usize];
+            }
+        }
+    }
+
+    /// `ensure` when `lo..=hi` fits the array: moves the live counts (the
+    /// part of `lo..=hi` the array covers now) to a new offset centring
+    /// `lo..=hi`, zeroing what they leave behind.
+    fn recenter(&mut self, lo: i32, hi: i32) {
+        let len = self.counts.len();
+        let span = (hi - lo + 1) as usize;
+        let new_offset = lo - ((len - span) / 2) as i32;
+        let (from, to) = (lo.max(self.offset), hi.min(self.offset + len as i32 - 1));
+        if self.total > 0 && from <= to {
+            let src = (from - self.offset) as usize..=(to - self.offset) as usize;
+            let dst = (from - new_offset) as usize;
+            let dst_end = dst + (to - from) as usize;
+            self.counts.copy_within(src.clone(), dst);
+            for j in src.filter(|&j| j < dst || j > dst_end) {
+                self.counts[j] = 0;
+            }
+        }
         self.offset = new_offset;
     }
 
@@ -135,7 +190,7 @@ impl Store {
 /// stated relative error (see [`Sketch::new`] for the bound).
 ///
 /// ```
-/// use ringfold::metrics::Sketch;
+/// use ringfold::Sketch;
 /// let mut s = Sketch::new(0.01)?;
 /// for v in 1..=1000 {
 ///     s.add(v as f64);
@@ -183,12 +238,26 @@ pub struct Summary {
     pub p999: f64,
 }
 
+impl Default for Sketch {
+    /// A sketch with relative accuracy [`Sketch::DEFAULT_ALPHA`] (1 %), the
+    /// one `Policy::histogram` uses.
+    ///
+    /// ```
+    /// let s = ringfold::Sketch::default();
+    /// assert_eq!(s.alpha(), ringfold::Sketch::DEFAULT_ALPHA);
+    /// ```
+    fn default() -> Self {
+        Sketch::with_alpha(Sketch::DEFAULT_ALPHA)
+    }
+}
+
 impl Sketch {
     /// Most buckets per sign (16 KiB of counts each); see the module docs.
     pub const MAX_BUCKETS: usize = 2048;
     /// Magnitudes below this count as zero.
     pub const MIN_MAGNITUDE: f64 = 1e-9;
-    /// The layer's default relative accuracy: 1 %.
+    /// The default relative accuracy, 1 %: the `metrics` layer's and
+    /// `Policy::histogram`'s.
     pub const DEFAULT_ALPHA: f64 = 0.01;
 
     /// A sketch with relative accuracy `alpha`, in `(0, 1)` (otherwise
@@ -199,8 +268,13 @@ impl Sketch {
                 "sketch relative accuracy must be in (0, 1)",
             ));
         }
+        Ok(Sketch::with_alpha(alpha))
+    }
+
+    /// `new` for an `alpha` known to be valid.
+    fn with_alpha(alpha: f64) -> Sketch {
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        Ok(Sketch {
+        Sketch {
             alpha,
             gamma,
             inv_ln_gamma: 1.0 / gamma.ln(),
@@ -212,7 +286,7 @@ impl Sketch {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             not_numeric: 0,
-        })
+        }
     }
 
     /// The relative accuracy `α`.
@@ -284,6 +358,20 @@ impl Sketch {
         Ok(())
     }
 
+    /// Sizes the bucket arrays of the signs `other` holds values of to
+    /// their largest, so that merging sketches into this one never
+    /// allocates again whatever span they cover (16 KiB per sign). For
+    /// merges whose span is not known in advance: a lagging queue's merged
+    /// windows.
+    pub(crate) fn reserve_full_for(&mut self, other: &Sketch) {
+        if other.pos.total > 0 {
+            self.pos.reserve_full();
+        }
+        if other.neg.total > 0 {
+            self.neg.reserve_full();
+        }
+    }
+
     /// Empties the sketch, keeping its bucket arrays (no allocation for
     /// the next window over the same range).
     pub fn clear(&mut self) {
@@ -323,7 +411,7 @@ impl Sketch {
     }
 
     /// Non-empty buckets in ascending order of value, each as its
-    /// representative value and count (what the layer forwards). A
+    /// representative value and count (what the `metrics` layer forwards). A
     /// representative is clamped to `[min, max]`, which only brings it
     /// closer to the values it stands for (a window of one value forwards
     /// that value exactly).
@@ -509,6 +597,84 @@ mod tests {
         // High quantiles keep the bound after collapsing.
         let top = s.quantile(1.0).unwrap();
         assert!((top - 1e299).abs() <= 0.01 * 1e299 * (1.0 + 1e-9), "{top}");
+    }
+
+    #[test]
+    fn a_cleared_sketch_reused_for_another_range_does_not_reallocate() {
+        let mut s = Sketch::new(0.01).unwrap();
+        let mut r = rng(5);
+        // Grow the arrays (both signs) to cover a wide range once.
+        for _ in 0..10_000 {
+            let v = r() * 1e6 + 1.0;
+            s.add(v);
+            s.add(-v);
+        }
+        let held = s.heap_bytes();
+        // Then windows over narrower, different ranges, of both signs:
+        // counts slide within the arrays (`Store::recenter`).
+        for (lo, hi) in [(1.0, 2.0), (1e5, 1e6), (50.0, 60.0), (1e3, 1e4)] {
+            s.clear();
+            let values: Vec<f64> = (0..2000).map(|_| lo + r() * (hi - lo)).collect();
+            for &v in &values {
+                s.add(v);
+                s.add(-v);
+            }
+            assert_eq!(s.heap_bytes(), held, "range {lo}..{hi}");
+            let mut all: Vec<f64> = values.iter().flat_map(|&v| [v, -v]).collect();
+            all.sort_by(f64::total_cmp);
+            for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
+                let want = exact(&all, q);
+                let got = s.quantile(q).unwrap();
+                assert!(
+                    (got - want).abs() <= 0.01 * want.abs() * (1.0 + 1e-9),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        // A window that grows while counts are live also slides them.
+        s.clear();
+        for e in 0..40 {
+            s.add(1.5f64.powi(e));
+        }
+        let mut all: Vec<f64> = (0..40).map(|e| 1.5f64.powi(e)).collect();
+        all.sort_by(f64::total_cmp);
+        for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let (got, want) = (s.quantile(q).unwrap(), exact(&all, q));
+            assert!(
+                (got - want).abs() <= 0.01 * want * (1.0 + 1e-9),
+                "{got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fully_reserved_sketch_keeps_its_counts_and_never_grows() {
+        let mut r = rng(9);
+        // Magnitudes over 13 decades: about 1500 buckets, none collapsed.
+        let values: Vec<f64> = (0..3000).map(|_| (r() * 30.0 - 10.0).exp()).collect();
+        let (mut s, mut plain) = (Sketch::default(), Sketch::default());
+        for &v in &values[..1000] {
+            s.add(v);
+            plain.add(v);
+        }
+        let mut both = Sketch::default();
+        both.add(1.0);
+        both.add(-1.0);
+        // The positive store holds counts, the negative one none yet.
+        s.reserve_full_for(&both);
+        let full = 2 * Sketch::MAX_BUCKETS * 8;
+        assert_eq!(s.heap_bytes(), full);
+        for &v in &values[1000..] {
+            for x in [v, -v] {
+                s.add(x);
+                plain.add(x);
+            }
+        }
+        assert_eq!(s.heap_bytes(), full, "never grows");
+        assert_eq!(
+            s.buckets().collect::<Vec<_>>(),
+            plain.buckets().collect::<Vec<_>>()
+        );
     }
 
     #[test]
