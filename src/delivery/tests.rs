@@ -86,7 +86,9 @@ impl Fixture {
         pid: u32,
         events: &mut Vec<Event<T>>,
     ) -> Arc<Sealed<T>> {
-        let header = self.header(pid);
+        let mut header = self.header(pid);
+        // As the fold says it (see `Acc::has_latest`).
+        header.latest = events.iter().any(|e| e.meta.get().latest);
         pool.seal(header, events, &mut Vec::new(), &mut Histograms::default())
     }
 
@@ -126,7 +128,7 @@ impl Fixture {
             epoch: self.epoch,
             dropped: 1,
             folded: 2,
-            latest: events.iter().any(|e| e.meta.get().latest),
+            latest: false,
             keep_alive: std::sync::Arc::new(self.interner.keepalive()),
         }
     }
