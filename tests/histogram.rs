@@ -311,3 +311,52 @@ fn a_window_of_only_bad_samples_delivers_nothing_and_a_sampler_is_required() {
         Err(ringfold::Error::AggregateWithoutSampler { .. })
     ));
 }
+
+/// The JSON-lines file sink writes one line per histogram, with the
+/// window's count, sum, extremes and quantiles.
+#[cfg(feature = "jsonl")]
+#[test]
+fn the_json_lines_sink_writes_a_line_per_histogram() {
+    use ringfold::sink::JsonLinesFile;
+    let dir = std::env::temp_dir().join(format!("ringfold-hist-jsonl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("h.jsonl");
+    let engine = Engine::<u64>::builder()
+        .policy("lat:*", Policy::histogram(HOUR, usize::MAX))
+        .sample_with(|v| Some(*v as f64))
+        .build()
+        .unwrap();
+    let file = JsonLinesFile::builder(&path).build::<u64>().unwrap();
+    let _file = engine
+        .subscribe_with("lat:*", SubscribeOptions::new("file"), file)
+        .unwrap();
+    let samples: Vec<u64> = (1..=1000).collect();
+    for &v in &samples {
+        engine.publish("lat:api:ms", v).unwrap();
+    }
+    engine.shutdown().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(lines.len(), 1, "{text}");
+    let h = &lines[0]["histogram"];
+    assert_eq!(lines[0]["name"], "lat:api:ms");
+    assert_eq!(h["count"], 1000);
+    assert_eq!(h["sum"], 500_500.0);
+    assert_eq!(
+        (h["min"].as_f64(), h["max"].as_f64()),
+        (Some(1.0), Some(1000.0))
+    );
+    let sorted: Vec<f64> = samples.iter().map(|&v| v as f64).collect();
+    for (field, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+        let got = h[field].as_f64().unwrap();
+        let want = exact(&sorted, q);
+        assert!(
+            (got - want).abs() <= 0.01 * want,
+            "{field}: {got} vs {want}"
+        );
+    }
+}

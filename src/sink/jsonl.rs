@@ -12,7 +12,7 @@ use ahash::AHashMap;
 
 use super::{json, JsonLine};
 use crate::delivery::{Batch, Subscriber};
-use crate::{Aggregate, Event};
+use crate::{Aggregate, Event, Histogram};
 
 /// When the sink asks the OS to put written lines on the disk
 /// (`File::sync_data`).
@@ -132,7 +132,8 @@ pub struct SinkStats {
     pub batches: u64,
     /// Event lines written (one per delivered event).
     pub lines: u64,
-    /// Aggregate lines written (one per `Aggregate` of a batch).
+    /// Aggregate lines written (one per `Aggregate` and per `Histogram` of a
+    /// batch).
     pub aggregate_lines: u64,
     /// `ringfold_loss` records written.
     pub loss_records: u64,
@@ -391,6 +392,8 @@ fn open_error(path: &Path, source: io::Error) -> SinkError {
 /// * **Lines.** One per event (through [`JsonLine`] or the closure given to
 ///   [`JsonLinesFileBuilder::build_with`]), one per `Aggregate`
 ///   (`{"ts":..,"name":..,"aggregate":{"count":..,"sum":..,"min":..,"max":..,"mean":..}}`),
+///   one per `Histogram`
+///   (`{"ts":..,"name":..,"histogram":{"count":..,"sum":..,"min":..,"max":..,"p50":..,"p90":..,"p99":..,"p999":..}}`),
 ///   in the batch's order. The batch's lines are built in one reused buffer
 ///   (4 KiB at first) and written at once.
 /// * **Loss in band.** Before a batch's lines, a record
@@ -573,6 +576,32 @@ impl<T> JsonLinesFile<T> {
         json::write_f64(out, a.max());
         out.extend_from_slice(b",\"mean\":");
         json::write_f64(out, a.mean());
+        out.extend_from_slice(b"}}\n");
+    }
+
+    /// One line per histogram (`Policy::histogram`): its window's count,
+    /// sum, extremes and quantiles (within the sketch's 1 % bound).
+    fn write_histogram(out: &mut Vec<u8>, batch: &Batch<T>, h: &Histogram) {
+        out.extend_from_slice(b"{\"ts\":");
+        json::write_timestamp(out, batch.closed_at_system());
+        out.extend_from_slice(b",\"name\":");
+        json::write_str(out, h.name());
+        out.extend_from_slice(b",\"histogram\":{\"count\":");
+        json::write_u64(out, h.count());
+        for (field, v) in [
+            ("sum", h.sum()),
+            ("min", h.min()),
+            ("max", h.max()),
+            ("p50", h.p50()),
+            ("p90", h.p90()),
+            ("p99", h.p99()),
+            ("p999", h.p999()),
+        ] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(b"\":");
+            json::write_f64(out, v);
+        }
         out.extend_from_slice(b"}}\n");
     }
 
@@ -798,10 +827,14 @@ impl<T: Send + 'static> Subscriber<T> for JsonLinesFile<T> {
         for a in batch.aggregates() {
             Self::write_aggregate(&mut self.buf, batch, a);
         }
+        for h in batch.histograms() {
+            Self::write_histogram(&mut self.buf, batch, h);
+        }
         self.counters.lines.fetch_add(batch.len() as u64, Relaxed);
-        self.counters
-            .aggregate_lines
-            .fetch_add(batch.aggregates().len() as u64, Relaxed);
+        self.counters.aggregate_lines.fetch_add(
+            (batch.aggregates().len() + batch.histograms().len()) as u64,
+            Relaxed,
+        );
         if !self.buf.is_empty() {
             self.write_out();
             self.after_write();
