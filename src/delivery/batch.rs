@@ -581,8 +581,8 @@ pub(crate) struct BatchPool<T> {
 
 /// How many of the oldest kept batches sealing looks at before taking a
 /// reserve batch (or allocating): bounded work per seal when subscribers
-/// hold on to batches. Held candidates go to the back, so successive seals
-/// look at different ones. Subscribers that are behind let go of windows
+/// hold on to batches. Held candidates go to the back (in one rotation),
+/// so successive seals look at different ones. Subscribers that are behind let go of windows
 /// out of seal order (a merged batch carries one prefix's windows, and
 /// goes when its prefix's turn comes), so the free ones are scattered:
 /// with 4 probes a lagging passthrough fan-out allocated 12-32 times per
@@ -747,21 +747,31 @@ impl<T> BatchPool<T> {
             self.reused += 1;
             return (free, true);
         }
-        for _ in 0..PROBES.min(self.kept.len()) {
-            let Some(mut candidate) = self.kept.pop_front() else {
-                break;
-            };
+        let probes = PROBES.min(self.kept.len());
+        // Each candidate's count is looked at in place; then the held ones
+        // before the first free one go to the back in one move (not one
+        // pop and push each), so the next seal looks at others.
+        let free = self
+            .kept
+            .iter_mut()
+            .take(probes)
+            .position(|candidate| Arc::get_mut(candidate).is_some());
+        if let Some(mut candidate) = free.and_then(|i| {
+            self.kept.rotate_left(i);
+            self.kept.pop_front()
+        }) {
             if let Some(inner) = Arc::get_mut(&mut candidate) {
                 self.drop_panics += clear_events(&mut inner.events);
                 inner.aggregates.clear();
                 inner.histograms.clear();
                 inner.keep_alive = None;
-                self.reused += 1;
-                return (candidate, true);
             }
-            // Still held by a subscriber: back of the line.
-            self.kept.push_back(candidate);
+            self.reused += 1;
+            return (candidate, true);
         }
+        // All held by subscribers: to the back of the line, so the next
+        // seal looks at others.
+        self.kept.rotate_left(probes);
         // The oldest are held: a deeper backlog than the kept batches
         // cover, which the reserve (if provisioned) covers up to the
         // subscribers' bound; the batch joins `kept` once sealed.
