@@ -305,6 +305,28 @@ impl<T> Acc<T> {
         })
     }
 
+    /// The numeric reading of an `aggregate` or `histogram` event, with the
+    /// event; `None` if the payload is not numeric or its reading is NaN or
+    /// infinite: then counted as discarded and dropped here (through
+    /// `drop_caught`), so the two policies agree on what is a number.
+    fn reading(
+        &mut self,
+        sampler: Option<Sampler<T>>,
+        event: Event<T>,
+        drop_panics: &mut u64,
+    ) -> Option<(crate::value::Number, Event<T>)> {
+        let reading = sampler.and_then(|s| s.read(&event.payload));
+        match reading.and_then(numeric::reading) {
+            Some(n) => Some((n, event)),
+            None => {
+                self.discarded += 1;
+                self.dropped_since += 1;
+                *drop_panics += u64::from(drop_caught(event));
+                None
+            }
+        }
+    }
+
     /// `aggregate`: folds the event's numeric reading into its name's
     /// running aggregate. False (and counted as discarded) if the payload is
     /// not numeric or its reading is NaN or infinite (see `numeric`).
@@ -317,11 +339,7 @@ impl<T> Acc<T> {
         drop_panics: &mut u64,
     ) -> bool {
         let key = event.meta.get().key;
-        let reading = sampler.and_then(|s| s.read(&event.payload));
-        let Some(n) = reading.and_then(numeric::reading) else {
-            self.discarded += 1;
-            self.dropped_since += 1;
-            *drop_panics += u64::from(drop_caught(event));
+        let Some((n, event)) = self.reading(sampler, event, drop_panics) else {
             return false;
         };
         let at = event.timestamp();
@@ -339,10 +357,8 @@ impl<T> Acc<T> {
         true
     }
 
-    /// `histogram`: adds the event's numeric reading to its name's sketch.
-    /// Readings are taken exactly as `fold_aggregate` takes them (NaN,
-    /// infinite and missing ones discarded and counted, the payload dropped
-    /// here), so the two policies agree on what is a number.
+    /// `histogram`: adds the event's numeric reading (see `reading`) to its
+    /// name's sketch.
     pub(super) fn fold_histogram(
         &mut self,
         sampler: Option<Sampler<T>>,
@@ -350,11 +366,7 @@ impl<T> Acc<T> {
         drop_panics: &mut u64,
     ) -> bool {
         let key = event.meta.get().key;
-        let reading = sampler.and_then(|s| s.read(&event.payload));
-        let Some(n) = reading.and_then(numeric::reading) else {
-            self.discarded += 1;
-            self.dropped_since += 1;
-            *drop_panics += u64::from(drop_caught(event));
+        let Some((n, event)) = self.reading(sampler, event, drop_panics) else {
             return false;
         };
         let index = self.aggregate_index.get_or_insert_with(Box::default);

@@ -556,13 +556,21 @@ impl<T> JsonLinesFile<T> {
         self.unreported_error_lines = 0;
     }
 
-    fn write_aggregate(out: &mut Vec<u8>, batch: &Batch<T>, a: &Aggregate) {
+    /// The start of a summary line, up to its figures' `count`:
+    /// `{"ts":..,"name":..,"<kind>":{"count":N`.
+    fn write_summary_head(out: &mut Vec<u8>, batch: &Batch<T>, name: &str, kind: &[u8], n: u64) {
         out.extend_from_slice(b"{\"ts\":");
         json::write_timestamp(out, batch.closed_at_system());
         out.extend_from_slice(b",\"name\":");
-        json::write_str(out, a.name());
-        out.extend_from_slice(b",\"aggregate\":{\"count\":");
-        json::write_u64(out, a.count());
+        json::write_str(out, name);
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(kind);
+        out.extend_from_slice(b"\":{\"count\":");
+        json::write_u64(out, n);
+    }
+
+    fn write_aggregate(out: &mut Vec<u8>, batch: &Batch<T>, a: &Aggregate) {
+        Self::write_summary_head(out, batch, a.name(), b"aggregate", a.count());
         out.extend_from_slice(b",\"sum\":");
         match a.sum_exact() {
             Some(s) => {
@@ -582,12 +590,7 @@ impl<T> JsonLinesFile<T> {
     /// One line per histogram (`Policy::histogram`): its window's count,
     /// sum, extremes and quantiles (within the sketch's 1 % bound).
     fn write_histogram(out: &mut Vec<u8>, batch: &Batch<T>, h: &Histogram) {
-        out.extend_from_slice(b"{\"ts\":");
-        json::write_timestamp(out, batch.closed_at_system());
-        out.extend_from_slice(b",\"name\":");
-        json::write_str(out, h.name());
-        out.extend_from_slice(b",\"histogram\":{\"count\":");
-        json::write_u64(out, h.count());
+        Self::write_summary_head(out, batch, h.name(), b"histogram", h.count());
         for (field, v) in [
             ("sum", h.sum()),
             ("min", h.min()),
