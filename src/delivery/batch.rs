@@ -77,6 +77,9 @@ pub(crate) struct Sealed<T> {
     /// Holds `latest` events (set by the fold, which knows without looking
     /// at each event): merging it needs survivors (see `merge`).
     pub(crate) latest: bool,
+    /// Budget units and bytes, measured when sealed (see `footprint`).
+    units: u64,
+    bytes: u64,
     pub(crate) keep_alive: Option<KeepAlive>,
 }
 
@@ -119,6 +122,8 @@ impl<T> Sealed<T> {
             dropped: 0,
             folded: 0,
             latest: false,
+            units: 0,
+            bytes: 0,
             keep_alive: None,
         }
     }
@@ -132,12 +137,22 @@ impl<T> Sealed<T> {
 
     /// Bytes this window holds: its own struct plus its buffers' capacity
     /// (what a queue holding it keeps resident; see `queue::Budget`).
+    /// Measured once, when it is sealed (`measure`): every queue it goes
+    /// to counts it.
     pub(crate) fn footprint(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Notes its budget units (events, aggregates and histograms) and its
+    /// bytes, once its contents are in place.
+    fn measure(&mut self) {
         let events = self.events.capacity() * std::mem::size_of::<Event<T>>();
         let aggregates = self.aggregates.capacity() * std::mem::size_of::<Aggregate>();
         // The sketches' bucket arrays, spare slots' included (resident).
         let histograms = self.histograms.heap_bytes();
-        (std::mem::size_of::<Self>() + events + aggregates + histograms) as u64
+        self.bytes = (std::mem::size_of::<Self>() + events + aggregates + histograms) as u64;
+        self.units =
+            (self.events.len() + self.aggregates.len() + self.histograms.as_slice().len()) as u64;
     }
 
     fn set_header(&mut self, h: Header) {
@@ -304,12 +319,13 @@ impl<T> Batch<T> {
     /// Events (and aggregates and histograms) held, and bytes held: what
     /// counts against a queue's `Budget`.
     pub(crate) fn footprint(&self) -> (u64, u64) {
-        let events = (self.len() + self.aggregates().len() + self.histograms().len()) as u64;
-        let bytes = match &self.merge {
-            None => self.sealed.footprint(),
-            Some(m) => m.segment_bytes + m.own_bytes(),
-        };
-        (events, bytes)
+        match &self.merge {
+            None => (self.sealed.units, self.sealed.bytes),
+            Some(m) => (
+                (self.len() + self.aggregates().len() + self.histograms().len()) as u64,
+                m.segment_bytes + m.own_bytes(),
+            ),
+        }
     }
 
     /// True if a merge could lose nothing by letting windows go: the batch
@@ -668,6 +684,7 @@ impl<T> BatchPool<T> {
             std::mem::swap(&mut inner.histograms, histograms);
             histograms.clear();
             inner.set_header(header);
+            inner.measure();
         }
         if self.kept.len() == self.capacity {
             if let Some(oldest) = self.kept.pop_front() {
@@ -757,7 +774,9 @@ impl<T> BatchPool<T> {
             .take(probes)
             .position(|candidate| Arc::get_mut(candidate).is_some());
         if let Some(mut candidate) = free.and_then(|i| {
-            self.kept.rotate_left(i);
+            if i > 0 {
+                self.kept.rotate_left(i);
+            }
             self.kept.pop_front()
         }) {
             if let Some(inner) = Arc::get_mut(&mut candidate) {
