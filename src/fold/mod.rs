@@ -644,18 +644,24 @@ impl<T> Folder<T> {
         // for the next window to open (see `buffers`).
         let mut spare = self.spare.pop().unwrap_or_default();
         let events = std::mem::replace(&mut spare.events, std::mem::take(&mut acc.events));
-        let aggregates =
-            std::mem::replace(&mut spare.aggregates, std::mem::take(&mut acc.aggregates));
         if events.capacity() > 0 && self.buffers.len() < SPARE {
             self.buffers.push(events);
         }
-        if aggregates.capacity() > 0 && self.agg_buffers.len() < SPARE {
-            self.agg_buffers.push(aggregates);
+        // Aggregate and histogram buffers likewise, skipped when neither
+        // side has one (a prefix of plain events, the common case).
+        if acc.aggregates.capacity() > 0 || spare.aggregates.capacity() > 0 {
+            let aggregates =
+                std::mem::replace(&mut spare.aggregates, std::mem::take(&mut acc.aggregates));
+            if aggregates.capacity() > 0 && self.agg_buffers.len() < SPARE {
+                self.agg_buffers.push(aggregates);
+            }
         }
-        let histograms =
-            std::mem::replace(&mut spare.histograms, std::mem::take(&mut acc.histograms));
-        if histograms.capacity() > 0 && self.hist_buffers.len() < SPARE {
-            self.hist_buffers.push(histograms);
+        if acc.histograms.capacity() > 0 || spare.histograms.capacity() > 0 {
+            let histograms =
+                std::mem::replace(&mut spare.histograms, std::mem::take(&mut acc.histograms));
+            if histograms.capacity() > 0 && self.hist_buffers.len() < SPARE {
+                self.hist_buffers.push(histograms);
+            }
         }
         spare.pid = pid;
         spare.reason = reason;
