@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common_nats::{create_stream, free_port, stream_messages, NatsServer};
-use ringfold::nats::{self, BlockingSource, Error, Sink, SinkConfig, SourceConfig};
+use ringfold::nats::{self, BlockingSource, Error, Sink, SinkConfig, SinkStats, SourceConfig};
 use ringfold::{Engine, Policy, SubscribeOptions, Value};
 
 type Sealed = Arc<Mutex<BTreeMap<String, BTreeSet<(u64, u64)>>>>;
@@ -22,6 +22,22 @@ fn engine() -> Engine<Value> {
         .policy("*", Policy::batch(Duration::from_millis(10), 50))
         .build()
         .unwrap()
+}
+
+/// Ships one event (`data:users:created`) through a sink into stream
+/// `stream` (subjects `<root>.>`), shutting the engine and the sink down:
+/// the sink's final figures.
+fn ship_one(url: &str, root: &str, stream: &str) -> SinkStats {
+    let engine = engine();
+    let sink = Sink::spawn(
+        &engine,
+        "data:*",
+        SinkConfig::new(url).root(root).stream(stream),
+    )
+    .unwrap();
+    engine.publish("data:users:created", 1u64).unwrap();
+    engine.shutdown().unwrap();
+    sink.shutdown_timeout(Duration::from_secs(10)).unwrap()
 }
 
 /// Records every batch the engine seals for `pattern` (a second
@@ -322,17 +338,7 @@ fn server_never_reachable_is_bounded_and_counted() {
 #[test]
 fn unacked_batch_is_redelivered_and_flagged_duplicate() {
     let server = NatsServer::start();
-    let engine = engine();
-    let sink = Sink::spawn(
-        &engine,
-        "data:*",
-        SinkConfig::new(server.url()).root("t5").stream("T5"),
-    )
-    .unwrap();
-    engine.publish("data:users:created", 1u64).unwrap();
-    engine.shutdown().unwrap();
-    let stats = sink.shutdown_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(stats.acked, 1);
+    assert_eq!(ship_one(&server.url(), "t5", "T5").acked, 1);
 
     let config = SourceConfig::new(server.url())
         .stream("T5")
@@ -367,16 +373,7 @@ fn unacked_batch_is_redelivered_and_flagged_duplicate() {
 #[test]
 fn handler_error_redelivers_then_acks() {
     let server = NatsServer::start();
-    let engine = engine();
-    let sink = Sink::spawn(
-        &engine,
-        "data:*",
-        SinkConfig::new(server.url()).root("t7").stream("T7"),
-    )
-    .unwrap();
-    engine.publish("data:users:created", 1u64).unwrap();
-    engine.shutdown().unwrap();
-    sink.shutdown_timeout(Duration::from_secs(10)).unwrap();
+    ship_one(&server.url(), "t7", "T7");
 
     let mut source =
         BlockingSource::<Value>::connect(SourceConfig::new(server.url()).stream("T7")).unwrap();
@@ -721,21 +718,7 @@ fn consumer_process() {
 #[test]
 fn consumer_killed_before_ack_gets_redelivery() {
     let server = NatsServer::start();
-    let engine = engine();
-    let sink = Sink::spawn(
-        &engine,
-        "data:*",
-        SinkConfig::new(server.url()).root("t12").stream("T12"),
-    )
-    .unwrap();
-    engine.publish("data:users:created", 1u64).unwrap();
-    engine.shutdown().unwrap();
-    assert_eq!(
-        sink.shutdown_timeout(Duration::from_secs(10))
-            .unwrap()
-            .acked,
-        1
-    );
+    assert_eq!(ship_one(&server.url(), "t12", "T12").acked, 1);
 
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
